@@ -1,0 +1,23 @@
+"""Shared test settings: quiet TensorFlow, small thread pools, deterministic seeds."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    np.random.seed(0)
+    yield
+
+
+def bccd_path():
+    """The shared BCCD dataset folder: $TFRCNN_BCCD or ../shared/datasets/bccd from the project root."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("TFRCNN_BCCD", os.path.join(root, "..", "shared", "datasets", "bccd"))
