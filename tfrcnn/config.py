@@ -1,0 +1,170 @@
+"""Named presets: plain data that builders turn into constructor arguments.
+
+A preset is a dict of ``FasterRCNN`` keyword arguments. Nothing else in the library reads this
+module except builders (``FasterRCNN.from_preset``, the command line): layers get plain values.
+
+Paper values (Ren et al., 2015) unless a comment says otherwise. Every entry can be overridden:
+``FasterRCNN.from_preset("vgg16", num_classes=20, test_post_nms_top_n=1000)``.
+"""
+
+import copy
+
+# Values shared by every preset (the paper's, section 3.1.3 and 3.3).
+COMMON = dict(
+    anchor_aspect_ratios=(0.5, 1.0, 2.0),
+    rpn_positive_iou=0.7,
+    rpn_negative_iou=0.3,
+    rpn_batch_size_per_image=256,
+    rpn_positive_fraction=0.5,
+    rpn_allowed_border=0.0,
+    rpn_nms_iou=0.7,
+    rpn_min_size=0.0,
+    rpn_box_weights=(1.0, 1.0, 1.0, 1.0),
+    train_pre_nms_top_n=12000,
+    train_post_nms_top_n=2000,
+    test_pre_nms_top_n=6000,
+    test_post_nms_top_n=300,
+    rcnn_batch_size_per_image=128,
+    rcnn_positive_fraction=0.25,
+    rcnn_positive_iou=0.5,
+    rcnn_negative_iou_high=0.5,
+    rcnn_negative_iou_low=0.0,
+    rcnn_box_weights=(10.0, 10.0, 5.0, 5.0),
+    add_gt_to_proposals=True,
+    detection_score_threshold=0.05,
+    detection_nms_iou=0.5,
+    max_detections=100,
+    rpn_box_loss_weight=10.0,
+    rpn_box_normalizer="anchor_locations",
+    rcnn_box_loss_weight=1.0,
+    rpn_smooth_l1_beta=1.0 / 9.0,
+    rcnn_smooth_l1_beta=1.0,
+    training_scheme="approximate_joint",
+    roi_sampling_ratio=2,
+    roi_aligned=True,
+    size_divisor=32,
+)
+
+PRESETS = {
+    # The paper's VGG16 model: conv5_3 at stride 16, 9 anchors, RoI pooling 7x7, fc6/fc7 4096.
+    "vgg16": dict(
+        backbone="vgg16",
+        anchor_scales=(128.0, 256.0, 512.0),
+        rpn_channels=512,
+        roi_op="roi_pool",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(4096, 4096),
+        head_dropout=0.5,
+        image_min_side=600,
+        image_max_side=1000,
+        size_divisor=16,
+    ),
+    # The paper's ZF model: conv5 at stride 16 (256 channels), fc 4096.
+    "zf": dict(
+        backbone="zf",
+        anchor_scales=(128.0, 256.0, 512.0),
+        rpn_channels=256,
+        roi_op="roi_pool",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(4096, 4096),
+        head_dropout=0.5,
+        image_min_side=600,
+        image_max_side=1000,
+        size_divisor=16,
+    ),
+    # Detectron's C4: ResNet50 to conv4, ROI align 14x14, conv5 as the box head.
+    "resnet50_c4": dict(
+        backbone="resnet50_c4",
+        anchor_scales=(32.0, 64.0, 128.0, 256.0, 512.0),
+        rpn_channels=1024,
+        roi_op="roi_align",
+        roi_output_size=14,
+        head_type="resnet_c5",
+        head_units=(),
+        image_min_side=800,
+        image_max_side=1333,
+        rcnn_batch_size_per_image=512,
+    ),
+    # The common modern setup (FPN paper / torchvision): one anchor size a level, P2-P6.
+    "resnet50_fpn": dict(
+        backbone="resnet50_fpn",
+        anchor_scales=((32.0,), (64.0,), (128.0,), (256.0,), (512.0,)),
+        rpn_channels=256,
+        roi_op="multilevel_roi_align",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(1024, 1024),
+        image_min_side=800,
+        image_max_side=1333,
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=1000,
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=1000,
+        rcnn_batch_size_per_image=512,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+    ),
+    # MobileNetV3-Large + FPN, anchors as torchvision's fasterrcnn_mobilenet_v3_large_fpn.
+    "mobilenet_v3_fpn": dict(
+        backbone="mobilenet_v3_fpn",
+        anchor_scales=((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
+        rpn_channels=256,
+        roi_op="multilevel_roi_align",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(1024, 1024),
+        image_min_side=320,
+        image_max_side=640,
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=1000,
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=1000,
+        rcnn_batch_size_per_image=512,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+    ),
+    # A small network for tests and the built-in CPU demo (synthetic shapes, 128-192 px images).
+    "tiny": dict(
+        backbone="tiny",
+        anchor_scales=(16.0, 32.0, 64.0, 128.0),
+        rpn_channels=128,
+        roi_op="roi_align",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(256, 256),
+        image_min_side=160,
+        image_max_side=240,
+        size_divisor=8,
+        train_pre_nms_top_n=1000,
+        train_post_nms_top_n=256,
+        test_pre_nms_top_n=600,
+        test_post_nms_top_n=100,
+        rpn_batch_size_per_image=128,
+        rcnn_batch_size_per_image=64,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+    ),
+}
+
+
+def preset_names():
+    """The names of the built-in presets."""
+    return tuple(PRESETS)
+
+
+def get_preset(name):
+    """The full keyword arguments of a preset (COMMON merged with the preset's own values).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        )
+    args = copy.deepcopy(COMMON)
+    args.update(copy.deepcopy(PRESETS[name]))
+    args["preset"] = name
+    return args

@@ -1,0 +1,67 @@
+"""AnchorGenerator: the reference boxes of one feature level.
+
+Shapes: ``B`` images, ``h x w`` feature map, ``A = len(aspect_ratios) * len(scales)`` anchors a location.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfrcnn.ops.anchors import anchor_shapes, generate_anchors
+
+
+@keras.saving.register_keras_serializable(package="tfrcnn")
+class AnchorGenerator(keras.layers.Layer):
+    """Anchors of one feature level, in input-image pixels ``[y1, x1, y2, x2]``.
+
+    The anchor of location ``(i, j)`` is centred at ``((i + offset) * stride, (j + offset) * stride)``
+    with height ``s * sqrt(r)`` and width ``s / sqrt(r)`` for every aspect ratio ``r = h / w`` and scale
+    ``s``. Order: location row-major, then aspect ratio outer, scale inner (the order the RPN's
+    ``2A`` / ``4A`` channels follow).
+
+    Args:
+        stride: the feature level's stride in input pixels (16 for VGG16 conv5_3).
+        scales: anchor sizes in input pixels, e.g. ``(128, 256, 512)``.
+        aspect_ratios: ``h / w`` ratios, e.g. ``(0.5, 1, 2)``.
+        offset: centre offset within a cell (0.5 = the cell centre).
+
+    Call:
+        ``anchors = layer(feature_map)``: feature_map ``[B, h, w, C]`` -> anchors ``[h * w * A, 4]``
+        (shared by every image of the batch).
+
+    Example:
+        >>> gen = AnchorGenerator(stride=16, scales=(128, 256, 512))
+        >>> gen(tf.zeros([1, 38, 50, 512])).shape
+        TensorShape([17100, 4])
+    """
+
+    def __init__(self, stride, scales, aspect_ratios=(0.5, 1.0, 2.0), offset=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = float(stride)
+        self.scales = tuple(float(s) for s in scales)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.offset = float(offset)
+
+    @property
+    def num_anchors(self):
+        """``A``, the anchors a location."""
+        return len(self.scales) * len(self.aspect_ratios)
+
+    def anchor_shapes(self):
+        """float32 ``[A, 2]`` (height, width) of the ``A`` anchors of a location, in channel order."""
+        return anchor_shapes(self.scales, self.aspect_ratios)
+
+    def call(self, feature_map):
+        shape = tf.shape(feature_map)
+        return generate_anchors((shape[1], shape[2]), self.stride, self.scales,
+                                self.aspect_ratios, offset=self.offset)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1], input_shape[2]
+        n = None if h is None or w is None else h * w * self.num_anchors
+        return (n, 4)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(stride=self.stride, scales=self.scales, aspect_ratios=self.aspect_ratios,
+                      offset=self.offset)
+        return config
