@@ -18,6 +18,9 @@ class BatchedROILayer(keras.layers.Layer):
     """Base of the ROI layers: ``layer(features, rois)``, rois ``[B, R, 4]`` -> ``[B * R, oh, ow, C]``."""
 
     def __init__(self, output_size=(7, 7), **kwargs):
+        # float32 under a mixed precision policy too: autocasting to 16 bits would round the ROI
+        # pixel coordinates (the ops compute in float32 anyway; the head casts the output down).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(output_size, int):
             output_size = (output_size, output_size)

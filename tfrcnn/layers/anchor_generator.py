@@ -35,6 +35,7 @@ class AnchorGenerator(keras.layers.Layer):
     """
 
     def __init__(self, stride, scales, aspect_ratios=(0.5, 1.0, 2.0), offset=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.stride = float(stride)
         self.scales = tuple(float(s) for s in scales)

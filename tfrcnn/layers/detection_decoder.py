@@ -25,9 +25,11 @@ class DetectionDecoder(keras.layers.Layer):
 
     Call:
         ``layer(class_logits [B, R, C + 1], box_deltas [B, R, C, 4], rois [B, R, 4],
-        roi_valid [B, R] bool, image_shape int [B, 2], image_scale [B])`` -> dict
+        roi_valid [B, R] bool, image_shape int [B, 2], image_scale [B], original_shape [B, 2])``
+        -> dict
         ``detection_boxes [B, D, 4]`` (``[y1, x1, y2, x2]`` in the ORIGINAL image's pixels:
-        network-input pixels divided by ``image_scale``), ``detection_scores [B, D]``,
+        network-input pixels divided by ``image_scale``, clipped to ``original_shape``, which defaults
+        to ``image_shape / image_scale``), ``detection_scores [B, D]``,
         ``detection_classes`` int32 ``[B, D]`` (user ids, ``-1`` where padded),
         ``num_detections`` int32 ``[B]``. Padded slots have zero boxes and scores.
 
@@ -39,6 +41,7 @@ class DetectionDecoder(keras.layers.Layer):
 
     def __init__(self, num_classes, box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05,
                  nms_iou=0.5, max_detections=100, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.box_weights = tuple(float(w) for w in box_weights)
@@ -46,7 +49,8 @@ class DetectionDecoder(keras.layers.Layer):
         self.nms_iou = float(nms_iou)
         self.max_detections = int(max_detections)
 
-    def call(self, class_logits, box_deltas, rois, roi_valid, image_shape, image_scale):
+    def call(self, class_logits, box_deltas, rois, roi_valid, image_shape, image_scale,
+             original_shape=None):
         num_classes = self.num_classes
         probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]  # [B, R, C]
         rois = tf.cast(rois, tf.float32)
@@ -67,7 +71,8 @@ class DetectionDecoder(keras.layers.Layer):
         safe = tf.maximum(index, 0)
         scale = tf.cast(image_scale, tf.float32)[:, None, None]
         det_boxes = tf.gather(boxes, safe, batch_dims=1) / scale
-        original_shape = tf.cast(image_shape, tf.float32) / scale[:, :, 0]
+        if original_shape is None:
+            original_shape = tf.cast(image_shape, tf.float32) / scale[:, :, 0]
         det_boxes = clip_boxes(det_boxes, original_shape)
         det_boxes = tf.where(valid[..., None], det_boxes, 0.0)
         det_scores = tf.where(valid, tf.gather(scores, safe, batch_dims=1), 0.0)

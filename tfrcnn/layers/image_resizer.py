@@ -19,17 +19,19 @@ class ImageResizer(keras.layers.Layer):
         size_divisor: pad height and width up to a multiple of this (the backbone's stride).
 
     Call:
-        ``images, image_shape, image_scale = layer(raw)``: raw uint8 or float ``[B, H, W, 3]`` ->
-        float32 ``[B, Hp, Wp, 3]`` (pixel values 0..255), int32 ``[B, 2]`` valid region,
-        float32 ``[B]`` scale (resized = original * scale).
+        ``images, image_shape, image_scale, original_shape = layer(raw)``: raw uint8 or float
+        ``[B, H, W, 3]`` -> float32 ``[B, Hp, Wp, 3]`` (pixel values 0..255), int32 ``[B, 2]``
+        valid region, float32 ``[B]`` scale (resized = original * scale), int32 ``[B, 2]`` the
+        raw ``(H, W)``.
 
     Example:
-        >>> images, shape, scale = ImageResizer(600, 1000)(tf.zeros([1, 480, 640, 3], tf.uint8))
+        >>> images, shape, scale, original = ImageResizer(600, 1000)(tf.zeros([1, 480, 640, 3], tf.uint8))
         >>> shape.numpy(), scale.numpy()
         (array([[600, 800]], dtype=int32), array([1.25], dtype=float32))
     """
 
     def __init__(self, min_side=600, max_side=1000, size_divisor=32, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.min_side = int(min_side)
         self.max_side = int(max_side)
@@ -52,12 +54,14 @@ class ImageResizer(keras.layers.Layer):
         padded = tf.image.pad_to_bounding_box(resized, 0, 0, pad_h, pad_w)
         image_shape = tf.tile(tf.stack([new_h, new_w])[None, :], [batch, 1])
         image_scale = tf.fill([batch], scale)
-        return padded, image_shape, image_scale
+        original_shape = tf.tile(shape[1:3][None, :], [batch, 1])
+        return padded, image_shape, image_scale, original_shape
 
     def compute_output_spec(self, images):
         b = images.shape[0]
         return (keras.KerasTensor((b, None, None, 3), dtype="float32"),
-                keras.KerasTensor((b, 2), dtype="int32"), keras.KerasTensor((b,), dtype="float32"))
+                keras.KerasTensor((b, 2), dtype="int32"), keras.KerasTensor((b,), dtype="float32"),
+                keras.KerasTensor((b, 2), dtype="int32"))
 
     def get_config(self):
         config = super().get_config()

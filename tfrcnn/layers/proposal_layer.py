@@ -43,7 +43,10 @@ class ProposalLayer(keras.layers.Layer):
 
     def __init__(self, pre_nms_top_n=6000, post_nms_top_n=300, nms_iou=0.7, min_size=0.0,
                  box_weights=(1.0, 1.0, 1.0, 1.0), **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
+        # top-k of a data-dependent size and padded NMS: keep Keras' "auto" XLA choice off.
+        self.supports_jit = False
         self.pre_nms_top_n = int(pre_nms_top_n)
         self.post_nms_top_n = int(post_nms_top_n)
         self.nms_iou = float(nms_iou)

@@ -43,6 +43,7 @@ class ROISampler(keras.layers.Layer):
     def __init__(self, batch_size_per_image=128, positive_fraction=0.25, positive_iou=0.5,
                  negative_iou_high=0.5, negative_iou_low=0.0, box_weights=(10.0, 10.0, 5.0, 5.0),
                  add_gt_to_proposals=True, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.batch_size_per_image = int(batch_size_per_image)
         self.positive_fraction = float(positive_fraction)

@@ -37,6 +37,7 @@ class RPNTargetAssigner(keras.layers.Layer):
     def __init__(self, positive_iou=0.7, negative_iou=0.3, batch_size_per_image=256,
                  positive_fraction=0.5, allowed_border=0.0, box_weights=(1.0, 1.0, 1.0, 1.0),
                  **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.positive_iou = float(positive_iou)
         self.negative_iou = float(negative_iou)

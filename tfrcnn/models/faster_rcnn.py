@@ -39,7 +39,7 @@ from tfrcnn.ops.losses import rcnn_losses, rpn_losses
 TRAINING_SCHEMES = ("approximate_joint", "non_approximate_joint", "alternating")
 ROI_OPS = ("roi_pool", "roi_align", "precise_roi_pool", "multilevel_roi_align")
 LOSS_TERMS = ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
-INPUT_KEYS = ("images", "image_shape", "image_scale")
+INPUT_KEYS = ("images", "image_shape", "image_scale", "original_shape")
 GT_KEYS = ("gt_boxes", "gt_classes")
 
 # Every setting a preset provides; ``None`` in the constructor means "the preset's value".
@@ -102,7 +102,8 @@ class FasterRCNN(keras.Model):
     Inputs:
         - a dict ``{"images": [B, H, W, 3] uint8/float pixels 0..255, "image_shape": int [B, 2]
           (valid region), "image_scale": [B] (optional, resized = original * scale)}`` as the
-          ``tfrcnn.data`` pipeline yields it, plus ``"gt_boxes" [B, M, 4]`` and
+          ``tfrcnn.data`` pipeline yields it (``"original_shape"`` int [B, 2], optional, bounds the
+          returned boxes), plus ``"gt_boxes" [B, M, 4]`` and
           ``"gt_classes" [B, M]`` (``-1`` padding) for training;
         - or a plain image batch ``[B, H, W, 3]`` of any size: resized to ``image_min_side`` /
           ``image_max_side`` and padded inside the model.
@@ -238,7 +239,12 @@ class FasterRCNN(keras.Model):
             else:
                 self.roi_layer = PreciseROIPooling(size, scale, name="precise_roi_pool")
         if self.head_type == "resnet_c5":
-            self.head_trunk = build_resnet50_c5_head(weights=self.backbone_weights,
+            # A legacy .h5 of keras.applications ResNet50 (or "imagenet") also holds conv5; a
+            # Keras 3 .weights.h5 of the C4 backbone does not, so the head then starts random.
+            head_weights = self.backbone_weights
+            if isinstance(head_weights, str) and head_weights.endswith((".weights.h5", ".keras")):
+                head_weights = None
+            self.head_trunk = build_resnet50_c5_head(weights=head_weights,
                                                      trainable=self.trainable_backbone)
             head_type = "fc"
         else:
@@ -276,12 +282,15 @@ class FasterRCNN(keras.Model):
         images = keras.Input((None, None, 3), name="images", dtype="float32")
         image_shape = keras.Input((2,), name="image_shape", dtype="int32")
         image_scale = keras.Input((), name="image_scale", dtype="float32")
-        inputs = {"images": images, "image_shape": image_shape, "image_scale": image_scale}
+        original_shape = keras.Input((2,), name="original_shape", dtype="int32")
+        inputs = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
+                  "original_shape": original_shape}
         roi_features, objectness, deltas, anchors = self._trunk(images)
         if not training:
             proposals, _, valid = self.test_proposals(objectness, deltas, anchors, image_shape)
             logits, box_deltas = self._head(roi_features, proposals, self.test_post_nms_top_n)
-            outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, image_scale)
+            outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, image_scale,
+                                   original_shape)
             return keras.Model(inputs, outputs, name="inference_graph")
         gt_boxes = keras.Input((None, 4), name="gt_boxes", dtype="float32")
         gt_classes = keras.Input((None,), name="gt_classes", dtype="int32")
@@ -321,8 +330,9 @@ class FasterRCNN(keras.Model):
         """Inputs as the graphs take them: a dict with float32 images, int32 image_shape and
         float32 image_scale (plus ground truth when given). A plain tensor is resized inside."""
         if not isinstance(inputs, dict):
-            images, image_shape, image_scale = self.resizer(inputs)
-            return {"images": images, "image_shape": image_shape, "image_scale": image_scale}
+            images, image_shape, image_scale, original_shape = self.resizer(inputs)
+            return {"images": images, "image_shape": image_shape, "image_scale": image_scale,
+                    "original_shape": original_shape}
         if "images" not in inputs:
             raise ValueError(f"the input dict needs an 'images' entry; got keys {sorted(inputs)}")
         images = tf.cast(inputs["images"], tf.float32)
@@ -336,12 +346,21 @@ class FasterRCNN(keras.Model):
             image_scale = tf.reshape(tf.cast(inputs["image_scale"], tf.float32), [-1])
         else:
             image_scale = tf.ones([batch], tf.float32)
-        result = {"images": images, "image_shape": image_shape, "image_scale": image_scale}
+        if inputs.get("original_shape") is not None:
+            original_shape = tf.cast(inputs["original_shape"], tf.int32)
+        else:
+            original_shape = tf.cast(tf.math.ceil(
+                tf.cast(image_shape, tf.float32) / image_scale[:, None] - 1e-3), tf.int32)
+        result = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
+                  "original_shape": original_shape}
         if inputs.get("gt_boxes") is not None:
             if inputs.get("gt_classes") is None:
                 raise ValueError("'gt_boxes' given without 'gt_classes'")
-            result["gt_boxes"] = tf.cast(inputs["gt_boxes"], tf.float32)
-            result["gt_classes"] = tf.cast(inputs["gt_classes"], tf.int32)
+            # One extra padding slot, so that images with zero ground-truth slots (M = 0) work.
+            result["gt_boxes"] = tf.pad(tf.cast(inputs["gt_boxes"], tf.float32),
+                                        [[0, 0], [0, 1], [0, 0]], constant_values=-1.0)
+            result["gt_classes"] = tf.pad(tf.cast(inputs["gt_classes"], tf.int32),
+                                          [[0, 0], [0, 1]], constant_values=-1)
         return result
 
     def build(self, input_shape=None):
@@ -384,14 +403,6 @@ class FasterRCNN(keras.Model):
         if self.losses:
             total = total + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
         return total
-
-    def compile(self, optimizer="adam", jit_compile=False, **kwargs):
-        """``keras.Model.compile`` with XLA off by default (NMS and top-k with dynamic sizes are not
-        XLA-friendly on every device). The loss is built in: pass no ``loss``."""
-        if kwargs.get("loss") is not None:
-            raise ValueError("FasterRCNN computes its own multi-task loss; do not pass loss=")
-        kwargs.pop("loss", None)
-        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def get_config(self):
         config = {"num_classes": self.num_classes, "class_names": self.class_names,

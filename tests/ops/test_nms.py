@@ -1,0 +1,177 @@
+"""Tests of tfrcnn.ops.nms against a greedy numpy loop."""
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrcnn.ops.nms import (batched_class_aware_non_max_suppression_padded,
+                            batched_non_max_suppression_padded,
+                            class_aware_non_max_suppression_padded, non_max_suppression_padded)
+
+
+def loop_iou(a, b):
+    area_a = max(a[2] - a[0], 0) * max(a[3] - a[1], 0)
+    area_b = max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
+    if area_a <= 0 or area_b <= 0:
+        return 0.0
+    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+    return inter / (area_a + area_b - inter)
+
+
+def greedy_nms(boxes, scores, max_output, iou_threshold, score_threshold=-np.inf, classes=None):
+    """Highest score first; drop what overlaps a kept box (of the same class) by > threshold."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        if len(keep) == max_output:
+            break
+        if not scores[i] > score_threshold:
+            continue
+        if all(loop_iou(boxes[i], boxes[k]) <= iou_threshold
+               or (classes is not None and classes[i] != classes[k]) for k in keep):
+            keep.append(i)
+    return keep
+
+
+def padded(keep, size):
+    return np.array(keep + [-1] * (size - len(keep)), np.int32)
+
+
+def random_boxes(rng, n, extent=100.0):
+    """Clusters of jittered boxes (like raw detections) plus some scattered ones."""
+    centres = rng.uniform(0, extent, (max(n // 5, 1), 2))
+    sizes = rng.uniform(8, 40, (max(n // 5, 1), 2))
+    base = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1)
+    boxes = base[rng.integers(0, len(base), n)] + rng.normal(0, 3, (n, 4))
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    return boxes.astype(np.float32)
+
+
+@pytest.mark.parametrize("n,max_output,iou_threshold,score_threshold", [
+    (60, 20, 0.5, -np.inf),
+    (60, 100, 0.3, -np.inf),  # N < max_output_size
+    (80, 30, 0.7, 0.4),  # a score threshold
+    (40, 10, 0.0, -np.inf),  # any overlap suppresses
+    (0, 5, 0.5, -np.inf),  # no boxes
+])
+def test_equals_greedy_reference(n, max_output, iou_threshold, score_threshold):
+    rng = np.random.default_rng(n + max_output)
+    boxes = random_boxes(rng, n)
+    scores = rng.uniform(size=n).astype(np.float32)
+    indices, num_valid = non_max_suppression_padded(boxes, scores, max_output, iou_threshold,
+                                                    score_threshold)
+    expected = greedy_nms(boxes, scores, max_output, iou_threshold, score_threshold)
+    assert indices.dtype == tf.int32 and indices.shape == (max_output,)
+    assert num_valid.dtype == tf.int32 and int(num_valid) == len(expected)
+    np.testing.assert_array_equal(indices.numpy(), padded(expected, max_output))
+    if n:  # the case is not trivial: something above the score threshold was suppressed
+        by_score = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
+        assert expected != by_score[:len(expected)]
+    # Same selection as tf.image.non_max_suppression.
+    reference = tf.image.non_max_suppression(boxes.reshape(-1, 4), scores, max_output,
+                                             iou_threshold, score_threshold).numpy()
+    np.testing.assert_array_equal(indices.numpy()[:len(reference)], reference)
+
+
+def test_hand_fixture_and_score_threshold_is_strict():
+    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 1.0, 10.0, 11.0], [20.0, 20.0, 30.0, 30.0],
+             [0.0, 0.0, 10.0, 5.0]]
+    scores = [0.9, 0.8, 0.7, 0.95]
+    # Box 3 (best) has IoU 0.5 with box 0: not > 0.5, so box 0 stays; box 1 goes (IoU 0.82).
+    indices, n = non_max_suppression_padded(boxes, scores, 5, 0.5)
+    np.testing.assert_array_equal(indices.numpy(), [3, 0, 2, -1, -1])
+    assert int(n) == 3
+    indices, n = non_max_suppression_padded(boxes, scores, 5, 0.5, score_threshold=0.9)
+    np.testing.assert_array_equal(indices.numpy(), [3, -1, -1, -1, -1])
+
+
+def test_class_aware_keeps_overlapping_boxes_of_different_classes():
+    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 1.0, 10.0, 11.0], [0.0, 0.0, 10.0, 10.5]]
+    scores = [0.9, 0.8, 0.7]
+    indices, n = class_aware_non_max_suppression_padded(boxes, scores, [0, 1, 0], 4, 0.5)
+    np.testing.assert_array_equal(indices.numpy(), [0, 1, -1, -1])
+    indices, n = class_aware_non_max_suppression_padded(boxes, scores, [3, 3, 7], 4, 0.5)
+    np.testing.assert_array_equal(indices.numpy(), [0, 2, -1, -1])
+    assert int(n) == 2
+
+
+@pytest.mark.parametrize("iou_threshold,score_threshold", [(0.5, -np.inf), (0.3, 0.2)])
+def test_class_aware_equals_per_class_reference(iou_threshold, score_threshold):
+    rng = np.random.default_rng(3)
+    boxes = random_boxes(rng, 80) - 20.0  # negative coordinates too
+    scores = rng.uniform(size=80).astype(np.float32)
+    classes = rng.integers(0, 4, 80).astype(np.int32)
+    indices, n = class_aware_non_max_suppression_padded(boxes, scores, classes, 40,
+                                                        iou_threshold, score_threshold)
+    expected = greedy_nms(boxes, scores, 40, iou_threshold, score_threshold, classes=classes)
+    np.testing.assert_array_equal(indices.numpy(), padded(expected, 40))
+    assert int(n) == len(expected)
+    # The classes matter: class-blind NMS keeps something else.
+    assert expected != greedy_nms(boxes, scores, 40, iou_threshold, score_threshold)
+    # Empty input.
+    indices, n = class_aware_non_max_suppression_padded(np.zeros((0, 4)), np.zeros(0),
+                                                        np.zeros(0, np.int32), 3, 0.5)
+    np.testing.assert_array_equal(indices.numpy(), [-1, -1, -1])
+
+
+def test_batched_equals_per_image_in_tf_function_with_dynamic_batch():
+    rng = np.random.default_rng(4)
+    boxes = np.stack([random_boxes(rng, 50) for _ in range(3)])
+    scores = rng.uniform(size=(3, 50)).astype(np.float32)
+    classes = rng.integers(0, 3, (3, 50)).astype(np.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
+                                  tf.TensorSpec([None, None], tf.float32),
+                                  tf.TensorSpec([None, None], tf.int32)])
+    def run(b, s, c):
+        plain = batched_non_max_suppression_padded(b, s, 25, 0.5, 0.1)
+        aware = batched_class_aware_non_max_suppression_padded(b, s, c, 25, 0.5, 0.1)
+        return plain, aware
+
+    (indices, n), (aware_indices, aware_n) = run(boxes, scores, classes)
+    assert indices.shape == aware_indices.shape == (3, 25)
+    assert n.shape == aware_n.shape == (3,)
+    for b in range(3):
+        expected = greedy_nms(boxes[b], scores[b], 25, 0.5, 0.1)
+        np.testing.assert_array_equal(indices.numpy()[b], padded(expected, 25))
+        assert int(n[b]) == len(expected)
+        expected = greedy_nms(boxes[b], scores[b], 25, 0.5, 0.1, classes=classes[b])
+        np.testing.assert_array_equal(aware_indices.numpy()[b], padded(expected, 25))
+        assert int(aware_n[b]) == len(expected)
+    # Eager, and a static shape for a Python max_output_size.
+    eager, _ = batched_non_max_suppression_padded(boxes, scores, 25, 0.5, 0.1)
+    np.testing.assert_array_equal(eager.numpy(), indices.numpy())
+
+
+def test_converts_to_tflite_builtins_and_gives_the_same_result():
+    """No Flex ops: conversion with TFLITE_BUILTINS only must succeed, and run identically."""
+    rng = np.random.default_rng(5)
+    boxes = np.stack([random_boxes(rng, 30) for _ in range(2)])
+    scores = rng.uniform(size=(2, 30)).astype(np.float32)
+    classes = rng.integers(0, 3, (2, 30)).astype(np.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 30, 4], tf.float32),
+                                  tf.TensorSpec([2, 30], tf.float32),
+                                  tf.TensorSpec([2, 30], tf.int32)])
+    def detect(b, s, c):
+        single = non_max_suppression_padded(b[0], s[0], 8, 0.5)
+        aware = class_aware_non_max_suppression_padded(b[0], s[0], c[0], 8, 0.5, 0.2)
+        batched = batched_non_max_suppression_padded(b, s, 8, 0.5)
+        return single + aware + batched
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [detect.get_concrete_function()], detect)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    for detail, value in zip(interpreter.get_input_details(), (boxes, scores, classes)):
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    got = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+    expected = [t.numpy() for t in detect(boxes, scores, classes)]
+    assert len(got) == len(expected) == 6
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)

@@ -1,0 +1,217 @@
+"""Shared helpers for the backbones: resolving `weights=`, loading a weights file, freezing.
+
+Nothing here downloads. `weights` is one of:
+  - `None`: random initialisation (the default);
+  - a path to a local file: a legacy Keras `.h5` / `.hdf5` file (such as the keras.applications
+    ImageNet files) is loaded **by layer name**, so a network built with the keras.applications
+    layer names takes the official files; a Keras 3 `.weights.h5` (or `.keras`) file is loaded **by
+    structure** and must come from the same backbone (e.g. `backbone.save_weights(path)`);
+  - `"imagenet"`: only if the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`) already
+    holds the keras.applications file; otherwise a `ValueError` explains how to pass a file.
+"""
+
+import os
+
+import keras
+
+IMAGENET = "imagenet"
+LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
+KERAS3_SUFFIXES = (".weights.h5", ".weights.json", ".keras")
+
+
+def keras_cache_dirs():
+    """The folders where Keras caches downloaded model files, in the order Keras uses them."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    dirs = [os.path.join(home, "models"), os.path.join("/tmp", ".keras", "models")]
+    return list(dict.fromkeys(dirs))
+
+
+def find_cached_imagenet_file(file_names):
+    """Returns the first of `file_names` found in a Keras cache folder, or None."""
+    for folder in keras_cache_dirs():
+        for file_name in file_names:
+            path = os.path.join(folder, file_name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def resolve_weights(weights, backbone, imagenet_files=()):
+    """Turns the `weights` argument into a local file path (or None for random init).
+
+    Args:
+        weights: `None`, `"imagenet"` or a path (str / os.PathLike).
+        backbone: the backbone name, for messages.
+        imagenet_files: keras.applications cache file names that hold this network's ImageNet
+            weights (no-top first); empty when no ImageNet file exists for it.
+
+    Raises:
+        ValueError: unknown value, missing file, or `"imagenet"` not in the cache.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == IMAGENET:
+        if not imagenet_files:
+            raise ValueError(
+                f"Backbone '{backbone}' has no keras.applications ImageNet weights; use "
+                f"weights=None (random initialisation) or weights='/path/to/weights.h5'."
+            )
+        path = find_cached_imagenet_file(imagenet_files)
+        if path is None:
+            raise ValueError(
+                f"weights='imagenet' for backbone '{backbone}': none of {list(imagenet_files)} "
+                f"is in the Keras cache ({', '.join(keras_cache_dirs())}), and tfrcnn never "
+                f"downloads at run time. Copy the file into one of those folders "
+                f"(keras.applications puts it there when run once on a machine with internet), "
+                f"or pass its path: "
+                f"weights='/path/to/{imagenet_files[0]}'."
+            )
+        return path
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise ValueError(
+            f"Backbone '{backbone}': weights must be None, 'imagenet' or a path to a weights file, "
+            f"got {weights!r}."
+        )
+    if not os.path.isfile(weights):
+        raise ValueError(
+            f"Backbone '{backbone}': weights file {weights!r} does not exist. Pass None for random "
+            f"initialisation, 'imagenet', or the path of a .h5 / .weights.h5 file."
+        )
+    if not weights.lower().endswith(LEGACY_H5_SUFFIXES + KERAS3_SUFFIXES):
+        raise ValueError(
+            f"Backbone '{backbone}': weights file {weights!r} has an unsupported extension; "
+            f"accepted: legacy Keras '.h5' / '.hdf5' (loaded by layer name) or Keras 3 "
+            f"'.weights.h5' / '.keras' (loaded by structure)."
+        )
+    return weights
+
+
+def _legacy_h5_layer_names(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f
+        if "layer_names" not in f.attrs and "model_weights" in f:
+            group = f["model_weights"]
+        if "layer_names" not in group.attrs:
+            raise ValueError(
+                f"Weights file {path!r} is not a Keras '.h5' weights file (no 'layer_names'); "
+                f"Keras 3 weight files must be named '*.weights.h5'."
+            )
+        names = []
+        for name in group.attrs["layer_names"]:
+            names.append(name.decode("utf8") if hasattr(name, "decode") else str(name))
+        return names
+
+
+def load_weights_file(model, path, *, backbone, required_layers=None):
+    """Loads `path` into `model` (see the module docstring for the two file kinds).
+
+    Args:
+        model: the keras.Model to fill.
+        path: a file path returned by `resolve_weights`.
+        backbone: the backbone name, for messages.
+        required_layers: for legacy `.h5` files, the names of the layers with weights that the file
+            must provide (default: every layer of `model` that has weights). Layers left out (e.g. a
+            freshly added FPN) keep their random initialisation.
+
+    Raises:
+        ValueError: the file does not fit the network; says which layers are missing.
+    """
+    lower = path.lower()
+    if lower.endswith(LEGACY_H5_SUFFIXES) and not lower.endswith(".weights.h5"):
+        if required_layers is None:
+            required_layers = [layer.name for layer in model.layers if layer.weights]
+        in_file = set(_legacy_h5_layer_names(path))
+        missing = [name for name in required_layers if name not in in_file]
+        if missing:
+            raise ValueError(
+                f"Backbone '{backbone}': weights file {path!r} lacks {len(missing)} of the "
+                f"{len(required_layers)} layers it must provide (by name), e.g. {missing[:5]}. "
+                f"Is it a file for this network?"
+            )
+        try:
+            model.load_weights(path, by_name=True)
+        except ValueError as error:
+            raise ValueError(
+                f"Backbone '{backbone}': weights file {path!r} does not fit the network: {error}"
+            ) from error
+        return
+    try:
+        model.load_weights(path)
+    except Exception as error:  # Keras raises several types on a structure mismatch.
+        raise ValueError(
+            f"Backbone '{backbone}': could not load {path!r} by structure ({error}). Keras 3 "
+            f"'.weights.h5' files must come from the same backbone (backbone.save_weights(path)); "
+            f"for ImageNet files use the keras.applications '.h5' file, which loads by layer name."
+        ) from error
+
+
+def finish_backbone(
+    model, *, weights_path, backbone, trainable, by_name_model=None, required_layers=None
+):
+    """Loads weights (if any) and applies `trainable` (False freezes every layer, BatchNorm too).
+
+    Legacy `.h5` files load by name into `by_name_model` (default `model`, e.g. a nested
+    keras.applications network whose layers carry the official names); Keras 3 files load by
+    structure into `model`.
+    """
+    if weights_path is not None:
+        lower = weights_path.lower()
+        legacy = lower.endswith(LEGACY_H5_SUFFIXES) and not lower.endswith(".weights.h5")
+        target = by_name_model if (legacy and by_name_model is not None) else model
+        load_weights_file(
+            target,
+            weights_path,
+            backbone=backbone,
+            required_layers=required_layers if legacy else None,
+        )
+    if not trainable:
+        # A non-trainable BatchNormalization runs in inference mode in Keras 3 (frozen statistics).
+        model.trainable = False
+    return model
+
+
+@keras.saving.register_keras_serializable(package="tfrcnn")
+class BackboneModel(keras.Model):
+    """A functional keras.Model that always returns a LIST of outputs, even when there is one.
+
+    (A plain functional model returns a bare tensor when called eagerly on a single output but a
+    list when called symbolically; backbones promise a list of feature maps either way.)
+
+    Build it like a functional model: `BackboneModel(inputs, [feature_map], name=...)`.
+
+    Shapes: input `[B, H, W, 3]`; output a list of `[B, H_i, W_i, C_i]`, fine to coarse.
+
+    Example:
+        >>> inputs = keras.Input((None, None, 3))
+        >>> model = BackboneModel(inputs, [keras.layers.Conv2D(8, 3, strides=2)(inputs)])
+        >>> len(model(np.zeros((1, 32, 32, 3), "float32")))  # 1
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        if isinstance(outputs, (list, tuple)):
+            return list(outputs)
+        return [outputs]
+
+
+def weighted_layer_names(model, exclude=()):
+    """Names of the top-level layers of `model` that hold weights, minus instances of `exclude`."""
+    return [
+        layer.name
+        for layer in model.layers
+        if layer.weights and not isinstance(layer, tuple(exclude))
+    ]
+
+
+def model_name(name, name_prefix):
+    """The returned model's name: `name`, or `f"{name_prefix}_{name}"` when a prefix is given."""
+    return f"{name_prefix}_{name}" if name_prefix else name
+
+
+def image_input(name="image"):
+    """`[B, H, W, 3]` float32 RGB pixels in [0, 255], any H and W."""
+    return keras.Input(shape=(None, None, 3), dtype="float32", name=name)
