@@ -1,5 +1,6 @@
 """AnchorGenerator: the anchors of ops.generate_anchors, counts, shapes, config and .keras round trips."""
 import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -1,9 +1,8 @@
 """DetectionDecoder on hand-built cases: scores, classes, order, thresholds, NMS, padding, clipping."""
 import contextlib
+
 import keras
 import numpy as np
-import pytest
-import tensorflow as tf
 
 from tfrcnn.layers.detection_decoder import PADDING_CLASS, DetectionDecoder
 from tfrcnn.ops.boxes import decode_boxes

@@ -1,5 +1,6 @@
 """ImageResizer: sizes, scales, the max_side cap, uint8 input, zero padding, config and round trips."""
 import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf

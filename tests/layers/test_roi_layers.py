@@ -1,6 +1,7 @@
 """ROIPooling, ROIAlign, PreciseROIPooling, MultiLevelROIAlign: batched ROIs equal the ops on the
 flattened ROIs (image-major order), symbolic shapes, config and .keras round trips."""
 import contextlib
+
 import keras
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
 """ROISampler: labels, foreground fraction, gt as proposals, targets, padding weights, gradients."""
 import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf

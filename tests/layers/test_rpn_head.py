@@ -1,7 +1,6 @@
 """RPNHead: shapes, the flattened layout, initialisation, mixed precision, config and .keras round trips."""
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tfrcnn.layers.rpn_head import RPNHead

@@ -1,5 +1,6 @@
 """RPNTargetAssigner against a numpy reference of the paper's rule; sampling, targets, no-gt images."""
 import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf

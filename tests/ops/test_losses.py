@@ -79,7 +79,7 @@ def test_rpn_losses_beta():
     objectness, deltas, labels, targets = _rpn_case()
     _, box_loss = rpn_losses(objectness, deltas, labels, targets, beta=1.0, box_normalizer="sampled",
                              box_loss_weight=1.0)
-    # beta 1: 0.5 * 0.05^2 + 0.5 * 0.5^2 + 0 + 0.5 * 1^2... (|1| is not < 1: 1 - 0.5) + 0.5 * 0.1^2
+    # beta 1, diffs (0.05, -0.5, 0, 1) and (0.1, 0, 0, 0): 0.5 x^2 below 1, |x| - 0.5 from 1 on.
     expected = 0.5 * 0.0025 + 0.125 + 0.5 + 0.005
     np.testing.assert_allclose(box_loss.numpy(), expected / 5.0, rtol=1e-5)
 

@@ -31,7 +31,7 @@ class ImageResizer(keras.layers.Layer):
     """
 
     def __init__(self, min_side=600, max_side=1000, size_divisor=32, **kwargs):
-        kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
+        kwargs.setdefault("dtype", "float32")  # pixels and scale must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.min_side = int(min_side)
         self.max_side = int(max_side)
