@@ -240,7 +240,10 @@ def test_roi_pool_matches_reference(output_size, scale):
     if tv is not None:
         torch, ops = tv
         theirs = ops.roi_pool(
-            torch.from_numpy(features).permute(0, 3, 1, 2), to_torch_rois(torch, boxes, indices), output_size, scale
+            torch.from_numpy(features).permute(0, 3, 1, 2),
+            to_torch_rois(torch, boxes, indices),
+            output_size,
+            scale,
         )
         np.testing.assert_allclose(got, theirs.permute(0, 2, 3, 1).numpy(), atol=1e-6)
 
@@ -307,12 +310,36 @@ def test_roi_pool_gradient_goes_to_argmax():
     np.testing.assert_array_equal(features.ravel()[jac.argmax(axis=1)][nonempty], out[nonempty])
 
 
+def test_roi_pool_ties_go_to_the_first_cell_and_boxes_get_no_gradient():
+    # a constant map (as after a ReLU): every bin's gradient goes to its first cell in row-major order
+    features = tf.zeros([1, 6, 7, 1])
+    boxes = tf.constant([[0.0, 0.0, 5.0, 6.0], [2.0, 3.0, 9.0, 9.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([features, boxes])
+        out = roi_pool(features, boxes, [0, 0], (2, 2), 1.0)
+        weighted = tf.reduce_sum(out * tf.reshape(tf.range(1.0, 9.0), [2, 2, 2, 1]))
+    grad = tape.gradient(weighted, features).numpy()[0, :, :, 0]
+    assert tape.gradient(weighted, boxes) is None
+    want = np.zeros((6, 7))
+    # box 0: 6 x 7 cells, bin 3 x 3.5 -> bins start at rows 0, 3 and columns 0, 3 (floor(3.5) = 3)
+    for (r, c), w in zip([(0, 0), (0, 3), (3, 0), (3, 3)], [1, 2, 3, 4]):
+        want[r, c] += w
+    # box 1: rows 2..9 (8 cells, bins [2, 6) [6, 10) -> the second is outside: empty, no gradient),
+    # columns 3..9 (7 cells, bins [3, 6.5) -> start 3, and [floor(3.5) + 3, ...) -> start 6)
+    for (r, c), w in zip([(2, 3), (2, 6)], [5, 6]):
+        want[r, c] += w
+    np.testing.assert_array_equal(grad, want)
+
+
 # --------------------------------------------------------------------------------------------------
 # roi_align
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("aligned,sampling_ratio,output_size", [(True, 2, (7, 7)), (False, 2, (3, 4)), (True, 1, (2, 3)), (False, 3, (5, 2))])
+@pytest.mark.parametrize(
+    "aligned,sampling_ratio,output_size",
+    [(True, 2, (7, 7)), (False, 2, (3, 4)), (True, 1, (2, 3)), (False, 3, (5, 2))],
+)
 def test_roi_align_matches_reference(method, aligned, sampling_ratio, output_size):
     features, boxes, indices = random_case(2)
     got = roi_align(features, boxes, indices, output_size, 0.5, sampling_ratio, aligned, method).numpy()
@@ -616,3 +643,44 @@ def test_multilevel_roi_align_equals_per_level_roi_align(method):
     ]
     want = np.stack(per_level)[levels - min_level, np.arange(len(boxes))]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# TFLite
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_paths_convert_with_builtin_ops_only():
+    """roi_pool and the gather RoIAlign paths convert without Flex and give the same numbers."""
+    features, boxes, indices = random_case(13, batch=1, height=8, width=10, channels=3, n=4)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec(features.shape, tf.float32),
+            tf.TensorSpec(boxes.shape, tf.float32),
+            tf.TensorSpec(indices.shape, tf.int32),
+        ]
+    )
+    def model(f, b, i):
+        return {
+            "pool": roi_pool(f, b, i, (3, 3), 0.5),
+            "align": roi_align(f, b, i, (3, 3), 0.5, 2, True, "gather"),
+            "multilevel": multilevel_roi_align(
+                [f, f[:, ::2, ::2]], b, i, (3, 3),
+                min_level=1, canonical_scale=8.0, canonical_level=2, method="gather",
+            ),
+        }
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    inputs = {tuple(v.shape): v for v in (features, boxes, indices)}
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], inputs[tuple(detail["shape"])])
+    interpreter.invoke()
+    got = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+    want = model(features, boxes, indices)
+    assert len(got) == 3
+    for name, value in want.items():
+        assert any(g.shape == value.shape and np.allclose(g, value.numpy(), atol=1e-5) for g in got), name
