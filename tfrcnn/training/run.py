@@ -30,15 +30,15 @@ RUN_DEFAULTS = dict(
     num_train=1000,
     num_val=200,
     seed=0,
-    epochs=12,
-    steps_per_epoch=150,
+    epochs=10,
+    steps_per_epoch=125,
     batch_size=4,
     optimizer="adamw",
     learning_rate=2e-3,
     weight_decay=1e-4,
     warmup_steps=100,
     clipnorm=10.0,
-    eval_every=3,
+    eval_every=2,
     model={},
 )
 
