@@ -1,0 +1,84 @@
+"""The ``tfrcnn`` command: a short real training run, evaluate, predict, and user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfrcnn.cli import main, parse_overrides, UserError
+
+QUICK = ["--set", "num_train=16", "--set", "num_val=8", "--set", "eval_every=1",
+         "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("run") / "demo")
+    assert main(["train", "--run-dir", run] + QUICK) == 0
+    return run
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    for name in ("config.json", "history.json", "history.csv", "metrics.json", "model.keras",
+                 os.path.join("checkpoints", "last.keras")):
+        assert os.path.exists(os.path.join(trained_run, name)), name
+    config = json.load(open(os.path.join(trained_run, "config.json")))
+    assert config["run"]["num_train"] == 16 and config["model"]["preset"] == "tiny"
+    history = json.load(open(os.path.join(trained_run, "history.json")))
+    for term in ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss", "val_mAP"):
+        assert len(history[term]) == 1 and np.isfinite(history[term][0]), term
+    metrics = json.load(open(os.path.join(trained_run, "metrics.json")))
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    assert set(metrics["per_class_ap"]) == {"rectangle", "ellipse", "triangle"}
+
+
+def test_evaluate_and_predict(trained_run, tmp_path, capsys):
+    model = os.path.join(trained_run, "model.keras")
+    assert main(["evaluate", model, "--num-val", "8"]) == 0
+    assert "mAP@0.5" in capsys.readouterr().out
+    image = tmp_path / "shape.png"
+    pixels = np.full((120, 150, 3), 30, np.uint8)
+    pixels[20:80, 30:110] = (240, 40, 40)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "--model", model, "--out", str(out),
+                 "--score-threshold", "0.0"]) == 0
+    drawn = np.asarray(Image.open(out / "shape.png"))
+    assert drawn.shape == (120, 150, 3)
+    record = json.load(open(out / "shape.json"))
+    assert record["image"] == str(image)
+    for det in record["detections"]:
+        assert det["class_name"] in ("rectangle", "ellipse", "triangle")
+        y1, x1, y2, x2 = det["box_yxyx"]
+        assert 0 <= y1 <= y2 <= 120 and 0 <= x1 <= x2 <= 150
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "missing.jpg", "--model", "nope.keras"], "image not found: missing.jpg"),
+    (["evaluate", "nope.keras"], "model not found: nope.keras"),
+    (["train", "--preset", "resnet9000"], "unknown preset 'resnet9000'"),
+    (["train", "--set", "epochs"], "bad --set 'epochs'"),
+    (["train", "--set", "colour=blue"], "unknown run setting 'colour'"),
+    (["train", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_parse_overrides():
+    assert parse_overrides(["epochs=3", "model.head_units=[64,64]", "data=synthetic"]) == {
+        "epochs": 3, "model": {"head_units": [64, 64]}, "data": "synthetic"}
+    with pytest.raises(UserError):
+        parse_overrides(["=3"])
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "tfrcnn.cli", "train", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--preset" in out.stdout and "--set" in out.stdout
