@@ -56,10 +56,12 @@ _SETTINGS = (
     "detection_score_threshold", "detection_nms_iou", "max_detections",
     "rpn_box_loss_weight", "rpn_box_normalizer", "rcnn_box_loss_weight",
     "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
-    "image_min_side", "image_max_side", "size_divisor",
+    "image_min_side", "image_max_side", "size_divisor", "proposal_source",
+    "num_external_proposals",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
-                 roi_method="crop_and_resize", head_conv_channels=(), head_dropout=0.0)
+                 roi_method="crop_and_resize", head_conv_channels=(), head_dropout=0.0,
+                 proposal_source="rpn", num_external_proposals=2000)
 
 
 def _as_tuple(value):
@@ -98,6 +100,10 @@ class FasterRCNN(keras.Model):
             coordinates through the ROI op) or ``"alternating"`` (the paper's 4-step scheme, run by
             :func:`tfrcnn.training.train_alternating`).
         image_min_side, image_max_side, size_divisor: resizing of raw images passed to ``predict``.
+        proposal_source: ``"rpn"`` (Faster R-CNN) or ``"external"`` (Fast R-CNN: the second stage
+            runs on proposals given as an input ``"proposals" [B, num_external_proposals, 4]`` in
+            original-image pixels, zero-padded; e.g. from selective search).
+        num_external_proposals: the fixed number of external proposals an image.
 
     Inputs:
         - a dict ``{"images": [B, H, W, 3] uint8/float pixels 0..255, "image_shape": int [B, 2]
@@ -134,7 +140,8 @@ class FasterRCNN(keras.Model):
                  detection_nms_iou=None, max_detections=None, rpn_box_loss_weight=None,
                  rpn_box_normalizer=None, rcnn_box_loss_weight=None, rpn_smooth_l1_beta=None,
                  rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
-                 image_max_side=None, size_divisor=None, **kwargs):
+                 image_max_side=None, size_divisor=None, proposal_source=None,
+                 num_external_proposals=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -174,6 +181,8 @@ class FasterRCNN(keras.Model):
             raise ValueError(f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}")
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
+        if self.proposal_source not in ("rpn", "external"):
+            raise ValueError(f"proposal_source must be 'rpn' or 'external', got {self.proposal_source!r}")
         if self.training_scheme == "non_approximate_joint" and self.roi_op == "roi_pool":
             raise ValueError(
                 "non_approximate_joint training needs an ROI op that is differentiable with respect "
@@ -262,6 +271,8 @@ class FasterRCNN(keras.Model):
             features = [features]
         objectness, deltas, anchors = [], [], []
         for level, generator in zip(features, self.anchor_generators):
+            if self.proposal_source == "external":
+                break
             level_objectness, level_deltas = self.rpn_head(level)
             objectness.append(level_objectness)
             deltas.append(level_deltas)
@@ -286,32 +297,47 @@ class FasterRCNN(keras.Model):
         inputs = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
                   "original_shape": original_shape}
         roi_features, objectness, deltas, anchors = self._trunk(images)
+        external = self.proposal_source == "external"
+        if external:
+            inputs["proposals"] = keras.Input((self.num_external_proposals, 4), name="proposals",
+                                              dtype="float32")
+            # given in original-image pixels; zero-area entries are padding
+            ext = inputs["proposals"] * keras.ops.reshape(image_scale, (-1, 1, 1))
+            ext_valid = keras.ops.logical_and(ext[..., 2] > ext[..., 0], ext[..., 3] > ext[..., 1])
         if not training:
-            proposals, _, valid = self.test_proposals(objectness, deltas, anchors, image_shape)
-            logits, box_deltas = self._head(roi_features, proposals, self.test_post_nms_top_n)
+            if external:
+                proposals, valid, count = ext, ext_valid, self.num_external_proposals
+            else:
+                proposals, _, valid = self.test_proposals(objectness, deltas, anchors, image_shape)
+                count = self.test_post_nms_top_n
+            logits, box_deltas = self._head(roi_features, proposals, count)
             outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, image_scale,
                                    original_shape)
             return keras.Model(inputs, outputs, name="inference_graph")
         gt_boxes = keras.Input((None, 4), name="gt_boxes", dtype="float32")
         gt_classes = keras.Input((None,), name="gt_classes", dtype="int32")
         inputs.update(gt_boxes=gt_boxes, gt_classes=gt_classes)
-        all_objectness = keras.ops.concatenate(objectness, axis=1) if len(objectness) > 1 else objectness[0]
-        all_deltas = keras.ops.concatenate(deltas, axis=1) if len(deltas) > 1 else deltas[0]
-        all_anchors = keras.ops.concatenate(anchors, axis=0) if len(anchors) > 1 else anchors[0]
-        rpn_labels, rpn_box_targets = self.rpn_targets(all_anchors, gt_boxes, gt_classes, image_shape)
-        proposals, _, valid = self.train_proposals(objectness, deltas, anchors, image_shape)
-        if self.training_scheme != "non_approximate_joint":
-            # Approximate joint training: the proposals are constants for the second stage.
-            proposals = keras.ops.stop_gradient(proposals)
+        outputs = {}
+        if external:
+            proposals, valid = ext, ext_valid
+        else:
+            all_objectness = keras.ops.concatenate(objectness, axis=1) if len(objectness) > 1 else objectness[0]
+            all_deltas = keras.ops.concatenate(deltas, axis=1) if len(deltas) > 1 else deltas[0]
+            all_anchors = keras.ops.concatenate(anchors, axis=0) if len(anchors) > 1 else anchors[0]
+            rpn_labels, rpn_box_targets = self.rpn_targets(all_anchors, gt_boxes, gt_classes, image_shape)
+            outputs.update(rpn_objectness=all_objectness, rpn_deltas=all_deltas,
+                           rpn_labels=rpn_labels, rpn_box_targets=rpn_box_targets)
+            proposals, _, valid = self.train_proposals(objectness, deltas, anchors, image_shape)
+            if self.training_scheme != "non_approximate_joint":
+                # Approximate joint training: the proposals are constants for the second stage.
+                proposals = keras.ops.stop_gradient(proposals)
         rois, labels, targets, weights = self.roi_sampler(proposals, valid, gt_boxes, gt_classes)
         logits, box_deltas = self._head(roi_features, rois, self.rcnn_batch_size_per_image)
-        outputs = {
-            "rpn_objectness": all_objectness, "rpn_deltas": all_deltas,
-            "rpn_labels": rpn_labels, "rpn_box_targets": rpn_box_targets,
+        outputs.update({
             "rcnn_class_logits": logits, "rcnn_box_deltas": box_deltas,
             "rcnn_labels": labels, "rcnn_box_targets": targets, "rcnn_weights": weights,
             "rois": rois,
-        }
+        })
         return keras.Model(inputs, outputs, name="training_graph")
 
     # ----------------------------------------------------------------------------------------
@@ -330,6 +356,9 @@ class FasterRCNN(keras.Model):
         """Inputs as the graphs take them: a dict with float32 images, int32 image_shape and
         float32 image_scale (plus ground truth when given). A plain tensor is resized inside."""
         if not isinstance(inputs, dict):
+            if self.proposal_source == "external":
+                raise ValueError("this model runs on external proposals (Fast R-CNN): pass a dict "
+                                 "with 'images', 'image_shape', 'image_scale' and 'proposals'")
             images, image_shape, image_scale, original_shape = self.resizer(inputs)
             return {"images": images, "image_shape": image_shape, "image_scale": image_scale,
                     "original_shape": original_shape}
@@ -353,6 +382,12 @@ class FasterRCNN(keras.Model):
                 tf.cast(image_shape, tf.float32) / image_scale[:, None] - 1e-3), tf.int32)
         result = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
                   "original_shape": original_shape}
+        if self.proposal_source == "external":
+            if inputs.get("proposals") is None:
+                raise ValueError("this model runs on external proposals (Fast R-CNN): the input dict "
+                                 f"needs 'proposals' [B, {self.num_external_proposals}, 4] in "
+                                 "original-image pixels")
+            result["proposals"] = tf.cast(inputs["proposals"], tf.float32)
         if inputs.get("gt_boxes") is not None:
             if inputs.get("gt_classes") is None:
                 raise ValueError("'gt_boxes' given without 'gt_classes'")
@@ -362,6 +397,33 @@ class FasterRCNN(keras.Model):
             result["gt_classes"] = tf.pad(tf.cast(inputs["gt_classes"], tf.int32),
                                           [[0, 0], [0, 1]], constant_values=-1)
         return result
+
+    def propose(self, inputs, max_proposals=2000, pre_nms_top_n=None):
+        """The RPN's proposals alone (for proposal-quality studies such as recall at N proposals).
+
+        Args:
+            inputs: as for ``call`` (a dict from the pipeline, or raw images of any size).
+            max_proposals: proposals kept after NMS (the output is sorted by score, so the first
+                ``N`` are the top-``N`` proposals for any ``N <= max_proposals``).
+            pre_nms_top_n: boxes kept before NMS (default: the larger of the test setting and
+                ``max_proposals``).
+
+        Returns:
+            dict: ``proposal_boxes [B, max_proposals, 4]`` in original-image pixels,
+            ``proposal_scores [B, max_proposals]`` object probabilities (0 where padded),
+            ``num_proposals [B]``.
+        """
+        if self.proposal_source != "rpn":
+            raise ValueError("propose() needs a model with an RPN (proposal_source='rpn')")
+        inputs = self.standardize_inputs(inputs)
+        pre = pre_nms_top_n or max(self.test_pre_nms_top_n, int(max_proposals))
+        layer = ProposalLayer(pre, int(max_proposals), self.rpn_nms_iou, self.rpn_min_size,
+                              self.rpn_box_weights)
+        _, objectness, deltas, anchors = self._trunk(inputs["images"])
+        boxes, scores, valid = layer(objectness, deltas, anchors, inputs["image_shape"])
+        boxes = boxes / tf.reshape(inputs["image_scale"], [-1, 1, 1])
+        return {"proposal_boxes": boxes, "proposal_scores": scores,
+                "num_proposals": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
 
     def build(self, input_shape=None):
         # Every layer is built when the two graphs are traced in __init__.
@@ -376,19 +438,23 @@ class FasterRCNN(keras.Model):
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, dict):
-            x = {k: x[k] for k in INPUT_KEYS if k in x}
+            x = {k: x[k] for k in INPUT_KEYS + ("proposals",) if k in x}
         return self(x, training=False)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The multi-task loss of both stages; each term is tracked as a metric."""
-        if not isinstance(y_pred, dict) or "rpn_labels" not in y_pred:
+        if not isinstance(y_pred, dict) or "rcnn_labels" not in y_pred:
             raise ValueError("training and evaluation need ground truth: the input dict must hold "
                              "'gt_boxes' [B, M, 4] and 'gt_classes' [B, M] (-1 padding)")
-        num_locations = tf.shape(y_pred["rpn_labels"])[1] // self.num_anchors
-        rpn_cls, rpn_box = rpn_losses(
-            y_pred["rpn_objectness"], y_pred["rpn_deltas"], y_pred["rpn_labels"],
-            y_pred["rpn_box_targets"], num_locations=num_locations, beta=self.rpn_smooth_l1_beta,
-            box_normalizer=self.rpn_box_normalizer, box_loss_weight=self.rpn_box_loss_weight)
+        if "rpn_labels" in y_pred:
+            num_locations = tf.shape(y_pred["rpn_labels"])[1] // self.num_anchors
+            rpn_cls, rpn_box = rpn_losses(
+                y_pred["rpn_objectness"], y_pred["rpn_deltas"], y_pred["rpn_labels"],
+                y_pred["rpn_box_targets"], num_locations=num_locations,
+                beta=self.rpn_smooth_l1_beta, box_normalizer=self.rpn_box_normalizer,
+                box_loss_weight=self.rpn_box_loss_weight)
+        else:  # Fast R-CNN on external proposals: no RPN
+            rpn_cls = rpn_box = tf.constant(0.0, tf.float32)
         rcnn_cls, rcnn_box = rcnn_losses(
             y_pred["rcnn_class_logits"], y_pred["rcnn_box_deltas"], y_pred["rcnn_labels"],
             y_pred["rcnn_box_targets"], y_pred["rcnn_weights"], beta=self.rcnn_smooth_l1_beta,
