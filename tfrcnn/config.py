@@ -125,6 +125,26 @@ PRESETS = {
         rpn_box_normalizer="sampled",
         rpn_box_loss_weight=1.0,
     ),
+    # A small pyramid CNN for real data trained from scratch on a CPU (e.g. BCCD at 480x640).
+    "small_fpn": dict(
+        backbone="small_fpn",
+        fpn_channels=128,
+        anchor_scales=((32.0,), (64.0,), (128.0,), (256.0,)),
+        rpn_channels=128,
+        roi_op="multilevel_roi_align",
+        roi_output_size=7,
+        head_type="fc",
+        head_units=(512, 512),
+        image_min_side=480,
+        image_max_side=640,
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=512,
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=300,
+        rcnn_batch_size_per_image=256,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+    ),
     # A small network for tests and the built-in CPU demo (synthetic shapes, 128-192 px images).
     "tiny": dict(
         backbone="tiny",
