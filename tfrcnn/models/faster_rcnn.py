@@ -468,6 +468,11 @@ class FasterRCNN(keras.Model):
                 total = total + weight * value
         if self.losses:
             total = total + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
+        # Keras's contract under tf.distribute: each replica returns its loss divided by the number
+        # of replicas (gradients are summed across replicas; fit's "loss" metric multiplies back).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            total = total / float(replicas)
         return total
 
     def get_config(self):

@@ -71,6 +71,15 @@ def _output_signature(max_output_size):
     return (tf.TensorSpec([length], tf.int32), tf.TensorSpec([], tf.int32))
 
 
+def _map_images(fn, elems, max_output_size):
+    """``tf.map_fn(fn, elems)`` over the batch; with a static batch of 1 (a fixed-size TFLite
+    export), ``fn`` is called once directly, so the graph holds no WHILE loop (which TFLite's int8
+    calibrator cannot run)."""
+    if elems[0].shape.rank is not None and elems[0].shape[0] == 1:
+        return tuple(out[None] for out in fn(tuple(e[0] for e in elems)))
+    return tf.map_fn(fn, elems, fn_output_signature=_output_signature(max_output_size))
+
+
 def batched_non_max_suppression_padded(boxes, scores, max_output_size, iou_threshold,
                                        score_threshold=float("-inf")):
     """:func:`non_max_suppression_padded` for each image of a batch.
@@ -96,8 +105,7 @@ def batched_non_max_suppression_padded(boxes, scores, max_output_size, iou_thres
         return non_max_suppression_padded(image_boxes, image_scores, max_output_size,
                                           iou_threshold, score_threshold)
 
-    return tf.map_fn(one_image, (boxes, scores),
-                     fn_output_signature=_output_signature(max_output_size))
+    return _map_images(one_image, (boxes, scores), max_output_size)
 
 
 def _class_offset_boxes(boxes, classes):
@@ -171,5 +179,4 @@ def batched_class_aware_non_max_suppression_padded(boxes, scores, classes, max_o
                                                       max_output_size, iou_threshold,
                                                       score_threshold)
 
-    return tf.map_fn(one_image, (boxes, scores, classes),
-                     fn_output_signature=_output_signature(max_output_size))
+    return _map_images(one_image, (boxes, scores, classes), max_output_size)
