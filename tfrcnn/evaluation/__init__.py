@@ -1,0 +1,5 @@
+"""Evaluation: Pascal VOC AP / mAP, COCO metrics (pycocotools), proposal recall, and a Keras
+callback reporting validation mAP during ``fit``."""
+from tfrcnn.evaluation.callbacks import MeanAveragePrecisionCallback
+from tfrcnn.evaluation.coco import COCO_STAT_NAMES, evaluate_coco
+from tfrcnn.evaluation.voc import collect_detections, evaluate_detections, evaluate_model, voc_ap
