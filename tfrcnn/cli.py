@@ -1,8 +1,10 @@
-"""The ``tfrcnn`` command: train, evaluate, predict.
+"""The ``tfrcnn`` command: train, evaluate, predict, convert, export.
 
     tfrcnn train                                  # tiny preset on the built-in synthetic shapes
     tfrcnn train --preset tiny --epochs 3 --set model.head_units=[128,128]
-    tfrcnn evaluate runs/demo/model.keras         # VOC mAP@0.5 on the held-out synthetic split
+    tfrcnn evaluate runs/demo/model.keras         # VOC and COCO AP on the held-out synthetic split
+    tfrcnn convert --format voc --source ../shared/datasets/bccd --split trainval --output out/bccd
+    tfrcnn export runs/demo/model.keras --format saved_model --output savedmodels/demo
     tfrcnn predict IMAGE [IMAGE ...] --model runs/demo/model.keras --out predictions/
 
 A user error (missing file, unknown preset, bad override) prints one line and exits with status 2.
@@ -87,7 +89,8 @@ def cmd_train(args):
     overrides = {}
     if args.config:
         overrides = _merge(overrides, _load_config_file(args.config))
-    for key in ("preset", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed"):
+    for key in ("preset", "data", "data_path", "strategy", "epochs", "steps_per_epoch",
+                "batch_size", "learning_rate", "seed"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -111,19 +114,80 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     model = _load_model(args.model)
-    from tfrcnn.data import make_dataset, synthetic_splits
-    from tfrcnn.evaluation import evaluate_model
-    if args.data != "synthetic":
-        raise UserError(f"unknown data {args.data!r}: the built-in choice is 'synthetic'")
-    _, val = synthetic_splits(num_train=0, num_val=args.num_val, seed=args.seed)
+    from tfrcnn.data import make_dataset, read_voc, synthetic_splits
+    from tfrcnn.evaluation import collect_detections, evaluate_coco, evaluate_detections
+    if args.data == "synthetic":
+        _, records = synthetic_splits(num_train=0, num_val=args.num_val, seed=args.seed)
+    elif args.data in ("voc", "bccd"):
+        from tfrcnn.training.run import default_bccd_path
+        path = args.data_path or (default_bccd_path() if args.data == "bccd" else None)
+        if not path or not os.path.isdir(path):
+            raise UserError(f"dataset folder not found: {path}")
+        names = list(model.class_names) if model.class_names else None
+        try:
+            records, _, _ = read_voc(path, args.split, class_names=names)
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+    else:
+        raise UserError(f"unknown data {args.data!r}: use synthetic, bccd or voc")
     pad = (model.image_max_side, model.image_max_side)
-    ds = make_dataset(val, batch_size=args.batch_size, min_side=model.image_min_side,
+    ds = make_dataset(records, batch_size=args.batch_size, min_side=model.image_min_side,
                       max_side=model.image_max_side, pad_to=pad, size_divisor=model.size_divisor)
-    result = evaluate_model(model, ds, model.num_classes, class_names=model.class_names,
-                            use_07_metric=args.use_07_metric)
-    print(f"mAP@0.5 ({'VOC2007 11-point' if args.use_07_metric else 'all-point'}): {result['mAP']:.4f}")
-    for name, ap in result["per_class"].items():
-        print(f"  {name:>12s}: {ap:.4f}")
+    names = list(model.class_names) if model.class_names else [str(i) for i in range(model.num_classes)]
+    detections, ground_truths, seconds = collect_detections(model, ds)
+    voc = evaluate_detections(detections, ground_truths, model.num_classes, class_names=names,
+                              use_07_metric=args.use_07_metric)
+    coco = evaluate_coco(detections, ground_truths, names)
+    metric = "VOC2007 11-point" if args.use_07_metric else "all-point"
+    print(f"{len(records)} images, {seconds:.3f} s per image")
+    print(f"VOC mAP@0.5 ({metric}): {voc['mAP']:.4f}")
+    print("COCO: " + ", ".join(f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75", "AP_small",
+                                                             "AP_medium", "AP_large", "AR100")))
+    print(f"{'class':>12s} {'VOC AP50':>9s} {'COCO AP50':>10s} {'COCO AP':>8s}")
+    for name in names:
+        print(f"{name:>12s} {voc['per_class'][name]:9.4f} {coco['per_class'][name]['AP50']:10.4f} "
+              f"{coco['per_class'][name]['AP']:8.4f}")
+    if args.pr_curves:
+        from tfrcnn.visualize import plot_pr_curves
+        plot_pr_curves(voc, names, args.pr_curves)
+        print(f"PR curves -> {args.pr_curves}")
+    if args.proposals:
+        from tfrcnn.evaluation.proposals import (format_recall_table, proposal_recall,
+                                                 rpn_proposals)
+        boxes, secs = rpn_proposals(model, records[: args.max_images])
+        gts = [r["boxes"] for r in records[: args.max_images]]
+        results = {"RPN": dict(proposal_recall(boxes, gts), seconds=secs)}
+        print(format_recall_table(results))
+    return 0
+
+
+def cmd_convert(args):
+    from tfrcnn.data.tfrecord import convert_to_tfrecord
+    if not os.path.exists(args.source):
+        raise UserError(f"source not found: {args.source}")
+    try:
+        paths, names, report = convert_to_tfrecord(args.format, args.source, args.output,
+                                                   num_shards=args.shards, split=args.split,
+                                                   image_dir=args.image_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    print(report.summary())
+    print(f"classes: {', '.join(names)}")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_export(args):
+    model = _load_model(args.model)
+    from tfrcnn import export
+    if args.format == "saved_model":
+        path = export.saved_model(model, args.output)
+        print(f"SavedModel -> {path}")
+    else:
+        size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None
+        report = export.tflite(model, args.output, quantization=args.quantization, input_size=size)
+        print(json.dumps({k: v for k, v in report.items()}, indent=2, default=str))
     return 0
 
 
@@ -172,6 +236,10 @@ def build_parser():
     p.add_argument("--config", help="a YAML or JSON file of run settings (model settings under 'model')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set epochs=3 --set model.head_units=[128,128]")
+    p.add_argument("--data", help="synthetic (default), bccd (the shared BCCD set) or voc")
+    p.add_argument("--data-path", help="a Pascal VOC folder for --data voc (or bccd)")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"),
+                   help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int)
@@ -181,15 +249,43 @@ def build_parser():
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 line")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="VOC mAP of a saved model",
-                       description="Evaluate a .keras model: VOC AP@0.5 per class and mAP.")
+    p = sub.add_parser("evaluate", help="VOC and COCO metrics of a saved model",
+                       description="Evaluate a .keras model: VOC AP@0.5 and COCO AP (pycocotools) "
+                                   "per class; optionally PR curves and RPN proposal recall.")
     p.add_argument("model", help="a .keras file")
-    p.add_argument("--data", default="synthetic", help="'synthetic' (its held-out split)")
-    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--data", default="synthetic", help="synthetic (held-out split), bccd or voc")
+    p.add_argument("--data-path", help="a Pascal VOC folder (for --data voc or bccd)")
+    p.add_argument("--split", default="test", help="VOC split name (default test)")
+    p.add_argument("--num-val", type=int, default=200, help="synthetic images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP")
+    p.add_argument("--pr-curves", metavar="PNG", help="write per-class PR curves to this PNG")
+    p.add_argument("--proposals", action="store_true",
+                   help="also print RPN proposal recall at 300/1000/2000 proposals")
+    p.add_argument("--max-images", type=int, default=None, help="images for --proposals")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="VOC / COCO to sharded TFRecords (TF OD API keys)",
+                       description="Convert a Pascal VOC folder or a COCO instances JSON to "
+                                   "TFRecord shards with the TensorFlow Object Detection API keys.")
+    p.add_argument("--format", required=True, choices=("voc", "coco"))
+    p.add_argument("--source", required=True, help="VOC folder, or COCO JSON file")
+    p.add_argument("--image-dir", help="COCO image folder")
+    p.add_argument("--split", help="VOC split (default trainval)")
+    p.add_argument("--output", required=True, help="output prefix, e.g. data/bccd-train")
+    p.add_argument("--shards", type=int, default=1)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export a model to SavedModel or TFLite",
+                       description="Export a .keras model (atomic write).")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model")
+    p.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
+    p.add_argument("--quantization", default="float32",
+                   choices=("float32", "float16", "dynamic_int8", "int8"))
+    p.add_argument("--input-size", help="TFLite fixed input HxW, e.g. 192x192")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="detect objects in images",
                        description="Draw detections on each image (PNG) and write them as JSON.")

@@ -53,3 +53,77 @@ def draw_boxes(image, boxes, classes, scores=None, class_names=None, line_width=
         draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2], fill=color)
         draw.text((x1 + 2, ty), label, fill=(0, 0, 0), font=font)
     return image
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pr_curves(result, class_names, path):
+    """Per-class precision/recall curves of a :func:`tfrcnn.evaluation.evaluate_detections`
+    result, with each class's AP in the legend, written to a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, name in enumerate(class_names):
+        recall, precision = result["recall"][c], result["precision"][c]
+        if len(recall) == 0:
+            continue
+        envelope = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
+        ax.plot(recall, envelope, color=np.array(class_color(c)) / 255.0,
+                label=f"{name} (AP {result['ap'][c]:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (interpolated)")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(f"PR curves, IoU 0.5 (mAP {result['mAP']:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history, path, keys=None):
+    """Loss terms (and ``val_mAP`` on a second axis) per epoch from a ``History.history`` dict."""
+    plt = _pyplot()
+    keys = keys or [k for k in history if k.endswith("loss")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in keys:
+        ax.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if "val_mAP" in history:
+        ax2 = ax.twinx()
+        ax2.plot(range(1, len(history["val_mAP"]) + 1), history["val_mAP"], "k--o", label="val_mAP")
+        ax2.set_ylabel("val mAP@0.5")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_anchors(image, anchors, path, centre=None):
+    """Draw anchors ``[A, 4]`` (e.g. the A anchors of one location) on an image and save a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    ax.imshow(np.asarray(image, dtype=np.uint8))
+    for a, (y1, x1, y2, x2) in enumerate(np.asarray(anchors).reshape(-1, 4)):
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5,
+                                   color=np.array(class_color(a)) / 255.0))
+    if centre is not None:
+        ax.plot([centre[1]], [centre[0]], "w+", ms=12, mew=2)
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

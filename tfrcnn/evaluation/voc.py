@@ -149,7 +149,10 @@ def collect_detections(model, dataset, max_batches=None):
     import tensorflow as tf
 
     keys = ("images", "image_shape", "image_scale", "original_shape")
-    call = _COMPILED.get(model)
+    import keras
+
+    call = _COMPILED.get(model) if isinstance(model, keras.Model) else (
+        lambda x: model(x, training=False))
     if call is None:
         call = tf.function(lambda x: model(x, training=False))
         try:

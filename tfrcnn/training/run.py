@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from tfrcnn import config as presets
-from tfrcnn.data import make_dataset, synthetic_splits, SYNTHETIC_CLASS_NAMES
+from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLASS_NAMES
 from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.models import FasterRCNN
 from tfrcnn.training.callbacks import NaNGuard
@@ -27,6 +27,11 @@ log = logging.getLogger("tfrcnn")
 RUN_DEFAULTS = dict(
     preset="tiny",
     data="synthetic",
+    data_path=None,
+    train_split="trainval",
+    val_split="test",
+    augment={},
+    strategy="default",
     num_train=1000,
     num_val=200,
     seed=0,
@@ -61,13 +66,31 @@ def _optimizer(settings, total_steps):
     raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {settings['optimizer']!r}")
 
 
-def load_data(settings, model_args):
-    """Training and validation records plus class names for the run's ``data`` setting."""
-    if settings["data"] == "synthetic":
+def default_bccd_path():
+    """``$TFRCNN_BCCD`` or ``../shared/datasets/bccd`` from the project root."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.environ.get("TFRCNN_BCCD", os.path.join(root, "..", "shared", "datasets", "bccd"))
+
+
+def load_data(settings, model_args=None):
+    """Training and validation records plus class names for the run's ``data`` setting:
+    ``"synthetic"`` (built in), ``"voc"`` (``data_path`` a VOC folder, ``train_split`` /
+    ``val_split``) or ``"bccd"`` (the shared BCCD dataset, VOC layout)."""
+    kind = settings["data"]
+    if kind == "synthetic":
         train, val = synthetic_splits(num_train=int(settings["num_train"]),
                                       num_val=int(settings["num_val"]), seed=int(settings["seed"]))
         return train, val, list(SYNTHETIC_CLASS_NAMES)
-    raise ValueError(f"unknown data {settings['data']!r}: the built-in choice is 'synthetic'")
+    if kind in ("voc", "bccd"):
+        path = settings.get("data_path") or (default_bccd_path() if kind == "bccd" else None)
+        if not path:
+            raise ValueError("data='voc' needs data_path, the folder holding Annotations/")
+        train, names, report = read_voc(path, settings["train_split"])
+        log.info("train split: %s", report.summary())
+        val, _, report = read_voc(path, settings["val_split"], class_names=names)
+        log.info("validation split: %s", report.summary())
+        return train, val, list(names)
+    raise ValueError(f"unknown data {kind!r}: use 'synthetic', 'voc' (with data_path) or 'bccd'")
 
 
 def resolve_settings(overrides=None):
@@ -76,6 +99,8 @@ def resolve_settings(overrides=None):
     for key, value in (overrides or {}).items():
         if key == "model":
             settings["model"].update(value or {})
+        elif key == "augment":
+            settings["augment"] = dict(value or {})
         elif key in settings:
             settings[key] = value
         else:
@@ -91,7 +116,8 @@ def _datasets(model, train, val, settings):
     common = dict(min_side=model.image_min_side, max_side=model.image_max_side, pad_to=pad,
                   size_divisor=model.size_divisor)
     train_ds = make_dataset(train, batch_size=int(settings["batch_size"]), training=True,
-                            seed=int(settings["seed"]), **common).repeat()
+                            seed=int(settings["seed"]), augment=settings.get("augment") or None,
+                            **common).repeat()
     val_ds = make_dataset(val, batch_size=int(settings["batch_size"]), training=False, **common)
     return train_ds, val_ds
 
@@ -107,8 +133,11 @@ def train(run_dir, overrides=None, verbose=1):
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     keras.utils.set_random_seed(int(settings["seed"]))
     train_records, val_records, class_names = load_data(settings, settings["model"])
-    model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
-                                   class_names=class_names, **settings["model"])
+    from tfrcnn.training.distributed import make_strategy
+    strategy = make_strategy(settings["strategy"])
+    with strategy.scope():
+        model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
+                                       class_names=class_names, **settings["model"])
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({"run": settings, "model": model.get_config()}, f, indent=2, default=list)
     train_ds, val_ds = _datasets(model, train_records, val_records, settings)
@@ -132,8 +161,20 @@ def train(run_dir, overrides=None, verbose=1):
         for _, h in results:
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(v)
+    elif settings["strategy"] == "multi_worker":
+        # Keras fit cannot run dict batches under MultiWorkerMirroredStrategy (keras#20329): use
+        # the strategy's own loop, checkpointing on the chief only.
+        from tfrcnn.training.distributed import distributed_fit
+        with strategy.scope():
+            optimizer = _optimizer(settings, epochs * steps)
+        per_step = distributed_fit(model, train_ds, strategy, steps=epochs * steps,
+                                   optimizer=optimizer,
+                                   checkpoint_dir=os.path.join(run_dir, "checkpoints"),
+                                   checkpoint_every=steps)
+        history = {k: [float(v) for v in vals] for k, vals in per_step.items()}
     else:
-        model.compile(optimizer=_optimizer(settings, epochs * steps))
+        with strategy.scope():
+            model.compile(optimizer=_optimizer(settings, epochs * steps))
         history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                             verbose=verbose).history
     train_seconds = time.time() - start
