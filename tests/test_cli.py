@@ -82,3 +82,33 @@ def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "tfrcnn.cli", "train", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--preset" in out.stdout and "--set" in out.stdout
+
+
+def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
+    model = os.path.join(trained_run, "model.keras")
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 130, 3), dtype=np.uint8)).save(image)
+    keras_out = tmp_path / "k"
+    assert main(["predict", str(image), "--model", model, "--out", str(keras_out),
+                 "--score-threshold", "0.0"]) == 0
+    saved = tmp_path / "saved"
+    assert main(["export", model, "--format", "saved_model", "--output", str(saved)]) == 0
+    sm_out = tmp_path / "sm"
+    assert main(["predict", str(image), "--model", str(saved), "--out", str(sm_out),
+                 "--score-threshold", "0.0"]) == 0
+    a = json.load(open(keras_out / "img.json"))["detections"]
+    b = json.load(open(sm_out / "img.json"))["detections"]
+    assert [d["class_name"] for d in a] == [d["class_name"] for d in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["box_yxyx"], y["box_yxyx"], atol=0.02)
+        assert abs(x["score"] - y["score"]) < 1e-4
+    lite = tmp_path / "model.tflite"
+    assert main(["export", model, "--format", "tflite", "--output", str(lite),
+                 "--input-size", "192x192"]) == 0
+    lite_out = tmp_path / "lite"
+    assert main(["predict", str(image), "--model", str(lite), "--out", str(lite_out),
+                 "--score-threshold", "0.0"]) == 0
+    record = json.load(open(lite_out / "img.json"))
+    for det in record["detections"]:
+        assert det["class_name"] in ("rectangle", "ellipse", "triangle")
+        assert 0 <= det["box_yxyx"][2] <= 150 + 1e-3 and 0 <= det["box_yxyx"][3] <= 130 + 1e-3

@@ -187,32 +187,83 @@ def cmd_export(args):
     else:
         size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None
         report = export.tflite(model, args.output, quantization=args.quantization, input_size=size)
+        if model.class_names:
+            sidecar = os.path.splitext(args.output)[0] + ".class_names.txt"
+            with open(sidecar, "w") as f:
+                f.write("\n".join(model.class_names))
         print(json.dumps({k: v for k, v in report.items()}, indent=2, default=str))
     return 0
 
 
+def load_predictor(path):
+    """A function ``uint8 image [H, W, 3] -> outputs dict (numpy, batch of 1)`` and the class
+    names, for a ``.keras`` file, a SavedModel folder or a ``.tflite`` file."""
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise UserError(f"model not found: {path}")
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise UserError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
+        import tensorflow as tf
+        loaded = tf.saved_model.load(path)
+        serve = loaded.signatures["serving_default"]
+        names = [n.decode() for n in loaded.class_names.numpy()]
+
+        def run(image):
+            return {k: v.numpy() for k, v in serve(images=tf.constant(image[None])).items()}
+        return run, names
+    if path.endswith(".tflite"):
+        from PIL import Image
+
+        from tfrcnn.export.tflite import run_tflite
+        import tensorflow as tf
+        interpreter = tf.lite.Interpreter(model_path=path)
+        runner = interpreter.get_signature_runner("serving_default")
+        height, width = [int(v) for v in runner.get_input_details()["images"]["shape"][1:3]]
+        sidecar = os.path.splitext(path)[0] + ".class_names.txt"
+        names = open(sidecar).read().split("\n") if os.path.exists(sidecar) else None
+
+        def run(image):
+            h, w = image.shape[:2]
+            resized = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+            out = run_tflite(path, resized[None])
+            scale = np.array([h / height, w / width, h / height, w / width], np.float32)
+            out["detection_boxes"] = out["detection_boxes"] * scale
+            return out
+        return run, names
+    model = _load_model(path)
+    names = list(model.class_names) if model.class_names else None
+    return (lambda image: model.predict(image[None], verbose=0)), names
+
+
 def cmd_predict(args):
     import numpy as np
-    from PIL import Image
 
+    from tfrcnn.data.images import ImageReadError, load_image
     from tfrcnn.visualize import draw_boxes
     for path in args.images:
         if not os.path.exists(path):
             raise UserError(f"image not found: {path}")
-    model = _load_model(args.model)
+    run, names = load_predictor(args.model)
     os.makedirs(args.out, exist_ok=True)
-    names = model.class_names
-    for path in args.images:
+    iterator = args.images
+    if len(args.images) > 1 and sys.stderr.isatty():
+        import keras
+        bar = keras.utils.Progbar(len(args.images), unit_name="image")
+    else:
+        bar = None
+    for i, path in enumerate(iterator):
         try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except OSError as e:
-            raise UserError(f"cannot read image {path}: {e}") from None
-        out = model.predict(image[None], verbose=0)
+            image = load_image(path)
+        except ImageReadError as e:
+            raise UserError(str(e)) from None
+        out = run(image)
         n = int(out["num_detections"][0])
-        keep = [i for i in range(n) if out["detection_scores"][0][i] >= args.score_threshold]
-        boxes = out["detection_boxes"][0][keep]
-        classes = out["detection_classes"][0][keep]
-        scores = out["detection_scores"][0][keep]
+        keep = [j for j in range(n) if out["detection_scores"][0][j] >= args.score_threshold]
+        boxes = np.asarray(out["detection_boxes"][0])[keep]
+        classes = np.asarray(out["detection_classes"][0]).astype(int)[keep]
+        scores = np.asarray(out["detection_scores"][0])[keep]
         stem = os.path.splitext(os.path.basename(path))[0]
         draw_boxes(image, boxes, classes, scores, names).save(os.path.join(args.out, stem + ".png"))
         detections = [{"box_yxyx": [round(float(v), 2) for v in b], "class_id": int(c),
@@ -220,7 +271,10 @@ def cmd_predict(args):
                       for b, c, s in zip(boxes, classes, scores)]
         with open(os.path.join(args.out, stem + ".json"), "w") as f:
             json.dump({"image": path, "detections": detections}, f, indent=2)
-        print(f"{path}: {len(detections)} detections -> {os.path.join(args.out, stem + '.png')}")
+        if bar is not None:
+            bar.update(i + 1)
+        else:
+            print(f"{path}: {len(detections)} detections -> {os.path.join(args.out, stem + '.png')}")
     return 0
 
 
@@ -290,7 +344,7 @@ def build_parser():
     p = sub.add_parser("predict", help="detect objects in images",
                        description="Draw detections on each image (PNG) and write them as JSON.")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--model", required=True, help="a .keras file")
+    p.add_argument("--model", required=True, help="a .keras file, a SavedModel folder or a .tflite file")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
