@@ -35,7 +35,7 @@ RUN_DEFAULTS = dict(
     num_train=1000,
     num_val=200,
     seed=0,
-    epochs=10,
+    epochs=16,
     steps_per_epoch=125,
     batch_size=4,
     optimizer="adamw",
@@ -43,7 +43,7 @@ RUN_DEFAULTS = dict(
     weight_decay=1e-4,
     warmup_steps=100,
     clipnorm=10.0,
-    eval_every=2,
+    eval_every=4,
     model={},
 )
 
