@@ -32,3 +32,31 @@ class NaNGuard(keras.callbacks.Callback):
             raise FloatingPointError(
                 f"non-finite loss at epoch {self.epoch + 1}, step {batch + 1}: {terms}. "
                 "Training stopped; lower the learning rate or check the data for broken boxes.")
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops ``fit`` after a wall-clock budget (checked after every batch), e.g. to compare
+    detectors under the same training time. ``self.steps`` counts the batches run.
+
+    Example:
+        >>> model.fit(ds.repeat(), epochs=1000, steps_per_epoch=100, callbacks=[TimeLimit(25)])
+    """
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.seconds = float(minutes) * 60.0
+        self.steps = 0
+        self.start = None
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        import time
+
+        self.steps += 1
+        if time.perf_counter() - self.start >= self.seconds:
+            self.model.stop_training = True
