@@ -18,9 +18,11 @@ setup(
         "pillow",
         "pyyaml",
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "nbclient", "ipykernel"],
+        "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
+                 "opencv-contrib-python-headless"],
         "bench": ["torch==2.14.1", "torchvision==0.29.1"],
         "selective_search": ["opencv-contrib-python-headless"],
     },

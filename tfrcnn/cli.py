@@ -99,13 +99,23 @@ def cmd_train(args):
         settings = resolve_settings(overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
-    run_dir = args.run_dir or os.path.join("runs", f"{settings['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"tfrcnn train: preset {settings['preset']}, data {settings['data']}, run folder {run_dir}")
+    if args.resume:
+        run_dir = args.resume
+        if not os.path.isdir(run_dir):
+            raise UserError(f"run folder not found: {run_dir}")
+        overrides = {k: v for k, v in overrides.items() if k == "epochs"}
+    else:
+        run_dir = args.run_dir or os.path.join(
+            "runs", f"{settings['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"tfrcnn train: preset {settings['preset']}, data {settings['data']}, run folder {run_dir}"
+          + (" (resuming)" if args.resume else ""))
     try:
-        metrics = train(run_dir, overrides, verbose=args.verbose)
+        metrics = train(run_dir, overrides, verbose=args.verbose, resume=bool(args.resume))
     except (TypeError, ValueError) as e:
-        if "unexpected keyword" in str(e) or "unknown" in str(e).lower():
-            raise UserError(str(e)) from None
+        message = str(e)
+        if ("unexpected keyword" in message or "unknown" in message.lower()
+                or "nothing to resume" in message or "--resume" in message):
+            raise UserError(message) from None
         raise
     print(json.dumps(metrics, indent=2))
     print(f"final mAP@0.5 (VOC, all-point) on the held-out split: {metrics['mAP']:.4f}")
@@ -300,6 +310,9 @@ def build_parser():
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--run-dir", help="output folder (default runs/<preset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint (same settings; "
+                        "--epochs may extend it)")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 line")
     p.set_defaults(func=cmd_train)
 

@@ -122,24 +122,85 @@ def _datasets(model, train, val, settings):
     return train_ds, val_ds
 
 
-def train(run_dir, overrides=None, verbose=1):
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer state to ``checkpoints/last.keras`` and the
+    number of finished epochs to ``checkpoints/state.json``, each written to a temporary file and
+    moved into place, so an interruption leaves the previous complete checkpoint."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.folder = os.path.join(run_dir, "checkpoints")
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        target = os.path.join(self.folder, "last.keras")
+        tmp = os.path.join(self.folder, ".last.tmp.keras")
+        self.model.save(tmp)
+        os.replace(tmp, target)
+        state = os.path.join(self.folder, "state.json")
+        with open(state + ".tmp", "w") as f:
+            json.dump({"epochs_done": epoch + 1}, f)
+        os.replace(state + ".tmp", state)
+
+
+def _read_csv_history(path):
+    history = {}
+    if not os.path.exists(path):
+        return history
+    import csv
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key == "epoch":
+                    continue
+                try:
+                    history.setdefault(key, []).append(float(value))
+                except (TypeError, ValueError):
+                    pass
+    return history
+
+
+def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     """Run a whole training job into ``run_dir`` and return its final metrics dict.
+
+    With ``resume=True`` the run's saved configuration is used (``overrides`` may only raise
+    ``epochs``), the model and optimizer state come from ``checkpoints/last.keras`` and training
+    continues at the epoch after the last finished one.
 
     Example:
         >>> metrics = train("runs/demo")           # the tiny preset on the synthetic shapes
         >>> metrics["mAP"]
     """
-    settings = resolve_settings(overrides)
+    initial_epoch = 0
+    if resume:
+        config_path = os.path.join(run_dir, "config.json")
+        state_path = os.path.join(run_dir, "checkpoints", "state.json")
+        if not (os.path.exists(config_path) and os.path.exists(state_path)):
+            raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
+        saved = json.load(open(config_path))["run"]
+        extra = dict(overrides or {})
+        if set(extra) - {"epochs"}:
+            raise ValueError("--resume continues the saved configuration; only epochs may change "
+                             f"(got {sorted(set(extra) - {'epochs'})})")
+        saved.update(extra)
+        settings = resolve_settings(saved)
+        initial_epoch = int(json.load(open(state_path))["epochs_done"])
+    else:
+        settings = resolve_settings(overrides)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    keras.utils.set_random_seed(int(settings["seed"]))
+    keras.utils.set_random_seed(int(settings["seed"]) + initial_epoch)
     train_records, val_records, class_names = load_data(settings, settings["model"])
     from tfrcnn.training.distributed import make_strategy
     strategy = make_strategy(settings["strategy"])
     with strategy.scope():
-        model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
-                                       class_names=class_names, **settings["model"])
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"run": settings, "model": model.get_config()}, f, indent=2, default=list)
+        if resume:
+            model = keras.models.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
+        else:
+            model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
+                                           class_names=class_names, **settings["model"])
+    if not resume:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({"run": settings, "model": model.get_config()}, f, indent=2, default=list)
     train_ds, val_ds = _datasets(model, train_records, val_records, settings)
     epochs, steps = int(settings["epochs"]), int(settings["steps_per_epoch"])
     map_callback = MeanAveragePrecisionCallback(val_ds, len(class_names), class_names=class_names,
@@ -147,9 +208,10 @@ def train(run_dir, overrides=None, verbose=1):
     callbacks = [
         NaNGuard(),
         map_callback,
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
-    ]
+        RunCheckpoint(run_dir),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+    ] + list(extra_callbacks)
     start = time.time()
     if model.training_scheme == "alternating":
         quarter = max(epochs // 4, 1)
@@ -173,13 +235,17 @@ def train(run_dir, overrides=None, verbose=1):
                                    checkpoint_every=steps)
         history = {k: [float(v) for v in vals] for k, vals in per_step.items()}
     else:
-        with strategy.scope():
-            model.compile(optimizer=_optimizer(settings, epochs * steps))
-        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-                            verbose=verbose).history
+        if not resume:
+            with strategy.scope():
+                model.compile(optimizer=_optimizer(settings, epochs * steps))
+        model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  verbose=verbose, initial_epoch=initial_epoch)
+        history = _read_csv_history(os.path.join(run_dir, "history.csv"))
     train_seconds = time.time() - start
     result = evaluate_model(model, val_ds, len(class_names), class_names=class_names)
-    model.save(os.path.join(run_dir, "model.keras"))
+    final = os.path.join(run_dir, "model.keras")
+    model.save(os.path.join(run_dir, ".model.tmp.keras"))
+    os.replace(os.path.join(run_dir, ".model.tmp.keras"), final)
     metrics = {
         "mAP": float(result["mAP"]),
         "per_class_ap": {k: float(v) for k, v in result["per_class"].items()},
