@@ -14,3 +14,4 @@ from tfrcnn.data.tfrecord import (convert_to_tfrecord, parse_example, read_tfrec
                                   tfrecord_records, write_tfrecords)
 from tfrcnn.data.validation import AnnotationError, ValidationReport, validate_record
 from tfrcnn.data.voc import DatasetNotFoundError, available_splits, read_voc, voc_class_names
+from tfrcnn.data.proposals import load_proposals, pad_proposals, save_proposals, selective_search

@@ -133,7 +133,9 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         augment: optional dict of training augmentation (:mod:`tfrcnn.data.augment`):
             ``{"crop": True or crop kwargs, "jitter": True or jitter kwargs,
             "min_sides": (480, 512, ...)}`` (multi-scale: a random shorter side an image).
-        seed: shuffling / augmentation seed.
+        seed: shuffling / augmentation seed. With a seed, the batches are a pure function of it
+            (order, flips, crops; each epoch different); ``None``: fresh randomness, and the
+            parallel maps may deliver shuffled elements in any order.
         drop_remainder: default ``training``.
         num_parallel_calls: decode / resize parallelism.
 
@@ -155,7 +157,23 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
     ds, load, count, _ = _source_dataset(records)
     if shuffle:
         ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=not shuffle)
+    # With a seed, the order and every random draw are reproducible: each element gets a stateless
+    # seed from a seeded random stream that is redrawn on each pass over the data (a new flip /
+    # crop each epoch, the same sequence of epochs for the same seed).
+    deterministic = not shuffle or seed is not None
+    if seed is not None:
+        base = tf.constant(int(seed), tf.int64)
+        draws = tf.data.Dataset.random(seed=int(seed), rerandomize_each_iteration=True)
+
+        def load_seeded(i, draw):
+            example = load(i)
+            example["seed"] = tf.stack([draw, base])
+            return example
+
+        ds = tf.data.Dataset.zip((ds, draws)).map(
+            load_seeded, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    else:
+        ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     max_boxes = int(max_boxes)
 
     def prepare(example):
@@ -163,19 +181,26 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         boxes, classes = example["boxes"], example["classes"]
         difficult, crowd = example["difficult"], example["iscrowd"]
         original = tf.shape(image)[:2]
+        if "seed" in example:
+            crop_seed, scale_seed, flip_seed, jitter_seed = tf.unstack(
+                tf.random.experimental.stateless_split(example["seed"], num=4))
+        else:
+            crop_seed = scale_seed = flip_seed = jitter_seed = None
         if training and augment.get("crop"):
             crop_kwargs = augment["crop"] if isinstance(augment["crop"], dict) else {}
+            crop_kwargs = {"seed": crop_seed, **crop_kwargs}
             image, boxes, classes, _, (difficult, crowd) = aug.random_crop(
                 image, boxes, classes, extras=(difficult, crowd), **crop_kwargs)
             original = tf.shape(image)[:2]
         side = min_side
         if training and augment.get("min_sides"):
-            side = aug.random_scale_choice(tuple(augment["min_sides"]))
+            side = aug.random_scale_choice(tuple(augment["min_sides"]), seed=scale_seed)
         image, boxes, scale, size = resize_image_and_boxes(image, boxes, side, max_side)
         if flip:
-            image, boxes = aug.random_horizontal_flip(image, boxes)
+            image, boxes = aug.random_horizontal_flip(image, boxes, seed=flip_seed)
         if training and augment.get("jitter"):
             jitter_kwargs = augment["jitter"] if isinstance(augment["jitter"], dict) else {}
+            jitter_kwargs = {"seed": jitter_seed, **jitter_kwargs}
             image = aug.photometric_jitter(image, **jitter_kwargs)
         # crowd regions are not training targets
         keep = tf.logical_not(crowd) if training else tf.ones_like(crowd)
@@ -217,7 +242,7 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
                 out["images"] = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
         return out
 
-    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=not shuffle)
+    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     if pad_to is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:

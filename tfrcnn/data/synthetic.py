@@ -12,9 +12,10 @@ The shapes are axis-aligned rectangles, ellipses and triangles of varied size, a
 colour; the backgrounds are smooth noise, gradients or stripes of limited contrast, so every shape
 stands out. A box is the tight extent of the pixels its shape covers (a shape covering pixels
 0..9 is ``[0, 0, 10, 10]``): larger shapes are drawn first, and two objects overlap with an
-IoU below ``max_iou`` and cover at most half of each other, so each stays visible.
+IoU below 0.3 and cover at most half of each other, so each stays visible.
 
-Everything is numpy and PIL and deterministic for a seed; 1000 images take about a second.
+Everything is numpy and PIL and deterministic for a seed; 1000 images take a few seconds on one
+core.
 
 Example::
 

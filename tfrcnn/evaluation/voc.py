@@ -5,10 +5,11 @@ Detections and ground truths are lists with one entry an image:
 ground truths may add ``"difficult"`` bool ``[N]``.
 
 The rules are the VOC devkit's: a class's detections over all images are sorted by score; each is
-matched to the unmatched ground-truth box of its image with the highest IoU; IoU >= threshold is a
-true positive unless that box is difficult (then neither true nor false positive), a second
-detection of a matched box is a false positive; difficult boxes do not count as positives. IoU
-uses continuous coordinates (area = (y2 - y1) * (x2 - x1), no "+1").
+compared with the ground-truth box of its class and image that it overlaps most (matched already
+or not, as the devkit does); IoU >= threshold is a true positive unless that box is difficult
+(then neither true nor false positive) or already matched (then a false positive, so duplicate
+detections count against precision); anything else is a false positive. Difficult boxes do not
+count as positives. IoU uses continuous coordinates (area = (y2 - y1) * (x2 - x1), no "+1").
 """
 
 import time
@@ -160,21 +161,25 @@ def collect_detections(model, dataset, max_batches=None):
         except TypeError:  # not weak-referenceable: trace each time
             pass
     detections, ground_truths = [], []
-    seconds, images = 0.0, 0
+    seconds, images = 0.0, 0  # after the first batch (which includes tracing)
+    first_seconds, first_images = 0.0, 0
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
         inputs = {k: batch[k] for k in keys if k in batch}
         start = time.perf_counter()
         out = call(inputs)
-        out = {k: v.numpy() for k, v in out.items()}
-        if b > 0 or max_batches == 1:
-            seconds += time.perf_counter() - start
+        out = {k: np.asarray(v) for k, v in out.items()}
+        elapsed = time.perf_counter() - start
+        if b == 0:
+            first_seconds, first_images = elapsed, len(out["num_detections"])
+        else:
+            seconds += elapsed
             images += len(out["num_detections"])
-        scale = batch["image_scale"].numpy()
-        gt_boxes = batch["gt_boxes"].numpy()
-        gt_classes = batch["gt_classes"].numpy()
-        gt_difficult = (batch["gt_difficult"].numpy() if "gt_difficult" in batch
+        scale = np.asarray(batch["image_scale"])
+        gt_boxes = np.asarray(batch["gt_boxes"])
+        gt_classes = np.asarray(batch["gt_classes"])
+        gt_difficult = (np.asarray(batch["gt_difficult"]) if "gt_difficult" in batch
                         else np.zeros_like(gt_classes, bool))
         for i in range(len(out["num_detections"])):
             n = int(out["num_detections"][i])
@@ -185,13 +190,23 @@ def collect_detections(model, dataset, max_batches=None):
             ground_truths.append({"boxes": gt_boxes[i][real] / scale[i],
                                   "classes": gt_classes[i][real],
                                   "difficult": gt_difficult[i][real]})
+    if not images:  # a single batch: its time is all there is
+        seconds, images = first_seconds, first_images
     return detections, ground_truths, (seconds / images if images else float("nan"))
 
 
 def evaluate_model(model, dataset, num_classes, class_names=None, iou_threshold=0.5,
                    use_07_metric=False, max_batches=None):
     """VOC AP of ``model`` on a pipeline dataset (see :func:`evaluate_detections`), plus
-    ``seconds_per_image`` (model time, after the first batch)."""
+    ``seconds_per_image`` (model time, after the first batch when there are several, since the
+    first one includes tracing).
+
+    ``model(inputs, training=False)`` gets ``inputs = {"images", "image_shape", "image_scale",
+    "original_shape"}`` of each batch and returns ``detection_boxes`` ``[B, D, 4]`` (original
+    pixels), ``detection_scores`` ``[B, D]``, ``detection_classes`` ``[B, D]``, ``num_detections``
+    ``[B]``; the first ``num_detections`` of each image are scored against the batch's ground truth
+    divided by ``image_scale``. ``dataset`` must be finite, or ``max_batches`` given.
+    """
     detections, ground_truths, seconds = collect_detections(model, dataset, max_batches)
     result = evaluate_detections(detections, ground_truths, num_classes, iou_threshold,
                                  use_07_metric, class_names)
