@@ -18,6 +18,44 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _time_cosine_class():
+    import math
+    import time
+
+    import keras
+
+    class TimeCosine(keras.callbacks.Callback):
+        """Learning rate: linear warm-up over ``warmup_steps``, then a cosine from ``peak`` to
+        ``peak * final_fraction`` over the remaining wall-clock budget."""
+
+        def __init__(self, peak, seconds, warmup_steps, final_fraction):
+            super().__init__()
+            self.peak, self.seconds = float(peak), float(seconds)
+            self.warmup_steps, self.final = int(warmup_steps), float(final_fraction)
+            self.step, self.start = 0, None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.step == self.warmup_steps or self.start is None:
+                self.start = time.perf_counter() if self.step >= self.warmup_steps else None
+            if self.step < self.warmup_steps:
+                lr = self.peak * (self.step + 1) / self.warmup_steps
+            else:
+                t = min((time.perf_counter() - self.start) / max(self.seconds - self.t0, 1.0), 1.0)
+                lr = self.peak * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t)))
+            self.model.optimizer.learning_rate.assign(lr)
+            self.step += 1
+
+        def on_train_begin(self, logs=None):
+            self.train_start = time.perf_counter()
+            self.t0 = 0.0
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.step == self.warmup_steps:
+                self.t0 = time.perf_counter() - self.train_start
+
+    return TimeCosine
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="BCCD folder ($TFRCNN_BCCD or ../shared/datasets/bccd)")
@@ -27,8 +65,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--expected-steps", type=int, default=1500,
-                        help="length of the cosine schedule (training stops at the time budget)")
+    parser.add_argument("--final-lr-fraction", type=float, default=0.02,
+                        help="the cosine schedule runs over the time budget down to this fraction")
     parser.add_argument("--min-side", type=int, default=None, help="default: the preset's")
     parser.add_argument("--max-side", type=int, default=None)
     parser.add_argument("--multiscale", default="", help="e.g. 416,448,480,512: random shorter side")
@@ -49,6 +87,7 @@ def main(argv=None):
     from tfrcnn.models import FasterRCNN
     from tfrcnn.training import NaNGuard, TimeLimit
     from tfrcnn.training.run import default_bccd_path
+    TimeCosine = _time_cosine_class()
 
     data = args.data or default_bccd_path()
     if not os.path.isdir(data):
@@ -81,24 +120,26 @@ def main(argv=None):
     train_ds = make_dataset(train_records, batch_size=args.batch_size, training=True,
                             seed=args.seed, augment=augment or None, **common).repeat()
     test_ds = make_dataset(test_records, batch_size=1, **common)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(args.expected_steps - args.warmup_steps, 1), alpha=0.02,
-        warmup_target=args.learning_rate, warmup_steps=args.warmup_steps)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
+    # The learning rate follows a cosine over the wall-clock budget (after a linear warm-up in
+    # steps), so the schedule ends with the budget whatever the step time of the machine.
+    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=args.weight_decay,
                                                    clipnorm=10.0))
     settings = {
         "preset": args.preset, "model": {k: v for k, v in model.get_config().items()},
         "minutes": args.minutes, "batch_size": args.batch_size, "optimizer": "AdamW",
         "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps, "cosine_steps": args.expected_steps,
+        "warmup_steps": args.warmup_steps, "schedule": "linear warm-up, then cosine over the "
+        f"time budget to {args.final_lr_fraction} of the peak",
         "augment": augment, "pad_to": pad, "seed": args.seed,
         "train_images": len(train_records), "test_images": len(test_records),
         "train_report": train_report.summary(), "test_report": test_report.summary(),
     }
     print(json.dumps({k: v for k, v in settings.items() if k != "model"}, indent=2, default=str))
     limit = TimeLimit(args.minutes)
+    schedule = TimeCosine(args.learning_rate, args.minutes * 60.0, args.warmup_steps,
+                          args.final_lr_fraction)
     start = time.time()
-    model.fit(train_ds, epochs=100000, steps_per_epoch=50, callbacks=[limit, NaNGuard()], verbose=2)
+    model.fit(train_ds, epochs=100000, steps_per_epoch=50, callbacks=[schedule, limit, NaNGuard()], verbose=2)
     train_seconds = time.time() - start
     detections, ground_truths, seconds = collect_detections(model, test_ds)
     voc = evaluate_detections(detections, ground_truths, len(names), class_names=names)
