@@ -99,3 +99,57 @@ def test_bad_input_is_reported():
 def test_compute_scale():
     assert compute_scale(480, 640, 600, 1000) == pytest.approx(1.25)
     assert compute_scale(4000, 1000, 600, 1000) == pytest.approx(0.25)
+
+
+def test_external_proposals_are_padded_and_flip_with_the_image():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[10:30, 20:60] = 255
+    record = {"image": image, "boxes": np.array([[10, 20, 30, 60]], np.float32),
+              "classes": np.array([0], np.int32), "image_id": "p",
+              "proposals": np.array([[10, 20, 30, 60], [0, 0, 50, 50]], np.float32)}
+    ds = make_dataset([record] * 8, batch_size=8, min_side=200, max_side=400, pad_to=(200, 400),
+                      training=True, seed=3, num_proposals=4)
+    batch = next(iter(ds))
+    assert batch["proposals"].shape == (8, 4, 4)
+    flipped = 0
+    for i in range(8):
+        props = batch["proposals"][i].numpy()
+        gt = batch["gt_boxes"][i, 0].numpy() / batch["image_scale"][i].numpy()
+        # the first proposal is the object: it stays on the (possibly flipped) object, in
+        # original-image pixels
+        np.testing.assert_allclose(props[0], gt, atol=1e-3)
+        assert np.all(props[2:] == 0)
+        flipped += gt[1] == pytest.approx(140.0)
+    assert 0 < flipped < 8
+    with pytest.raises(ValueError, match="crop"):
+        make_dataset([record], num_proposals=4, training=True, augment={"crop": True})
+
+
+def test_voc_to_tfrecord_to_pipeline_matches_reading_voc(tmp_path):
+    import shutil
+
+    from conftest import bccd_path
+    from tfrcnn.data import convert_to_tfrecord, read_voc, tfrecord_records
+
+    root = bccd_path()
+    if not __import__("os").path.isdir(root):
+        pytest.skip(f"BCCD dataset not found at {root}")
+    small = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (small / sub).mkdir(parents=True)
+    ids = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00002"]
+    for i in ids:
+        shutil.copy(f"{root}/Annotations/{i}.xml", small / "Annotations")
+        shutil.copy(f"{root}/JPEGImages/{i}.jpg", small / "JPEGImages")
+    (small / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
+    direct, names, _ = read_voc(str(small), "trainval")
+    paths, tf_names, _ = convert_to_tfrecord("voc", str(small), str(tmp_path / "rec"), num_shards=2,
+                                             split="trainval")
+    via, via_names = tfrecord_records(paths)
+    assert list(via_names) == list(names)
+    common = dict(batch_size=3, min_side=240, max_side=320, pad_to=(240, 320), max_boxes=40)
+    a = next(iter(make_dataset(direct, **common)))
+    b = next(iter(make_dataset(via, **common)))
+    np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+    np.testing.assert_allclose(a["gt_boxes"].numpy(), b["gt_boxes"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(a["gt_classes"].numpy(), b["gt_classes"].numpy())

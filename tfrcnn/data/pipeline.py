@@ -88,8 +88,9 @@ def _source_dataset(records):
             raise ValueError(f"record {record.get('image_id')!r}: image of shape {image.shape}, "
                              "expected [H, W, 3]")
         boxes, classes, difficult, crowd = _record_arrays(record)
+        proposals = np.asarray(record.get("proposals", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         return (image, boxes, classes, difficult, crowd,
-                np.bytes_(str(record.get("image_id", i))))
+                np.bytes_(str(record.get("image_id", i))), proposals)
 
     # Check the annotations up front (cheap), so a bad record fails before training starts.
     for record in records:
@@ -97,8 +98,9 @@ def _source_dataset(records):
 
     def tf_load(i):
         out = tf.numpy_function(load, [i], (tf.uint8, tf.float32, tf.int32, tf.bool, tf.bool,
-                                            tf.string), stateful=False)
-        image, boxes, classes, difficult, crowd, image_id = out
+                                            tf.string, tf.float32), stateful=False)
+        image, boxes, classes, difficult, crowd, image_id, proposals = out
+        proposals.set_shape([None, 4])
         image.set_shape([None, None, 3])
         boxes.set_shape([None, 4])
         classes.set_shape([None])
@@ -106,7 +108,7 @@ def _source_dataset(records):
         crowd.set_shape([None])
         image_id.set_shape([])
         return {"image": image, "boxes": boxes, "classes": classes, "difficult": difficult,
-                "iscrowd": crowd, "image_id": image_id}
+                "iscrowd": crowd, "image_id": image_id, "proposals": proposals}
 
     ds = tf.data.Dataset.range(len(records))
     return ds, tf_load, len(records), any(lazy)
@@ -114,7 +116,7 @@ def _source_dataset(records):
 
 def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=None,
                  size_divisor=32, max_boxes=100, training=False, shuffle=None, flip=None,
-                 augment=None, seed=None, drop_remainder=None,
+                 augment=None, seed=None, drop_remainder=None, num_proposals=None,
                  num_parallel_calls=tf.data.AUTOTUNE):
     """Batches for ``FasterRCNN`` from records (a list, or a callable returning an iterable).
 
@@ -137,6 +139,10 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
             (order, flips, crops; each epoch different); ``None``: fresh randomness, and the
             parallel maps may deliver shuffled elements in any order.
         drop_remainder: default ``training``.
+        num_proposals: for Fast R-CNN on external proposals: records carry ``"proposals"``
+            ``[P, 4]`` (original-image pixels, e.g. from selective search) and each batch gets
+            ``"proposals" [B, num_proposals, 4]`` (truncated or zero padded; flipped with the
+            image; still in original-image pixels, as ``FasterRCNN`` takes them).
         num_parallel_calls: decode / resize parallelism.
 
     Returns:
@@ -151,6 +157,8 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
     flip = training if flip is None else flip
     drop_remainder = training if drop_remainder is None else drop_remainder
     augment = dict(augment or {})
+    if num_proposals is not None and augment.get("crop"):
+        raise ValueError("random crop cannot be combined with external proposals (num_proposals)")
     unknown = set(augment) - {"crop", "jitter", "min_sides"}
     if unknown:
         raise ValueError(f"unknown augment options {sorted(unknown)}; use crop, jitter, min_sides")
@@ -196,8 +204,13 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         if training and augment.get("min_sides"):
             side = aug.random_scale_choice(tuple(augment["min_sides"]), seed=scale_seed)
         image, boxes, scale, size = resize_image_and_boxes(image, boxes, side, max_side)
+        proposals = tf.cast(example["proposals"], tf.float32) * scale
         if flip:
-            image, boxes = aug.random_horizontal_flip(image, boxes, seed=flip_seed)
+            # proposals flip with the image: flip them together with the boxes
+            count = tf.shape(boxes)[0]
+            image, both = aug.random_horizontal_flip(
+                image, tf.concat([boxes, proposals], axis=0), seed=flip_seed)
+            boxes, proposals = both[:count], both[count:]
         if training and augment.get("jitter"):
             jitter_kwargs = augment["jitter"] if isinstance(augment["jitter"], dict) else {}
             jitter_kwargs = {"seed": jitter_seed, **jitter_kwargs}
@@ -232,6 +245,10 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
             "gt_difficult": tf.reshape(gt_difficult, [max_boxes]),
             "image_id": example["image_id"],
         }
+        if num_proposals is not None:
+            p = tf.minimum(tf.shape(proposals)[0], int(num_proposals))
+            padded = tf.pad(proposals[:p] / scale, [[0, int(num_proposals) - p], [0, 0]])
+            out["proposals"] = tf.reshape(padded, [int(num_proposals), 4])
         if pad_to is not None:
             ph, pw = int(pad_to[0]), int(pad_to[1])
             check = tf.debugging.assert_less_equal(
@@ -246,10 +263,14 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
     if pad_to is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
-        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder, padding_values={
+        padding_values = {
             "images": 0.0, "image_shape": 0, "image_scale": 0.0, "original_shape": 0,
             "gt_boxes": float(PAD_VALUE), "gt_classes": PAD_VALUE, "gt_difficult": False,
-            "image_id": b""})
+            "image_id": b""}
+        if num_proposals is not None:
+            padding_values["proposals"] = 0.0
+        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder,
+                             padding_values=padding_values)
         d = int(size_divisor)
 
         def round_up(batch):
