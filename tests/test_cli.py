@@ -112,3 +112,15 @@ def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
     for det in record["detections"]:
         assert det["class_name"] in ("rectangle", "ellipse", "triangle")
         assert 0 <= det["box_yxyx"][2] <= 150 + 1e-3 and 0 <= det["box_yxyx"][3] <= 130 + 1e-3
+
+
+def test_evaluate_proposals_rpn_and_selective_search(trained_run, tmp_path, capsys):
+    pytest.importorskip("cv2", reason="opencv-contrib-python-headless (the test extra) is missing")
+    model = os.path.join(trained_run, "model.keras")
+    png = tmp_path / "recall.png"
+    pr = tmp_path / "pr.png"
+    assert main(["evaluate", model, "--num-val", "4", "--proposals", "--selective-search",
+                 "--max-images", "2", "--plot-recall", str(png), "--pr-curves", str(pr)]) == 0
+    out = capsys.readouterr().out
+    assert "RPN" in out and "selective search" in out and "COCO" in out
+    assert png.stat().st_size > 1000 and pr.stat().st_size > 1000

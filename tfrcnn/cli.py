@@ -162,12 +162,25 @@ def cmd_evaluate(args):
         plot_pr_curves(voc, names, args.pr_curves)
         print(f"PR curves -> {args.pr_curves}")
     if args.proposals:
-        from tfrcnn.evaluation.proposals import (format_recall_table, proposal_recall,
-                                                 rpn_proposals)
-        boxes, secs = rpn_proposals(model, records[: args.max_images])
-        gts = [r["boxes"] for r in records[: args.max_images]]
-        results = {"RPN": dict(proposal_recall(boxes, gts), seconds=secs)}
+        from tfrcnn.evaluation.proposals import (format_recall_table, plot_recall_curves,
+                                                 proposal_recall, rpn_proposals,
+                                                 selective_search_proposals)
+        subset = records[: args.max_images]
+        gts = [r["boxes"] for r in subset]
+        results = {}
+        if model.proposal_source == "rpn":
+            boxes, secs = rpn_proposals(model, subset)
+            results["RPN"] = dict(proposal_recall(boxes, gts), seconds=secs)
+        if args.selective_search:
+            try:
+                boxes, secs = selective_search_proposals(subset)
+            except ImportError as e:
+                raise UserError(str(e)) from None
+            results["selective search"] = dict(proposal_recall(boxes, gts), seconds=secs)
         print(format_recall_table(results))
+        if args.plot_recall:
+            plot_recall_curves(results, args.plot_recall)
+            print(f"recall curves -> {args.plot_recall}")
     return 0
 
 
@@ -330,6 +343,9 @@ def build_parser():
     p.add_argument("--pr-curves", metavar="PNG", help="write per-class PR curves to this PNG")
     p.add_argument("--proposals", action="store_true",
                    help="also print RPN proposal recall at 300/1000/2000 proposals")
+    p.add_argument("--selective-search", action="store_true",
+                   help="with --proposals: also selective search (opencv-contrib-python-headless)")
+    p.add_argument("--plot-recall", metavar="PNG", help="with --proposals: recall-vs-IoU curves")
     p.add_argument("--max-images", type=int, default=None, help="images for --proposals")
     p.set_defaults(func=cmd_evaluate)
 
