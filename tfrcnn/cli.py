@@ -144,7 +144,8 @@ def cmd_evaluate(args):
     ds = make_dataset(records, batch_size=args.batch_size, min_side=model.image_min_side,
                       max_side=model.image_max_side, pad_to=pad, size_divisor=model.size_divisor)
     names = list(model.class_names) if model.class_names else [str(i) for i in range(model.num_classes)]
-    detections, ground_truths, seconds = collect_detections(model, ds)
+    detections, ground_truths, seconds = collect_detections(model, ds,
+                                                            progress=sys.stdout.isatty())
     voc = evaluate_detections(detections, ground_truths, model.num_classes, class_names=names,
                               use_07_metric=args.use_07_metric)
     coco = evaluate_coco(detections, ground_truths, names)

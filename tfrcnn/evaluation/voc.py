@@ -141,16 +141,17 @@ def evaluate_detections(detections, ground_truths, num_classes, iou_threshold=0.
     }
 
 
-def collect_detections(model, dataset, max_batches=None):
+def collect_detections(model, dataset, max_batches=None, progress=False):
     """Run ``model`` over a pipeline dataset; return per-image detections, ground truths (both in
     original-image pixels) and the seconds per image of the model calls.
 
     ``model(inputs, training=False)`` must return the ``detection_*`` / ``num_detections`` dict.
+    ``progress=True`` shows a Keras progress bar over the batches.
     """
+    import keras
     import tensorflow as tf
 
     keys = ("images", "image_shape", "image_scale", "original_shape")
-    import keras
 
     call = _COMPILED.get(model) if isinstance(model, keras.Model) else (
         lambda x: model(x, training=False))
@@ -163,6 +164,10 @@ def collect_detections(model, dataset, max_batches=None):
     detections, ground_truths = [], []
     seconds, images = 0.0, 0  # after the first batch (which includes tracing)
     first_seconds, first_images = 0.0, 0
+    bar = None
+    if progress:
+        total = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+        bar = keras.utils.Progbar(total if total > 0 else None, unit_name="batch")
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
@@ -190,6 +195,8 @@ def collect_detections(model, dataset, max_batches=None):
             ground_truths.append({"boxes": gt_boxes[i][real] / scale[i],
                                   "classes": gt_classes[i][real],
                                   "difficult": gt_difficult[i][real]})
+        if bar is not None:
+            bar.update(b + 1)
     if not images:  # a single batch: its time is all there is
         seconds, images = first_seconds, first_images
     return detections, ground_truths, (seconds / images if images else float("nan"))
