@@ -79,7 +79,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     from tfrcnn.cli import parse_overrides
     from tfrcnn.data import make_dataset, read_voc

@@ -21,3 +21,16 @@ def bccd_path():
     """The shared BCCD dataset folder: $TFRCNN_BCCD or ../shared/datasets/bccd from the project root."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.environ.get("TFRCNN_BCCD", os.path.join(root, "..", "shared", "datasets", "bccd"))
+
+
+@__import__("contextlib").contextmanager
+def global_policy(name):
+    """Run a block under the Keras mixed-precision policy ``name``, restoring the previous one."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -1,5 +1,4 @@
 """AnchorGenerator: the anchors of ops.generate_anchors, counts, shapes, config and .keras round trips."""
-import contextlib
 
 import keras
 import numpy as np
@@ -7,6 +6,7 @@ import tensorflow as tf
 
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.ops.anchors import anchor_shapes, generate_anchors
+from conftest import global_policy
 
 
 def test_anchors_equal_the_op_for_the_feature_size():
@@ -80,18 +80,10 @@ def test_keras_round_trip_with_dynamic_feature_size(tmp_path):
         np.testing.assert_array_equal(out.numpy(), generate_anchors(size, 8, (16., 32.), (0.5, 1., 2.)).numpy())
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_float32_anchors_under_mixed_bfloat16():
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         layer = AnchorGenerator(stride=16, scales=(90.5, 181.0))
         assert layer.compute_dtype == "float32"
         anchors = layer(tf.zeros([1, 40, 40, 2], tf.bfloat16))

@@ -1,11 +1,11 @@
 """DetectionDecoder on hand-built cases: scores, classes, order, thresholds, NMS, padding, clipping."""
-import contextlib
 
 import keras
 import numpy as np
 
 from tfrcnn.layers.detection_decoder import PADDING_CLASS, DetectionDecoder
 from tfrcnn.ops.boxes import decode_boxes
+from conftest import global_policy
 
 
 def _logits(probabilities):
@@ -154,14 +154,6 @@ def test_keras_round_trip_reproduces_outputs(tmp_path):
     assert want["num_detections"].numpy().min() > 0
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_same_detections_under_mixed_bfloat16():
@@ -170,7 +162,7 @@ def test_same_detections_under_mixed_bfloat16():
     deltas = 0.1 * np.random.default_rng(0).normal(size=(1, 2, 2, 4)).astype("float32")
     kwargs = dict(deltas=deltas, image_shape=[[900, 1000]], image_scale=[0.3])
     want = _run(DetectionDecoder(num_classes=2, max_detections=4), logits, rois, **kwargs)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         got = _run(DetectionDecoder(num_classes=2, max_detections=4), logits, rois, **kwargs)
     for key in want:
         assert got[key].dtype == want[key].dtype

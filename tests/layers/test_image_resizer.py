@@ -1,11 +1,11 @@
 """ImageResizer: sizes, scales, the max_side cap, uint8 input, zero padding, config and round trips."""
-import contextlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfrcnn.layers.image_resizer import ImageResizer
+from conftest import global_policy
 
 
 def _image(h, w, b=1, seed=0):
@@ -103,20 +103,12 @@ def test_keras_round_trip_with_uint8_input(tmp_path):
     np.testing.assert_array_equal(want[3].numpy(), [[30, 50], [30, 50]])
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_float_pixels_not_rounded_under_mixed_bfloat16():
     raw = np.random.default_rng(0).uniform(0, 255, size=(1, 24, 32, 3)).astype("float32")
     want = ImageResizer(30, 64, 8)(raw)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         got = ImageResizer(30, 64, 8)(raw)
     for a, b in zip(got, want):
         assert a.dtype == b.dtype

@@ -1,5 +1,4 @@
 """ProposalLayer against a slow numpy reference; padding, valid region, gradients, round trips."""
-import contextlib
 import math
 
 import keras
@@ -10,6 +9,7 @@ from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.proposal_layer import ProposalLayer
 from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.ops.anchors import generate_anchors
+from conftest import global_policy
 
 
 # ---------------------------------------------------------------- slow, obvious numpy reference
@@ -213,14 +213,6 @@ def test_keras_round_trip_in_a_functional_rpn(tmp_path):
     assert want[2].numpy().any()
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_same_proposals_under_mixed_bfloat16():
@@ -229,7 +221,7 @@ def test_same_proposals_under_mixed_bfloat16():
     anchors = [a + 600.37 for a in anchors]
     image_shape = np.array([[700, 700], [640, 650]], np.int32)
     want = ProposalLayer(20, 24, nms_iou=0.6)(objectness, deltas, anchors, image_shape)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         layer = ProposalLayer(20, 24, nms_iou=0.6)
         got = layer(objectness, deltas, anchors, image_shape)
     for a, b in zip(got, want):

@@ -1,6 +1,5 @@
 """ROIPooling, ROIAlign, PreciseROIPooling, MultiLevelROIAlign: batched ROIs equal the ops on the
 flattened ROIs (image-major order), symbolic shapes, config and .keras round trips."""
-import contextlib
 
 import keras
 import numpy as np
@@ -13,6 +12,7 @@ from tfrcnn.layers.precise_roi_pooling import PreciseROIPooling
 from tfrcnn.layers.roi_align import ROIAlign
 from tfrcnn.layers.roi_pooling import ROIPooling
 from tfrcnn.ops.roi import multilevel_roi_align, precise_roi_pool, roi_align, roi_pool
+from conftest import global_policy
 
 B, R, H, W, C = 2, 3, 8, 10, 3
 
@@ -164,21 +164,13 @@ def test_multilevel_keras_round_trip_reproduces_outputs(tmp_path):
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.mark.parametrize("cls, kwargs, op", LAYERS, ids=IDS)
 def test_roi_coordinates_not_rounded_under_mixed_bfloat16(cls, kwargs, op):
     features, rois = _features(), _rois() + np.float32(0.37)  # 20.37 is not a bfloat16
     want = cls(**kwargs)(features, rois)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         got = cls(**kwargs)(features, rois)
         bf16 = cls(**kwargs)(tf.cast(features, tf.bfloat16), rois)
     assert got.dtype == tf.float32

@@ -1,5 +1,4 @@
 """ROISampler: labels, foreground fraction, gt as proposals, targets, padding weights, gradients."""
-import contextlib
 
 import keras
 import numpy as np
@@ -7,6 +6,7 @@ import tensorflow as tf
 
 from tfrcnn.layers.roi_sampler import BACKGROUND, ROISampler
 from tfrcnn.ops.boxes import box_iou, encode_boxes
+from conftest import global_policy
 
 GT = np.array([[[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 5, 5]]], np.float32)
 GT_CLASSES = np.array([[2, 0, -1]], np.int32)  # the third row is padding
@@ -189,21 +189,13 @@ def test_keras_round_trip_in_a_functional_model(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_same_sample_under_mixed_bfloat16():
     shift = np.float32(600.37)  # pixel coordinates bfloat16 cannot hold
     args = (PROPOSALS + shift, np.ones((1, 6), bool), GT + shift, GT_CLASSES)
     want = ROISampler(batch_size_per_image=10, positive_fraction=0.5)(*args)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         got = ROISampler(batch_size_per_image=10, positive_fraction=0.5)(*args)
     assert [t.dtype for t in got] == [t.dtype for t in want]
     for a, b in zip(_sorted_rows(*(t.numpy() for t in got)), _sorted_rows(*(t.numpy() for t in want))):

@@ -1,5 +1,4 @@
 """RPNTargetAssigner against a numpy reference of the paper's rule; sampling, targets, no-gt images."""
-import contextlib
 
 import keras
 import numpy as np
@@ -10,6 +9,7 @@ from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 from tfrcnn.ops.anchors import generate_anchors
 from tfrcnn.ops.boxes import encode_boxes
 from tfrcnn.ops.matching import IGNORE, NEGATIVE, POSITIVE
+from conftest import global_policy
 
 
 def _np_iou(anchors, gt):
@@ -177,14 +177,6 @@ def test_keras_round_trip_in_a_functional_model(tmp_path):
     np.testing.assert_array_equal(want[0].numpy(), _reference(*_problem())[0])
 
 
-@contextlib.contextmanager
-def _global_policy(name):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_same_targets_under_mixed_bfloat16():
@@ -192,7 +184,7 @@ def test_same_targets_under_mixed_bfloat16():
     shift = np.float32(600.37)  # pixel coordinates bfloat16 cannot hold
     args = (anchors + shift, gt_boxes + shift, gt_classes, image_shape + 700)
     want = RPNTargetAssigner(batch_size_per_image=288, allowed_border=None)(*args)
-    with _global_policy("mixed_bfloat16"):
+    with global_policy("mixed_bfloat16"):
         got = RPNTargetAssigner(batch_size_per_image=288, allowed_border=None)(*args)
     np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
     np.testing.assert_allclose(got[1].numpy(), want[1].numpy(), rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfrcnn import config as presets
 from tfrcnn.layers import AnchorGenerator, RPNHead
 from tfrcnn.models import FasterRCNN
-from tfrcnn.training import set_trainable_parts, train_alternating
+from tfrcnn.training import train_alternating
 
 
 def _batch(height=96, width=128, empty=(False, False), seed=0):
