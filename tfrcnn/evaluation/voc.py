@@ -156,7 +156,7 @@ def collect_detections(model, dataset, max_batches=None, progress=False):
     call = _COMPILED.get(model) if isinstance(model, keras.Model) else (
         lambda x: model(x, training=False))
     if call is None:
-        call = tf.function(lambda x: model(x, training=False))
+        call = tf.function(lambda x: model(x, training=False), autograph=False)
         try:
             _COMPILED[model] = call
         except TypeError:  # not weak-referenceable: trace each time
