@@ -388,7 +388,7 @@ def _align_from_canvas(
     shape = tf.shape(canvas)
     canvas_h, canvas_w, channels = shape[1], shape[2], shape[3]
 
-    if method == "crop_and_resize":
+    def crop(canvas, ys, xs):
         # crop_and_resize places N evenly spaced samples from the first to the last one
         cy = ys + shift_y
         cx = xs + shift_x
@@ -412,52 +412,74 @@ def _align_from_canvas(
         # average each sr x sr block of samples (avg_pool is far faster than a 6-D reduce_mean)
         return tf.nn.avg_pool2d(samples, sr, sr, "VALID")
 
-    # method == "gather": explicit bilinear interpolation from a flat [B * Hc * Wc, C] table.
-    flat = tf.reshape(canvas, [-1, channels])
-    # invalid samples are clamped into their level block (and masked below)
-    cy = tf.clip_by_value(ys, -1.0, lim_hf) + shift_y
-    cx = tf.clip_by_value(xs, -1.0, lim_wf) + shift_x
-    # Neighbours floor(c) and ceil(c), as crop_and_resize takes them: a sample exactly on a cell
-    # centre (a kink of the bilinear surface) then gets a zero slope w.r.t. its position in both
-    # methods. The clamped coordinates keep both inside the ROI's padded level block.
-    y0 = tf.floor(cy)
-    x0 = tf.floor(cx)
-    ly = cy - y0  # in [0, 1); carries the gradient w.r.t. the box
-    lx = cx - x0
-    wy = tf.where(valid_y, 1.0, 0.0)
-    wx = tf.where(valid_x, 1.0, 0.0)
-    y1 = tf.cast(tf.math.ceil(cy), tf.int32)
-    x1 = tf.cast(tf.math.ceil(cx), tf.int32)
-    y0 = tf.cast(y0, tf.int32)
-    x0 = tf.cast(x0, tf.int32)
-    image_rows = image_index[:, None] * canvas_h
-    row0 = (image_rows + y0) * canvas_w  # [K, N]
-    row1 = (image_rows + y1) * canvas_w
 
-    def per_offset(t, i, step):
-        # the i-th sample of every bin: [K, pooled]
-        return t[:, i::step] if step > 1 else t
+    def gather(canvas, ys, xs):
+        # method == "gather": explicit bilinear interpolation from a flat [B * Hc * Wc, C] table.
+        flat = tf.reshape(canvas, [-1, channels])
+        # invalid samples are clamped into their level block (and masked below)
+        cy = tf.clip_by_value(ys, -1.0, lim_hf) + shift_y
+        cx = tf.clip_by_value(xs, -1.0, lim_wf) + shift_x
+        # Neighbours floor(c) and ceil(c), as crop_and_resize takes them: a sample exactly on a cell
+        # centre (a kink of the bilinear surface) then gets a zero slope w.r.t. its position in both
+        # methods. The clamped coordinates keep both inside the ROI's padded level block.
+        y0 = tf.floor(cy)
+        x0 = tf.floor(cx)
+        ly = cy - y0  # in [0, 1); carries the gradient w.r.t. the box
+        lx = cx - x0
+        wy = tf.where(valid_y, 1.0, 0.0)
+        wx = tf.where(valid_x, 1.0, 0.0)
+        y1 = tf.cast(tf.math.ceil(cy), tf.int32)
+        x1 = tf.cast(tf.math.ceil(cx), tf.int32)
+        y0 = tf.cast(y0, tf.int32)
+        x0 = tf.cast(x0, tf.int32)
+        image_rows = image_index[:, None] * canvas_h
+        row0 = (image_rows + y0) * canvas_w  # [K, N]
+        row1 = (image_rows + y1) * canvas_w
 
-    total = None
-    for iy in range(sr):
-        r0 = per_offset(row0, iy, sr)[:, :, None]
-        r1 = per_offset(row1, iy, sr)[:, :, None]
-        a_y = per_offset(ly, iy, sr)[:, :, None, None]
-        m_y = per_offset(wy, iy, sr)[:, :, None, None]
-        for ix in range(sr):
-            c0 = per_offset(x0, ix, sr)[:, None, :]
-            c1 = per_offset(x1, ix, sr)[:, None, :]
-            a_x = per_offset(lx, ix, sr)[:, None, :, None]
-            m_x = per_offset(wx, ix, sr)[:, None, :, None]
-            v00 = tf.gather(flat, r0 + c0)
-            v01 = tf.gather(flat, r0 + c1)
-            v10 = tf.gather(flat, r1 + c0)
-            v11 = tf.gather(flat, r1 + c1)
-            top = v00 + (v01 - v00) * a_x
-            bottom = v10 + (v11 - v10) * a_x
-            value = (top + (bottom - top) * a_y) * (m_y * m_x)
-            total = value if total is None else total + value
-    return total / float(sr * sr)
+        def per_offset(t, i, step):
+            # the i-th sample of every bin: [K, pooled]
+            return t[:, i::step] if step > 1 else t
+
+        total = None
+        for iy in range(sr):
+            r0 = per_offset(row0, iy, sr)[:, :, None]
+            r1 = per_offset(row1, iy, sr)[:, :, None]
+            a_y = per_offset(ly, iy, sr)[:, :, None, None]
+            m_y = per_offset(wy, iy, sr)[:, :, None, None]
+            for ix in range(sr):
+                c0 = per_offset(x0, ix, sr)[:, None, :]
+                c1 = per_offset(x1, ix, sr)[:, None, :]
+                a_x = per_offset(lx, ix, sr)[:, None, :, None]
+                m_x = per_offset(wx, ix, sr)[:, None, :, None]
+                v00 = tf.gather(flat, r0 + c0)
+                v01 = tf.gather(flat, r0 + c1)
+                v10 = tf.gather(flat, r1 + c0)
+                v11 = tf.gather(flat, r1 + c1)
+                top = v00 + (v01 - v00) * a_x
+                bottom = v10 + (v11 - v10) * a_x
+                value = (top + (bottom - top) * a_y) * (m_y * m_x)
+                total = value if total is None else total + value
+        return total / float(sr * sr)
+
+    if method == "gather":
+        return gather(canvas, ys, xs)
+
+    # TF's CPU kernel of CropAndResizeGradImage accumulates into the image gradient from several
+    # threads without synchronisation: two identical calls can return feature gradients that
+    # differ by O(1) (seen on TF 2.21 with 2 intra-op threads). The forward pass stays on
+    # crop_and_resize; the backward pass is the exact gradient of the gather path, which computes
+    # the same function.
+    @tf.custom_gradient
+    def crop_with_exact_gradient(canvas, ys, xs):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([canvas, ys, xs])
+                reference = gather(canvas, ys, xs)
+            return tape.gradient(reference, [canvas, ys, xs], output_gradients=upstream)
+
+        return crop(canvas, ys, xs), grad
+
+    return crop_with_exact_gradient(canvas, ys, xs)
 
 
 def roi_align(
