@@ -26,32 +26,30 @@ def _time_cosine_class():
 
     class TimeCosine(keras.callbacks.Callback):
         """Learning rate: linear warm-up over ``warmup_steps``, then a cosine from ``peak`` to
-        ``peak * final_fraction`` over the remaining wall-clock budget."""
+        ``peak * final_fraction`` over what is left of the wall-clock budget."""
 
         def __init__(self, peak, seconds, warmup_steps, final_fraction):
             super().__init__()
             self.peak, self.seconds = float(peak), float(seconds)
             self.warmup_steps, self.final = int(warmup_steps), float(final_fraction)
-            self.step, self.start = 0, None
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if self.step == self.warmup_steps or self.start is None:
-                self.start = time.perf_counter() if self.step >= self.warmup_steps else None
-            if self.step < self.warmup_steps:
-                lr = self.peak * (self.step + 1) / self.warmup_steps
-            else:
-                t = min((time.perf_counter() - self.start) / max(self.seconds - self.t0, 1.0), 1.0)
-                lr = self.peak * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t)))
-            self.model.optimizer.learning_rate.assign(lr)
-            self.step += 1
+            self.step = 0
+            self.train_start = self.cosine_start = None
 
         def on_train_begin(self, logs=None):
             self.train_start = time.perf_counter()
-            self.t0 = 0.0
 
-        def on_train_batch_end(self, batch, logs=None):
-            if self.step == self.warmup_steps:
-                self.t0 = time.perf_counter() - self.train_start
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.step < self.warmup_steps:
+                lr = self.peak * (self.step + 1) / self.warmup_steps
+            else:
+                now = time.perf_counter()
+                if self.cosine_start is None:
+                    self.cosine_start = now
+                left = max(self.seconds - (self.cosine_start - self.train_start), 1.0)
+                t = min((now - self.cosine_start) / left, 1.0)
+                lr = self.peak * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t)))
+            self.model.optimizer.learning_rate.assign(lr)
+            self.step += 1
 
     return TimeCosine
 
