@@ -89,7 +89,7 @@ def cmd_train(args):
     overrides = {}
     if args.config:
         overrides = _merge(overrides, _load_config_file(args.config))
-    for key in ("preset", "data", "data_path", "strategy", "epochs", "steps_per_epoch",
+    for key in ("preset", "data", "data_path", "strategy", "precision", "epochs", "steps_per_epoch",
                 "batch_size", "learning_rate", "seed"):
         value = getattr(args, key)
         if value is not None:
@@ -318,6 +318,9 @@ def build_parser():
     p.add_argument("--data-path", help="a Pascal VOC folder for --data voc (or bccd)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"),
                    help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16", "auto"),
+                   help="compute dtype (default float32); auto: mixed_float16 on a GPU, "
+                        "mixed_bfloat16 on a CPU with bf16 (AVX512-BF16/AMX), else float32")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int)

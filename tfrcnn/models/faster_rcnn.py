@@ -104,6 +104,9 @@ class FasterRCNN(keras.Model):
             runs on proposals given as an input ``"proposals" [B, num_external_proposals, 4]`` in
             original-image pixels, zero-padded; e.g. from selective search).
         num_external_proposals: the fixed number of external proposals an image.
+        dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
+            global policy). Coordinates, anchors, proposals and losses stay float32; the policy
+            is saved with the model. See :mod:`tfrcnn.training.precision`.
 
     Inputs:
         - a dict ``{"images": [B, H, W, 3] uint8/float pixels 0..255, "image_shape": int [B, 2]
@@ -170,9 +173,16 @@ class FasterRCNN(keras.Model):
         # Multipliers of the four loss terms; alternating training switches terms off.
         self.loss_term_weights = {name: 1.0 for name in LOSS_TERMS}
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
-        self._build_layers()
-        self.training_graph = self._build_graph(training=True)
-        self.inference_graph = self._build_graph(training=False)
+        # Every sub-layer takes the model's policy (``dtype="mixed_bfloat16"``, or the global one):
+        # build them under it, so that a saved mixed-precision model loads mixed again.
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.dtype_policy.name)
+        try:
+            self._build_layers()
+            self.training_graph = self._build_graph(training=True)
+            self.inference_graph = self._build_graph(training=False)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -477,7 +487,7 @@ class FasterRCNN(keras.Model):
 
     def get_config(self):
         config = {"num_classes": self.num_classes, "class_names": self.class_names,
-                  "preset": self.preset, "name": self.name}
+                  "preset": self.preset, "name": self.name, "dtype": self.dtype_policy.name}
         config.update(self.settings)
         return config
 

@@ -19,6 +19,7 @@ from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLAS
 from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.models import FasterRCNN
 from tfrcnn.training.callbacks import NaNGuard
+from tfrcnn.training.precision import precision_scope, resolve_precision
 from tfrcnn.training.schemes import train_alternating
 
 log = logging.getLogger("tfrcnn")
@@ -32,6 +33,7 @@ RUN_DEFAULTS = dict(
     val_split="test",
     augment={},
     strategy="default",
+    precision="float32",
     num_train=1000,
     num_val=200,
     seed=0,
@@ -107,6 +109,7 @@ def resolve_settings(overrides=None):
             raise ValueError(f"unknown run setting {key!r}; known: {', '.join(sorted(settings))} "
                              "(model settings go under 'model.<name>')")
     presets.get_preset(settings["preset"])
+    resolve_precision(settings["precision"])  # a clear error for an unknown name
     return settings
 
 
@@ -192,7 +195,9 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     train_records, val_records, class_names = load_data(settings, settings["model"])
     from tfrcnn.training.distributed import make_strategy
     strategy = make_strategy(settings["strategy"])
-    with strategy.scope():
+    # "auto" is resolved once and recorded, so a resumed run keeps the policy it started with.
+    settings["precision"] = resolve_precision(settings["precision"])
+    with strategy.scope(), precision_scope(settings["precision"]):
         if resume:
             model = keras.models.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
         else:
