@@ -4,6 +4,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+if os.environ.get("TFRCNN_TEST_TORCH") == "1":
+    # Optional cross-checks against torchvision.ops (tests/ops/test_roi.py). torch must be imported
+    # before TensorFlow: the other order can crash the interpreter (seen with torch 2.14.1).
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

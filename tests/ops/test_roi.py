@@ -1,6 +1,7 @@
 """Tests for tfrcnn.ops.roi: slow numpy references written from the definitions, hand fixtures on a
 numbered map, gradients, K = 0, dynamic shapes in tf.function, FPN levels."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -207,7 +208,10 @@ def dense_precise_roi_pool(features, boxes, indices, oh, ow, scale, n):
 
 
 def torchvision_ops():
-    """torchvision.ops if it happens to be importable (an optional extra check), else None."""
+    """torchvision.ops if torch was imported before TensorFlow (TFRCNN_TEST_TORCH=1, see
+    conftest; importing torch after TensorFlow can crash the interpreter), else None."""
+    if "torch" not in sys.modules:
+        return None
     try:
         import torch
         import torchvision.ops
@@ -246,6 +250,24 @@ def test_roi_pool_matches_reference(output_size, scale):
             scale,
         )
         np.testing.assert_allclose(got, theirs.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("output_size", [(7, 7), (6, 5), (14, 3)])
+def test_roi_pool_in_a_graph_matches_reference_for_every_length(output_size):
+    """Inside tf.function Grappler turns ``x / 7.0`` into ``x * (1 / 7.0)``, which is one ulp off
+    for e.g. 22 / 7 and moved a bin edge by a whole cell; every ROI length 1..90 is checked."""
+    rng = np.random.default_rng(3)
+    features = rng.uniform(-1, 1, (1, 96, 96, 2)).astype(F32)
+    lengths = np.arange(1, 91, dtype=F32)
+    starts = rng.integers(0, 6, (len(lengths), 2)).astype(F32)
+    # integer cell edges (scale 1): rows of length L, columns of length 91 - L
+    boxes = np.stack([starts[:, 0], starts[:, 1], starts[:, 0] + lengths - 1,
+                      starts[:, 1] + lengths[::-1] - 1], axis=1)
+    indices = np.zeros(len(boxes), np.int32)
+    graph = tf.function(lambda f, b, i: roi_pool(f, b, i, output_size, 1.0))
+    got = graph(features, boxes, indices).numpy()
+    want = ref_roi_pool(features, boxes, indices, *output_size, 1.0)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_roi_pool_fixture():

@@ -129,7 +129,13 @@ def _pool_bin_edges(c1, c2, pooled, size, scale):
     roi_start = _round_half_away(c1 * scale)
     roi_end = _round_half_away(c2 * scale)
     roi_len = tf.maximum(roi_end - roi_start + 1.0, 1.0)
-    bin_len = roi_len / float(pooled)
+    # The reference divides in float32. Grappler rewrites a division by a *constant* into a product
+    # with the rounded reciprocal, which is 1 ulp off for e.g. 22 / 7 and moves a bin edge by a
+    # whole cell. So the divisor is made data-dependent: ``zero`` is exactly 0 (every roi_len is
+    # >= 1; an empty min is +inf) but not a constant the graph optimiser can fold. Builtin ops
+    # only, for TFLite.
+    zero = tf.minimum(tf.reduce_min(roi_len), 0.0)
+    bin_len = roi_len / (float(pooled) + zero)
     p = tf.range(pooled, dtype=tf.float32)
     lo = tf.floor(p[None, :] * bin_len[:, None]) + roi_start[:, None]
     hi = tf.math.ceil((p + 1.0)[None, :] * bin_len[:, None]) + roi_start[:, None]
