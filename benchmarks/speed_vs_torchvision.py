@@ -1,7 +1,7 @@
 """tfrcnn against torchvision's Faster R-CNN, side by side on this machine: seconds an image for
 inference and for a training step, the fraction of the FLOP-bound limit, and peak memory.
 
-    python benchmarks/speed_vs_torchvision.py                      # everything, ~30 min on 2 cores
+    python benchmarks/speed_vs_torchvision.py --json speed.json     # everything, ~40 min on 2 cores
     python benchmarks/speed_vs_torchvision.py --models resnet50_fpn --modes inference --batches 1
 
 Pairs: ``resnet50_fpn`` against ``fasterrcnn_resnet50_fpn`` and ``mobilenet_v3_fpn`` against
@@ -23,8 +23,10 @@ measured in the same run as the fastest of a 4096^3 matrix product in TensorFlow
 float32 and in bfloat16. The fraction of the FLOP-bound limit is ``flops / (seconds * peak)`` in
 the policy's compute type.
 
-Peak memory (``--memory``): each configuration runs alone in a child process (only its own
-framework imported) for the warm-up and two calls; its peak resident set size is reported.
+Every contender runs in its own process with only its own framework imported (TensorFlow loaded
+in a process slows torch's matrix products there, up to 2x in bfloat16 on this machine); the
+parent tells them in turn to run one call, so only one computes at a time. Peak memory is each
+process's peak resident set size at the end (framework, model, warm-up and timed calls).
 """
 
 import argparse
@@ -32,8 +34,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -174,69 +174,98 @@ def build_torchvision(fw, model_name, mode, batch, size, bf16=False):
 
 
 # ------------------------------------------------------------------------------------------------
-# measuring
-def machine_peak(fw, n=4096, repeats=5):
-    """GFLOP/s of an n^3 matrix product, the fastest of TensorFlow and torch, a dtype."""
-    tf, torch = fw["tf"], fw["torch"]
+# one process a contender
+def worker(connection, library, threads):
+    """A contender's own process: only its framework is imported (TensorFlow loaded in the same
+    process slows torch's matrix products down, up to 2x in bfloat16 on this machine). Serves
+    commands from the parent over ``connection`` until "exit"."""
+    fw = import_frameworks(torch=library == "torchvision", tensorflow=library == "tfrcnn")
+    _threads(fw, threads)
+    call = None
+    while True:
+        command, payload = connection.recv()
+        try:
+            if command == "build":
+                model_name, mode, batch, size, precision = payload
+                if library == "tfrcnn":
+                    call, flops = build_tfrcnn(fw, model_name, mode, batch, size, precision)
+                else:
+                    call = build_torchvision(fw, model_name, mode, batch, size,
+                                             bf16=precision == "bf16")
+                    flops = None
+                connection.send(("ok", flops))
+            elif command == "call":
+                start = time.perf_counter()
+                call()
+                connection.send(("ok", time.perf_counter() - start))
+            elif command == "peak":
+                connection.send(("ok", matmul_peak(fw, library)))
+            elif command == "rss":
+                connection.send(("ok", peak_rss_mb()))
+            else:
+                connection.send(("ok", None))
+                return
+        except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
+            import traceback
+
+            connection.send(("error", f"{library} {command}: {error!r}\n{traceback.format_exc()}"))
+
+
+class Contender:
+    """The parent's handle on a worker process."""
+
+    def __init__(self, name, library, precision, threads):
+        import multiprocessing
+
+        self.name, self.library, self.precision = name, library, precision
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=worker, args=(child, library, threads), daemon=True)
+        self.process.start()
+
+    def ask(self, command, payload=None):
+        self.connection.send((command, payload))
+        status, value = self.connection.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def close(self):
+        try:
+            self.ask("exit")
+        finally:
+            self.process.join(timeout=30)
+
+
+def matmul_peak(fw, library, n=4096, repeats=5):
+    """GFLOP/s of an n^3 matrix product in float32 and bfloat16, best of ``repeats``."""
     peaks = {}
-    for name in ("float32", "bfloat16"):
-        best = {}
-        a = tf.cast(tf.random.normal([n, n]), name)
-        matmul = tf.function(lambda a: tf.matmul(a, a))
-        matmul(a).numpy()
-        best["tensorflow"] = _median_seconds(lambda: matmul(a).numpy(), repeats)
-        t = torch.randn(n, n).to(getattr(torch, name))
-        torch.matmul(t, t)
-        best["torch"] = _median_seconds(lambda: torch.matmul(t, t), repeats)
-        peaks[name] = {k: 2 * n ** 3 / v / 1e9 for k, v in best.items()}
-    return peaks
+    for dtype in ("float32", "bfloat16"):
+        if library == "tfrcnn":
+            tf = fw["tf"]
+            a = tf.cast(tf.random.normal([n, n]), dtype)
+            matmul = tf.function(lambda a: tf.matmul(a, a))
 
+            def run():
+                matmul(a).numpy()
+        else:
+            torch = fw["torch"]
+            t = torch.randn(n, n).to(getattr(torch, dtype))
 
-def _median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def alternate(contenders, warmup, repeats, pause):
-    """Warm each contender up, then take turns; returns {name: [seconds a call]}."""
-    for name, call in contenders.items():
-        for _ in range(warmup):
-            call()
-        print(f"    warmed up {name}", flush=True)
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, call in contenders.items():
-            time.sleep(pause)
+            def run():
+                torch.matmul(t, t)
+        run()
+        times = []
+        for _ in range(repeats):
             start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
+            run()
+            times.append(time.perf_counter() - start)
+        peaks[dtype] = 2 * n ** 3 / min(times) / 1e9
+    return peaks
 
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run_child(args):
-    """One configuration alone in this process; prints its peak RSS as JSON."""
-    library, model_name, mode, batch, precision = args.child
-    batch = int(batch)
-    fw = import_frameworks(torch=library == "torchvision", tensorflow=library == "tfrcnn")
-    _threads(fw, args.threads)
-    before = peak_rss_mb()
-    if library == "tfrcnn":
-        call, _ = build_tfrcnn(fw, model_name, mode, batch, args.size, precision)
-    else:
-        call = build_torchvision(fw, model_name, mode, batch, args.size, bf16=precision == "bf16")
-    built = peak_rss_mb()
-    for _ in range(args.warmup + 2):
-        call()
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "after_import_mb": before,
-                      "after_build_mb": built}))
 
 
 def _threads(fw, threads):
@@ -247,35 +276,64 @@ def _threads(fw, threads):
         fw["tf"].config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def measure_memory(args, configs):
-    rows = []
-    for config in configs:
-        command = [sys.executable, os.path.abspath(__file__), "--child", *map(str, config),
-                   "--size", str(args.size), "--threads", str(args.threads),
-                   "--warmup", str(args.warmup)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory child {config} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(dict(zip(("library", "model", "mode", "batch", "precision"), config), **result))
-        print(f"  memory {config}: peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
-    return rows
+def machine_peak(threads):
+    """The fastest matrix product of TensorFlow and of torch, each in its own process."""
+    peaks = {}
+    for library in ("tfrcnn", "torchvision"):
+        contender = Contender(library, library, None, threads)
+        try:
+            peaks["tensorflow" if library == "tfrcnn" else "torch"] = contender.ask("peak")
+        finally:
+            contender.close()
+    return peaks
 
 
-def settings_text(fw, args):
+def time_configuration(args, model_name, mode, batch, precisions):
+    """Builds every contender of one configuration in its own process, warms each up, then lets
+    them take turns. Returns ({name: [seconds a call]}, flops an image, {name: peak RSS MB})."""
+    specs = [(f"tfrcnn {p}", "tfrcnn", p) for p in precisions]
+    specs.append(("torchvision float32", "torchvision", "float32"))
+    if args.peer_bf16:
+        specs.append(("torchvision autocast bf16", "torchvision", "bf16"))
+    contenders = [Contender(name, library, precision, args.threads)
+                  for name, library, precision in specs]
+    try:
+        flops = None
+        for c in contenders:
+            result = c.ask("build", (model_name, mode, batch, args.size, c.precision))
+            flops = result if result is not None else flops
+            for _ in range(args.warmup):
+                c.ask("call")
+            print(f"    built and warmed up {c.name}", flush=True)
+        times = {c.name: [] for c in contenders}
+        for _ in range(args.repeats):
+            for c in contenders:
+                time.sleep(args.pause)
+                times[c.name].append(c.ask("call"))
+        memory = {c.name: c.ask("rss") for c in contenders}
+    finally:
+        for c in contenders:
+            c.close()
+    return times, flops, memory
+
+
+def settings_text(args):
+    import importlib.metadata as metadata
+
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library; "
-            f"Python {platform.python_version()}, TensorFlow {fw['tf'].__version__}, "
-            f"Keras {fw['keras'].__version__}, torch {fw['torch'].__version__}, torchvision "
-            f"{fw['torchvision'].__version__}; input {args.size}x{args.size}, random weights, "
-            f"{NUM_CLASSES} classes + background, 1000 test proposals, 2000 training proposals, "
-            f"512 ROIs an image, {GT_BOXES} gt boxes an image; warm-up {args.warmup}, "
-            f"{args.repeats} alternating rounds, pause {args.pause} s; medians")
+    versions = ", ".join(f"{name} {metadata.version(name)}"
+                         for name in ("tensorflow", "keras", "torch", "torchvision"))
+    return (f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library, each "
+            f"contender in its own process; Python {platform.python_version()}, {versions}; input "
+            f"{args.size}x{args.size}, random weights, {NUM_CLASSES} classes + background, 1000 "
+            f"test proposals, 2000 training proposals, 512 ROIs an image, {GT_BOXES} gt boxes an "
+            f"image, SGD momentum 0.9; warm-up {args.warmup}, {args.repeats} alternating rounds, "
+            f"pause {args.pause} s; medians")
 
 
 def main(argv=None):
@@ -292,45 +350,29 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pause", type=float, default=0.5)
-    parser.add_argument("--memory", default="resnet50_fpn:training:2,resnet50_fpn:inference:1",
-                        help="model:mode:batch configurations whose peak RSS to measure in "
-                             "child processes ('' for none)")
     parser.add_argument("--json", help="write every number to this file")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        return run_child(args)
 
-    fw = import_frameworks()
-    _threads(fw, args.threads)
-    settings = settings_text(fw, args)
+    settings = settings_text(args)
     print(settings, flush=True)
-    peaks = machine_peak(fw)
-    peak = {"float32": max(peaks["float32"].values()), "bfloat16": max(peaks["bfloat16"].values())}
-    print(f"machine peak (4096^3 matmul) GFLOP/s: {json.dumps(peaks)}", flush=True)
+    peaks = machine_peak(args.threads)
+    peak = {d: max(p[d] for p in peaks.values()) for d in ("float32", "bfloat16")}
+    print(f"machine peak (4096^3 matmul, best of 5) GFLOP/s: {json.dumps(peaks)}", flush=True)
     precisions = [p for p in args.precisions.split(",") if p]
     rows = []
     for model_name in args.models.split(","):
         for mode in args.modes.split(","):
             for batch in [int(b) for b in args.batches.split(",")]:
                 print(f"{model_name} {mode} batch {batch}", flush=True)
-                contenders, flops = {}, None
-                for precision in precisions:
-                    call, flops = build_tfrcnn(fw, model_name, mode, batch, args.size, precision)
-                    contenders[f"tfrcnn {precision}"] = call
-                contenders["torchvision float32"] = build_torchvision(fw, model_name, mode, batch,
-                                                                      args.size)
-                if args.peer_bf16:
-                    contenders["torchvision autocast bf16"] = build_torchvision(
-                        fw, model_name, mode, batch, args.size, bf16=True)
-                times = alternate(contenders, args.warmup, args.repeats, args.pause)
+                times, flops, memory = time_configuration(args, model_name, mode, batch,
+                                                          precisions)
                 medians = {k: float(np.median(v)) / batch for k, v in times.items()}
                 peer = medians["torchvision float32"]
                 row = {"model": model_name, "peer": PEERS[model_name], "mode": mode,
                        "batch": batch, "gflop_per_image": flops / 1e9,
                        "seconds_per_image": medians, "all_seconds": times,
                        "ratio_to_torchvision_float32": {k: v / peer for k, v in medians.items()},
-                       "fraction_of_flop_bound": {}}
+                       "fraction_of_flop_bound": {}, "peak_rss_mb": memory}
                 for name, seconds in medians.items():
                     dtype = "bfloat16" if "bf16" in name or "bfloat16" in name else "float32"
                     row["fraction_of_flop_bound"][name] = flops / (seconds * peak[dtype] * 1e9)
@@ -338,42 +380,31 @@ def main(argv=None):
                 for name, seconds in medians.items():
                     print(f"    {name:28s} {seconds:7.3f} s/image   ratio "
                           f"{seconds / peer:5.2f}   {row['fraction_of_flop_bound'][name]:6.1%} of "
-                          f"FLOP bound", flush=True)
-                del contenders
-    memory = []
-    for item in [m for m in args.memory.split(",") if m]:
-        model_name, mode, batch = item.split(":")
-        configs = [("tfrcnn", model_name, mode, batch, p) for p in precisions]
-        configs.append(("torchvision", model_name, mode, batch, "float32"))
-        memory.extend(measure_memory(args, configs))
-    print_markdown(rows, memory, peak, settings)
+                          f"FLOP bound   peak RSS {memory[name]:6.0f} MB", flush=True)
+    print_markdown(rows, peak, settings)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": settings, "machine_peak_gflops": peaks, "rows": rows,
-                       "memory": memory}, f, indent=2)
+            json.dump({"settings": settings, "machine_peak_gflops": peaks, "rows": rows}, f,
+                      indent=2)
 
 
-def print_markdown(rows, memory, peak, settings):
+def print_markdown(rows, peak, settings):
     print("\n" + settings + f"; peak GFLOP/s float32 {peak['float32']:.0f}, bfloat16 "
           f"{peak['bfloat16']:.0f}\n")
     names = list(rows[0]["seconds_per_image"]) if rows else []
+    mine = [n for n in names if n.startswith("tfrcnn")]
     header = ["model", "mode", "batch", "GFLOP/img"] + [f"{n} s/img" for n in names] + \
-        [f"ratio {n}" for n in names if n.startswith("tfrcnn")] + \
-        [f"FLOP-bound % {n}" for n in names]
+        [f"ratio {n}" for n in mine] + [f"FLOP-bound {n}" for n in names] + \
+        [f"peak RSS MB {n}" for n in names]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         cells = [r["model"], r["mode"], str(r["batch"]), f"{r['gflop_per_image']:.0f}"]
         cells += [f"{r['seconds_per_image'][n]:.3f}" for n in names]
-        cells += [f"{r['ratio_to_torchvision_float32'][n]:.2f}" for n in names if n.startswith("tfrcnn")]
+        cells += [f"{r['ratio_to_torchvision_float32'][n]:.2f}" for n in mine]
         cells += [f"{r['fraction_of_flop_bound'][n]:.0%}" for n in names]
+        cells += [f"{r['peak_rss_mb'][n]:.0f}" for n in names]
         print("| " + " | ".join(cells) + " |")
-    if memory:
-        print("\n| library | model | mode | batch | precision | peak RSS (MB) | RSS after import (MB) |")
-        print("|---|---|---|---|---|---|---|")
-        for m in memory:
-            print(f"| {m['library']} | {m['model']} | {m['mode']} | {m['batch']} | {m['precision']} "
-                  f"| {m['peak_rss_mb']:.0f} | {m['after_import_mb']:.0f} |")
 
 
 if __name__ == "__main__":
