@@ -419,10 +419,10 @@ def _align_from_canvas(
         return tf.nn.avg_pool2d(samples, sr, sr, "VALID")
 
 
-    def gather(canvas, ys, xs):
-        # method == "gather": explicit bilinear interpolation from a flat [B * Hc * Wc, C] table.
-        flat = tf.reshape(canvas, [-1, channels])
-        # invalid samples are clamped into their level block (and masked below)
+    def neighbours(ys, xs):
+        """Flat row offsets of the two neighbouring rows, column indices of the two neighbouring
+        columns, the fractional positions and the validity weights of every sample."""
+        # invalid samples are clamped into their level block (and masked by the weights)
         cy = tf.clip_by_value(ys, -1.0, lim_hf) + shift_y
         cx = tf.clip_by_value(xs, -1.0, lim_wf) + shift_x
         # Neighbours floor(c) and ceil(c), as crop_and_resize takes them: a sample exactly on a cell
@@ -434,29 +434,32 @@ def _align_from_canvas(
         lx = cx - x0
         wy = tf.where(valid_y, 1.0, 0.0)
         wx = tf.where(valid_x, 1.0, 0.0)
-        y1 = tf.cast(tf.math.ceil(cy), tf.int32)
-        x1 = tf.cast(tf.math.ceil(cx), tf.int32)
-        y0 = tf.cast(y0, tf.int32)
-        x0 = tf.cast(x0, tf.int32)
         image_rows = image_index[:, None] * canvas_h
-        row0 = (image_rows + y0) * canvas_w  # [K, N]
-        row1 = (image_rows + y1) * canvas_w
+        row0 = (image_rows + tf.cast(y0, tf.int32)) * canvas_w  # [K, N]
+        row1 = (image_rows + tf.cast(tf.math.ceil(cy), tf.int32)) * canvas_w
+        col0 = tf.cast(x0, tf.int32)
+        col1 = tf.cast(tf.math.ceil(cx), tf.int32)
+        return row0, row1, col0, col1, ly, lx, wy, wx
 
-        def per_offset(t, i, step):
-            # the i-th sample of every bin: [K, pooled]
-            return t[:, i::step] if step > 1 else t
+    def per_offset(t, i):
+        # the i-th sample of every bin: [K, pooled]
+        return t[:, i::sr] if sr > 1 else t
 
+    def gather(canvas, ys, xs):
+        # method == "gather": explicit bilinear interpolation from a flat [B * Hc * Wc, C] table.
+        flat = tf.reshape(canvas, [-1, channels])
+        row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
         total = None
         for iy in range(sr):
-            r0 = per_offset(row0, iy, sr)[:, :, None]
-            r1 = per_offset(row1, iy, sr)[:, :, None]
-            a_y = per_offset(ly, iy, sr)[:, :, None, None]
-            m_y = per_offset(wy, iy, sr)[:, :, None, None]
+            r0 = per_offset(row0, iy)[:, :, None]
+            r1 = per_offset(row1, iy)[:, :, None]
+            a_y = per_offset(ly, iy)[:, :, None, None]
+            m_y = per_offset(wy, iy)[:, :, None, None]
             for ix in range(sr):
-                c0 = per_offset(x0, ix, sr)[:, None, :]
-                c1 = per_offset(x1, ix, sr)[:, None, :]
-                a_x = per_offset(lx, ix, sr)[:, None, :, None]
-                m_x = per_offset(wx, ix, sr)[:, None, :, None]
+                c0 = per_offset(col0, ix)[:, None, :]
+                c1 = per_offset(col1, ix)[:, None, :]
+                a_x = per_offset(lx, ix)[:, None, :, None]
+                m_x = per_offset(wx, ix)[:, None, :, None]
                 v00 = tf.gather(flat, r0 + c0)
                 v01 = tf.gather(flat, r0 + c1)
                 v10 = tf.gather(flat, r1 + c0)
@@ -467,6 +470,29 @@ def _align_from_canvas(
                 total = value if total is None else total + value
         return total / float(sr * sr)
 
+    def features_gradient(upstream):
+        """The gather path's gradient w.r.t. the canvas, written out: each sample sends
+        ``upstream / sr**2`` to its four neighbours with its bilinear weights (the weights are
+        [K, oh, ow]: one full-size product per sample and corner, and one scatter-add)."""
+        row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
+        upstream = tf.cast(upstream, tf.float32) / float(sr * sr)
+        values, indices = [], []
+        for iy in range(sr):
+            a_y, m_y = per_offset(ly, iy), per_offset(wy, iy)
+            rows = ((per_offset(row0, iy), (1.0 - a_y) * m_y), (per_offset(row1, iy), a_y * m_y))
+            for ix in range(sr):
+                a_x, m_x = per_offset(lx, ix), per_offset(wx, ix)
+                cols = ((per_offset(col0, ix), (1.0 - a_x) * m_x),
+                        (per_offset(col1, ix), a_x * m_x))
+                for r, weight_y in rows:
+                    for c, weight_x in cols:
+                        weight = weight_y[:, :, None] * weight_x[:, None, :]  # [K, oh, ow]
+                        values.append(tf.reshape(upstream * weight[..., None], [-1, channels]))
+                        indices.append(tf.reshape(r[:, :, None] + c[:, None, :], [-1]))
+        cells = tf.shape(canvas)[0] * canvas_h * canvas_w
+        flat = tf.math.unsorted_segment_sum(tf.concat(values, 0), tf.concat(indices, 0), cells)
+        return tf.reshape(flat, tf.shape(canvas))
+
     if method == "gather":
         return gather(canvas, ys, xs)
 
@@ -474,18 +500,33 @@ def _align_from_canvas(
     # threads without synchronisation: two identical calls can return feature gradients that
     # differ by O(1) (seen on TF 2.21 with 2 intra-op threads). The forward pass stays on
     # crop_and_resize; the backward pass is the exact gradient of the gather path, which computes
-    # the same function.
+    # the same function. It comes in two terms so that each is computed only when asked for:
+    # the features' gradient, and the sample coordinates' gradient (needed only when the boxes
+    # get a gradient, i.e. non-approximate joint training). With boxes behind a stop_gradient
+    # (approximate joint training) TensorFlow never calls the second term's gradient, which is
+    # the costlier one (it gathers every corner again and reduces over the channels). The
+    # features' gradient is written out (features_gradient) rather than taken by autodiff of the
+    # gather path, which would redo the 4 sr^2 gathers and about 4x the full-size products.
     @tf.custom_gradient
-    def crop_with_exact_gradient(canvas, ys, xs):
+    def features_term(canvas, ys, xs):
         def grad(upstream):
-            with tf.GradientTape() as tape:
-                tape.watch([canvas, ys, xs])
-                reference = gather(canvas, ys, xs)
-            return tape.gradient(reference, [canvas, ys, xs], output_gradients=upstream)
+            return features_gradient(upstream), None, None
 
         return crop(canvas, ys, xs), grad
 
-    return crop_with_exact_gradient(canvas, ys, xs)
+    @tf.custom_gradient
+    def coordinates_term(ys, xs):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([ys, xs])
+                reference = gather(tf.stop_gradient(canvas), ys, xs)
+            return tape.gradient(reference, [ys, xs], output_gradients=upstream)
+
+        # forward value 0: the term only carries the coordinates' gradient
+        return tf.zeros([tf.shape(ys)[0], oh, ow, channels], canvas.dtype), grad
+
+    sample_ys, sample_xs = tf.stop_gradient(ys), tf.stop_gradient(xs)
+    return features_term(canvas, sample_ys, sample_xs) + coordinates_term(ys, xs)
 
 
 def roi_align(
