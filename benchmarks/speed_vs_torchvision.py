@@ -20,9 +20,9 @@ next contender down). Quoted: the median seconds an image and the ratio tfrcnn /
 FLOPs are those of the convolutions and matrix products (``tfrcnn.profiling.count_flops`` on the
 traced inference graph, and on the loss-and-gradient graph for training); the machine's peak is
 measured in the same run as the fastest of a 4096^3 matrix product in TensorFlow and in torch, in
-float32 and in bfloat16, before and after the timings (the higher figure is taken: this machine's
-speed drifts). The fraction of the FLOP-bound limit is ``flops / (seconds * peak)`` in
-the policy's compute type.
+float32 and in bfloat16, in every round of the timings (this machine's speed drifts over
+minutes): the fraction of the FLOP-bound limit is ``flops / (median seconds * median peak of the
+same rounds)`` in the policy's compute type. The peaks before and after all timings are printed too.
 
 Every contender runs in its own process with only its own framework imported (TensorFlow loaded
 in a process slows torch's matrix products there, up to 2x in bfloat16 on this machine); the
@@ -203,7 +203,7 @@ def worker(connection, library, threads):
                 call()
                 connection.send(("ok", time.perf_counter() - start))
             elif command == "peak":
-                connection.send(("ok", matmul_peak(fw, library)))
+                connection.send(("ok", matmul_peak(fw, library, repeats=payload or 5)))
             elif command == "rss":
                 connection.send(("ok", peak_rss_mb()))
             else:
@@ -301,6 +301,9 @@ def time_configuration(args, model_name, mode, batch, precisions):
         specs.append(("torchvision autocast bf16", "torchvision", "bf16"))
     contenders = [Contender(name, library, precision, args.threads)
                   for name, library, precision in specs]
+    # the machine's peak, measured in every round too (this machine's speed drifts over minutes)
+    peakers = [Contender(f"peak {library}", library, None, args.threads)
+               for library in ("tfrcnn", "torchvision")]
     try:
         flops = None
         for c in contenders:
@@ -310,15 +313,22 @@ def time_configuration(args, model_name, mode, batch, precisions):
                 c.ask("call")
             print(f"    built and warmed up {c.name}", flush=True)
         times = {c.name: [] for c in contenders}
+        peaks = []
         for _ in range(args.repeats):
             for c in contenders:
                 time.sleep(args.pause)
                 times[c.name].append(c.ask("call"))
+            round_peak = {}
+            for p in peakers:
+                time.sleep(args.pause)
+                for dtype, value in p.ask("peak", 3).items():
+                    round_peak[dtype] = max(round_peak.get(dtype, 0.0), value)
+            peaks.append(round_peak)
         memory = {c.name: c.ask("rss") for c in contenders}
     finally:
-        for c in contenders:
+        for c in contenders + peakers:
             c.close()
-    return times, flops, memory
+    return times, flops, memory, peaks
 
 
 def settings_text(args):
@@ -369,15 +379,18 @@ def main(argv=None):
         for mode in args.modes.split(","):
             for batch in [int(b) for b in args.batches.split(",")]:
                 print(f"{model_name} {mode} batch {batch}", flush=True)
-                times, flops, memory = time_configuration(args, model_name, mode, batch,
-                                                          precisions)
+                times, flops, memory, round_peaks = time_configuration(
+                    args, model_name, mode, batch, precisions)
                 medians = {k: float(np.median(v)) / batch for k, v in times.items()}
                 peer = medians["torchvision float32"]
                 row = {"model": model_name, "peer": PEERS[model_name], "mode": mode,
                        "batch": batch, "gflop_per_image": flops / 1e9,
                        "seconds_per_image": medians, "all_seconds": times,
                        "ratio_to_torchvision_float32": {k: v / peer for k, v in medians.items()},
-                       "fraction_of_flop_bound": {}, "peak_rss_mb": memory}
+                       "fraction_of_flop_bound": {}, "peak_rss_mb": memory,
+                       "round_peaks_gflops": round_peaks,
+                       "peak_gflops": {d: float(np.median([p[d] for p in round_peaks]))
+                                       for d in ("float32", "bfloat16")}}
                 rows.append(row)
                 for name, seconds in medians.items():
                     print(f"    {name:28s} {seconds:7.3f} s/image   ratio {seconds / peer:5.2f}   "
@@ -390,7 +403,7 @@ def main(argv=None):
         for name, seconds in row["seconds_per_image"].items():
             dtype = "bfloat16" if "bf16" in name or "bfloat16" in name else "float32"
             row["fraction_of_flop_bound"][name] = (row["gflop_per_image"] /
-                                                   (seconds * peak[dtype]))
+                                                   (seconds * row["peak_gflops"][dtype]))
     print_markdown(rows, peak, settings)
     if args.json:
         with open(args.json, "w") as f:
@@ -405,7 +418,7 @@ def print_markdown(rows, peak, settings):
     mine = [n for n in names if n.startswith("tfrcnn")]
     header = ["model", "mode", "batch", "GFLOP/img"] + [f"{n} s/img" for n in names] + \
         [f"ratio {n}" for n in mine] + [f"FLOP-bound {n}" for n in names] + \
-        [f"peak RSS MB {n}" for n in names]
+        [f"peak RSS MB {n}" for n in names] + ["peak GFLOP/s f32 / bf16 (in the rounds)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
@@ -414,6 +427,7 @@ def print_markdown(rows, peak, settings):
         cells += [f"{r['ratio_to_torchvision_float32'][n]:.2f}" for n in mine]
         cells += [f"{r['fraction_of_flop_bound'][n]:.0%}" for n in names]
         cells += [f"{r['peak_rss_mb'][n]:.0f}" for n in names]
+        cells += [f"{r['peak_gflops']['float32']:.0f} / {r['peak_gflops']['bfloat16']:.0f}"]
         print("| " + " | ".join(cells) + " |")
 
 
