@@ -125,3 +125,24 @@ def test_dtype_argument_and_keras_round_trip(tmp_path):
     images = np.random.default_rng(1).uniform(0, 255, (1, 160, 160, 3)).astype(np.float32)
     a, b = model(images, training=False), loaded(images, training=False)
     np.testing.assert_array_equal(a["detection_boxes"], b["detection_boxes"])
+
+
+def test_mobilenet_depthwise_layers_stay_float32_under_mixed_bfloat16():
+    from tfrcnn.backbones import build_backbone
+
+    with precision_scope("mixed_bfloat16"):
+        backbone, _ = build_backbone("mobilenet_v3_fpn")
+    layers = [l for l in backbone.get_layer("mobilenet_v3_large").layers if l.weights]
+    depthwise = [l for l in layers if isinstance(l, keras.layers.DepthwiseConv2D)]
+    others = [l for l in layers if isinstance(l, keras.layers.Conv2D)
+              and not isinstance(l, keras.layers.DepthwiseConv2D)]
+    assert depthwise and all(l.compute_dtype == "float32" for l in depthwise)
+    assert others and all(l.compute_dtype == "bfloat16" for l in others)
+    out = backbone(np.zeros((1, 64, 64, 3), np.float32))
+    assert all(np.isfinite(np.asarray(tf.cast(o, tf.float32))).all() for o in out)
+    # float32 and mixed_float16 builds are untouched
+    with precision_scope("mixed_float16"):
+        backbone16, _ = build_backbone("mobilenet_v3_fpn")
+    assert all(l.compute_dtype == "float16"
+               for l in backbone16.get_layer("mobilenet_v3_large").layers
+               if isinstance(l, keras.layers.DepthwiseConv2D))
