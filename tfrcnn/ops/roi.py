@@ -475,7 +475,8 @@ def _align_from_canvas(
         ``upstream / sr**2`` to its four neighbours with its bilinear weights (the weights are
         [K, oh, ow]: one full-size product per sample and corner, and one scatter-add)."""
         row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
-        upstream = tf.cast(upstream, tf.float32) / float(sr * sr)
+        upstream = tf.cast(upstream, tf.float32)
+        wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
         values, indices = [], []
         for iy in range(sr):
             a_y, m_y = per_offset(ly, iy), per_offset(wy, iy)
