@@ -19,6 +19,7 @@ intended.)
 import keras
 
 from tfrcnn.backbones import common
+from tfrcnn.layers.batch_norm import BatchNormalization
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -70,7 +71,8 @@ def build_mobilenet_v3_fpn(weights=None, trainable=True, fpn_channels=256, name_
 
 
 def _same_padding_clone(layer):
-    """Clones `layer`; stride-2 depthwise convs pad "same" at run time (see the body's doc).
+    """Clones `layer`; stride-2 depthwise convs pad "same" at run time (see the body's doc), and
+    batch norm runs on the fused kernel (`tfrcnn.layers.BatchNormalization`, same weights and config).
 
     Under ``mixed_bfloat16`` the depthwise convolutions compute in float32: oneDNN's bfloat16
     depthwise backward is slow on CPUs (measured: this backbone's forward+backward at batch 2,
@@ -79,6 +81,8 @@ def _same_padding_clone(layer):
     config = layer.get_config()
     if isinstance(layer, keras.layers.ZeroPadding2D):
         return keras.layers.Identity(name=layer.name)
+    if type(layer) is keras.layers.BatchNormalization:
+        return BatchNormalization.from_config(config)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         if tuple(config["strides"]) != (1, 1):
             config["padding"] = "same"

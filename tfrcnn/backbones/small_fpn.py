@@ -18,6 +18,7 @@ About 1.2 GMAC for a 480x640 image: it trains from scratch on a CPU in minutes.
 import keras
 
 from tfrcnn.backbones import common
+from tfrcnn.layers.batch_norm import BatchNormalization
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -54,7 +55,7 @@ def build_small_fpn(weights=None, trainable=True, fpn_channels=128, name_prefix=
             x = keras.layers.Conv2D(filters, 3, strides=2 if i == 0 else 1, padding="same",
                                     use_bias=False, kernel_initializer="he_normal",
                                     name=f"stage{s}_conv{i + 1}")(x)
-            x = keras.layers.BatchNormalization(name=f"stage{s}_conv{i + 1}_bn")(x)
+            x = BatchNormalization(name=f"stage{s}_conv{i + 1}_bn")(x)
             x = keras.layers.ReLU(name=f"stage{s}_conv{i + 1}_relu")(x)
         features.append(x)
     pyramid = FeaturePyramid(int(fpn_channels), num_inputs=3, extra_pool_levels=1, name="fpn")

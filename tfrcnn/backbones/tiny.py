@@ -12,6 +12,7 @@ up to about 40-80 px are what it sees well. About 0.24 GMAC for a 160x160 image.
 import keras
 
 from tfrcnn.backbones import common
+from tfrcnn.layers.batch_norm import BatchNormalization
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "tiny"
@@ -53,7 +54,7 @@ def build_tiny(weights=None, trainable=True, name_prefix=None):
             kernel_initializer="he_normal",
             name=f"conv{i}",
         )(x)
-        x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = BatchNormalization(name=f"conv{i}_bn")(x)
         x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
     model = common.BackboneModel(inputs, [x], name=common.model_name(NAME, name_prefix))
     common.finish_backbone(model, weights_path=path, backbone=NAME, trainable=trainable)
