@@ -21,6 +21,7 @@ import keras
 
 from tfrcnn.backbones import common
 from tfrcnn.layers.batch_norm import BatchNormalization
+from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -44,19 +45,19 @@ C5_HEAD_CHANNELS = 2048
 def _bottleneck(x, filters, stride, conv_shortcut, name):
     """A v1 bottleneck block, named as keras.applications names it (`{name}_1_conv` ...)."""
     if conv_shortcut:
-        shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
         shortcut = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(
             shortcut
         )
     else:
         shortcut = x
-    y = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    y = Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     y = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_1_bn")(y)
     y = keras.layers.Activation("relu", name=f"{name}_1_relu")(y)
-    y = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
+    y = Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
     y = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_2_bn")(y)
     y = keras.layers.Activation("relu", name=f"{name}_2_relu")(y)
-    y = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
+    y = Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
     y = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_3_bn")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
@@ -72,7 +73,7 @@ def _stage(x, stage):
 
 def _stem(x):
     x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
-    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     x = BatchNormalization(epsilon=BN_EPSILON, name="conv1_bn")(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)

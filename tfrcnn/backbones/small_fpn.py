@@ -19,6 +19,7 @@ import keras
 
 from tfrcnn.backbones import common
 from tfrcnn.layers.batch_norm import BatchNormalization
+from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -52,7 +53,7 @@ def build_small_fpn(weights=None, trainable=True, fpn_channels=128, name_prefix=
     features = []
     for s, (filters, count) in enumerate(STAGES, start=1):
         for i in range(count):
-            x = keras.layers.Conv2D(filters, 3, strides=2 if i == 0 else 1, padding="same",
+            x = Conv2D(filters, 3, strides=2 if i == 0 else 1, padding="same",
                                     use_bias=False, kernel_initializer="he_normal",
                                     name=f"stage{s}_conv{i + 1}")(x)
             x = BatchNormalization(name=f"stage{s}_conv{i + 1}_bn")(x)

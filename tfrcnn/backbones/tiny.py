@@ -13,6 +13,7 @@ import keras
 
 from tfrcnn.backbones import common
 from tfrcnn.layers.batch_norm import BatchNormalization
+from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "tiny"
@@ -45,7 +46,7 @@ def build_tiny(weights=None, trainable=True, name_prefix=None):
     inputs = common.image_input()
     x = ImageNormalization(NORMALIZATION, name="normalization")(inputs)
     for i, (filters, stride) in enumerate(CONVS, start=1):
-        x = keras.layers.Conv2D(
+        x = Conv2D(
             filters,
             3,
             strides=stride,

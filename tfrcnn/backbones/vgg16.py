@@ -13,6 +13,7 @@ names and weight shapes are those of `keras.applications.VGG16` (`block1_conv1` 
 import keras
 
 from tfrcnn.backbones import common
+from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "vgg16"
@@ -31,7 +32,7 @@ def vgg16_features(x):
     """Applies conv1_1 .. conv5_3 (ReLU after each conv, ceil-mode 2x2 pools after blocks 1-4)."""
     for b, (filters, convs) in enumerate(BLOCKS, start=1):
         for c in range(1, convs + 1):
-            x = keras.layers.Conv2D(
+            x = Conv2D(
                 filters, 3, padding="same", activation="relu", name=f"block{b}_conv{c}"
             )(x)
         if b < len(BLOCKS):

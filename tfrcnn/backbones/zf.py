@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from tfrcnn.backbones import common
+from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "zf"
@@ -111,8 +112,8 @@ def _conv(x, filters, kernel, stride, name):
     pad = (kernel - 1) // 2
     if stride > 1:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        return keras.layers.Conv2D(filters, kernel, strides=stride, activation="relu", name=name)(x)
-    return keras.layers.Conv2D(filters, kernel, padding="same", activation="relu", name=name)(x)
+        return Conv2D(filters, kernel, strides=stride, activation="relu", name=name)(x)
+    return Conv2D(filters, kernel, padding="same", activation="relu", name=name)(x)
 
 
 def _pool(x, name):

@@ -8,6 +8,8 @@ every backbone in `tfrcnn.backbones` produces for any input size, odd sizes incl
 import keras
 from keras import ops
 
+from tfrcnn.layers.conv import Conv2D
+
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class FeaturePyramid(keras.layers.Layer):
@@ -52,13 +54,13 @@ class FeaturePyramid(keras.layers.Layer):
         self.extra_pool_levels = int(extra_pool_levels)
         # Created here, in a fixed order, so weights restore by structure after a .keras round trip.
         self.lateral_convs = [
-            keras.layers.Conv2D(
+            Conv2D(
                 self.channels, 1, padding="valid", name=f"lateral_{i}", dtype=self.dtype_policy
             )
             for i in range(self.num_inputs)
         ]
         self.output_convs = [
-            keras.layers.Conv2D(
+            Conv2D(
                 self.channels, 3, padding="same", name=f"output_{i}", dtype=self.dtype_policy
             )
             for i in range(self.num_inputs)

@@ -6,6 +6,8 @@ Shapes: ``K`` ROIs (all images), ``oh x ow x C`` pooled features, ``num_classes`
 import keras
 import tensorflow as tf
 
+from tfrcnn.layers.conv import Conv2D
+
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class RCNNHead(keras.layers.Layer):
@@ -44,7 +46,7 @@ class RCNNHead(keras.layers.Layer):
         self.units = tuple(int(u) for u in units)
         self.conv_channels = tuple(int(c) for c in conv_channels) if head_type == "conv" else ()
         self.dropout = float(dropout)
-        self.convs = [keras.layers.Conv2D(c, 3, padding="same", activation="relu", name=f"conv{i + 1}")
+        self.convs = [Conv2D(c, 3, padding="same", activation="relu", name=f"conv{i + 1}")
                       for i, c in enumerate(self.conv_channels)]
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fcs = [keras.layers.Dense(u, activation="relu", name=f"fc{i + 6}")

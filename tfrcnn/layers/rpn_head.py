@@ -6,6 +6,8 @@ Shapes: ``B`` images, ``h x w`` feature map, ``C`` channels, ``A`` anchors a loc
 import keras
 import tensorflow as tf
 
+from tfrcnn.layers.conv import Conv2D
+
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class RPNHead(keras.layers.Layer):
@@ -42,11 +44,11 @@ class RPNHead(keras.layers.Layer):
         self.channels = int(channels)
         self.kernel_size = int(kernel_size)
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.conv = keras.layers.Conv2D(self.channels, self.kernel_size, padding="same",
+        self.conv = Conv2D(self.channels, self.kernel_size, padding="same",
                                         activation="relu", kernel_initializer=init, name="rpn_conv")
-        self.objectness = keras.layers.Conv2D(2 * self.num_anchors, 1, kernel_initializer=init,
+        self.objectness = Conv2D(2 * self.num_anchors, 1, kernel_initializer=init,
                                               dtype="float32", name="rpn_objectness")
-        self.box_deltas = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
+        self.box_deltas = Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
                                               dtype="float32", name="rpn_box_deltas")
 
     def build(self, input_shape):

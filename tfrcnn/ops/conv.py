@@ -1,0 +1,363 @@
+"""2-D convolution whose backward pass avoids TensorFlow's slow CPU backprop kernels.
+
+:func:`conv2d` computes exactly ``tf.nn.conv2d(x, kernel, strides, padding)`` (NHWC, one group,
+no dilation) and attaches a custom gradient built from the kernels that are fast on a CPU: the
+forward convolution (oneDNN) and ``tf.matmul``. TensorFlow's own ``Conv2DBackpropInput`` and
+``Conv2DBackpropFilter`` are kept where they measured faster.
+
+Shapes: ``x`` is ``[N, H, W, C]``, ``kernel`` is ``[kh, kw, C, K]``, the output and the upstream
+gradient ``dy`` are ``[N, Ho, Wo, K]``. ``N``, ``H`` and ``W`` may be unknown (``None``) inside
+``tf.function``; ``kh``, ``kw``, ``C`` and ``K`` must be static.
+
+Gradient paths (the rule :func:`gradient_plan` applies):
+
+- input gradient, stride 1 (any kernel size, SAME or VALID): a forward convolution of ``dy`` with
+  the kernel flipped in both spatial axes and its in/out channel axes swapped, padded with
+  ``(kh - 1 - pad_top, kh - 1 - pad_bottom)`` rows and the same for columns (``"SAME"`` when that
+  padding is symmetric, explicit padding otherwise; no copy of ``dy``). Method name
+  ``"forward_conv"``.
+- input gradient, stride > 1: ``tf.raw_ops.Conv2DBackpropInput``, as TensorFlow's own gradient
+  (``"tf"``).
+- filter gradient, 1x1 kernel, stride 1: one matmul ``x_rows^T @ dy_rows`` over the ``N*H*W``
+  positions (``"matmul"``).
+- filter gradient, kh x kw kernel, stride 1: ``dW[i, j] = sum_p xpad[p + (i, j)] dy[p]``, one matmul
+  a kernel tap (``"shifted_matmul"``). ``x`` is padded once (as the forward pass pads it) and
+  flattened to rows of ``C``; ``dy`` is padded with zeros to the padded input's width and height,
+  so that the tap ``(i, j)`` is the contiguous row range that starts ``i * Wp + j`` rows later (the
+  wrapped-around rows meet zeros of ``dy``): no im2col buffer, each tap a row-range slice. The
+  padded positions cost ``Hp*Wp / (Ho*Wo)`` times the useful work, so this path is used only
+  while that area ratio is at most :data:`SHIFTED_MATMUL_MAX_AREA_RATIO` (maps of ~17x17 and
+  larger for 3x3); smaller maps (e.g. the 7x7 / 14x14 ROI heads) and strides > 1 use
+  ``tf.raw_ops.Conv2DBackpropFilter`` (``"tf"``). With unknown ``H``/``W`` the ratio is checked
+  at run time with a ``tf.cond``.
+
+Half types (bfloat16 / float16, ``x`` and ``kernel`` both in that dtype): the forward convolutions
+run in the half type, like the forward pass; the matmuls take ``x`` and ``dy`` cast to
+float32 and accumulate in float32; the ``"tf"`` paths cast to float32 too, because TensorFlow's CPU
+backprop kernels for half types are 10-30x slower than its float32 ones. Gradients are returned in
+the dtypes of ``x`` and ``kernel``. So for half types every configuration has a fast gradient.
+
+Second derivatives (a gradient of this gradient) are not supported and not tested.
+
+Measurements (AMD EPYC (Zen 3, AVX2), 2 cores, TF 2.21 CPU, float32, ms, median of 5-7 alternating
+runs of each op alone; the machine was shared with other jobs, so absolute numbers are noisy (up
+to ~2x), the ratios within one row less so):
+
+Input gradient, TF ``Conv2DBackpropInput`` vs forward conv with the transformed kernel::
+
+    shape [N,H,W,C]->K, kernel       TF binput   forward_conv (SAME)   (VALID, explicit pad)
+    [1,200,200,64]->64 3x3              115.4          48.6                  48.6
+    [1,100,100,128]->128 3x3             89.4          53.0                  53.2
+    [1,50,50,256]->256 3x3               42.9          45.4                  43.0
+    [1,25,25,512]->512 3x3               47.6          46.4                  51.1
+    [64,14,14,256]->256 3x3             308.9         216.8                 212.4
+    [64,7,7,512]->512 3x3               569.2         210.1                 203.4
+    [1,200,200,256]->64 1x1              99.1          62.9                  64.0
+    [1,64,64,64]->64 7x7                 64.2          22.5                  22.7
+
+  The forward-conv path is faster or within noise everywhere -> used for every stride-1 case.
+  bfloat16: TF's binput [1,100,100,128]->128 3x3 takes 1418 ms, the bf16 forward conv 42.5 ms.
+  The kernel transform is done as reshape [kh*kw, C, K] -> reverse(axis 0) -> matrix transpose
+  (8 ms for 3x3x512x512); ``w[::-1, ::-1]`` with a transpose took 46 ms.
+
+Filter gradient, TF ``Conv2DBackpropFilter`` vs shifted-slice matmuls::
+
+    shape [N,H,W,C]->K, kernel   TF bfilter  per-tap slice copies  shifted_matmul  im2col (1 matmul)
+    [1,200,200,64]->64 3x3          151.0         120.1               115.0           165.5
+    [1,100,100,128]->128 3x3        101.0          67.2                65.0           105.6
+    [1,50,50,256]->256 3x3           72.5          60.0                59.5            58.4
+    [1,25,25,512]->512 3x3           61.1          57.1                59.4            56.9
+    [1,200,200,256]->256 3x3       1153.1        1224.4               934.3          1229.5
+    [8,25,25,128]->128 3x3           49.5          36.4                40.6            49.6
+    [1,64,64,64]->64 7x7             63.3          51.1                47.4            69.0
+    [64,14,14,256]->256 3x3 (1.31)  256.2         286.7               350.6           446.6
+    [64,7,7,512]->512 3x3 (1.65)    244.5         266.5               412.7           527.4
+    [1,13,17,256]->256 3x3 (1.29)     6.5           7.7                 8.2             5.6
+
+  (area ratio ``Hp*Wp / (Ho*Wo)`` in parentheses where above the 1.25 threshold.) The im2col
+  matmul needs a ``kh*kw`` times larger buffer and was not faster; summing taps into one output
+  is not needed since each tap is its own slice of ``dW``.
+
+1x1 kernels::
+
+    [1,200,200,256]->64 stride 1     TF bfilter 66.1, one matmul 27.6;
+                                     TF binput 67.0, forward conv 39.8, matmul 41.7
+    [1,200,200,64]->256 stride 1     TF bfilter 22.8, matmul 21.6; TF binput 23.0, conv 14.6
+    [1,100,100,512]->128 stride 1    TF bfilter 44.6, matmul 22.0; TF binput 22.5, conv 13.9
+    [1,200,200,256]->512 stride 2    TF bfilter 29.6, strided slice + matmul 50.0
+    [1,200,200,256]->64 stride 2     TF bfilter 15.0, strided slice + matmul 34.6
+
+  -> TF's kernels for strides > 1 (for float32 :func:`conv2d` then is plain ``tf.nn.conv2d``).
+
+Half types, [1,100,100,128]->128 3x3 stride 1: TF bfilter bf16 1245 ms, float32 90 ms; TF binput
+bf16 1124 ms, float32 67 ms; matmul bf16 9.9 ms, cast to float32 + matmul 11.1 ms.
+
+End to end (``benchmarks/conv_gradients.py``: forward + both gradients, ms, median of 5,
+tfrcnn / TF; quieter machine)::
+
+    float32                               TF      tfrcnn   ratio
+    [1,200,200,64] 3x3 ->64             172.3     100.5    0.58
+    [1,100,100,128] 3x3 ->128           120.1      83.5    0.70
+    [1,50,50,256] 3x3 ->256              76.1      67.6    0.89
+    [1,25,25,512] 3x3 ->512              74.0      72.3    0.98
+    [1,200,200,256] 3x3 ->256 (FPN)    1398.3    1147.8    0.82
+    [1,200,200,256] 1x1 ->64            127.0      74.2    0.58
+    [1,100,100,512] 1x1 ->128            45.2      34.1    0.76
+    [64,14,14,256] 3x3 ->256            422.1     326.1    0.77   (filter grad: TF's)
+    bfloat16
+    [1,100,100,128] 3x3 ->128          1565.4      93.2    0.06
+    [1,200,200,256] 1x1 stride 2 ->512 1362.0     116.5    0.09
+"""
+
+import collections
+
+import tensorflow as tf
+
+__all__ = [
+    "conv2d",
+    "gradient_plan",
+    "has_fast_gradient",
+    "GradientPlan",
+    "SHIFTED_MATMUL_MAX_AREA_RATIO",
+]
+
+#: The largest padded-input area / output area ``Hp*Wp / (Ho*Wo)`` for which the filter gradient
+#: of a stride-1 kh x kw convolution uses the shifted matmuls (see the module docstring).
+SHIFTED_MATMUL_MAX_AREA_RATIO = 1.25
+
+_HALF_DTYPES = (tf.bfloat16, tf.float16)
+
+GradientPlan = collections.namedtuple("GradientPlan", ["input_method", "filter_method"])
+GradientPlan.__doc__ = """How :func:`conv2d` computes its two gradients.
+
+``input_method``: ``"forward_conv"`` or ``"tf"``. ``filter_method``: ``"matmul"`` (1x1),
+``"shifted_matmul"``, ``"auto"`` (shifted matmuls or TF's, chosen at run time from the area ratio
+because the spatial size is unknown) or ``"tf"``.
+"""
+
+
+def _pair(value, name):
+    """``value`` as a pair of ints: an int, a pair, or a 4-list ``[1, h, w, 1]`` (strides)."""
+    try:
+        values = [int(v) for v in value]
+    except TypeError:  # a scalar (Python or NumPy int)
+        return int(value), int(value)
+    if len(values) == 2:
+        return values[0], values[1]
+    if len(values) == 4 and values[0] == 1 and values[3] == 1:
+        return values[1], values[2]
+    raise ValueError(f"{name} must be an int, a pair or [1, h, w, 1], got {value!r}")
+
+
+def _normalize_padding(padding):
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding.upper()
+
+
+def _same_pads(kernel_size):
+    """(before, after) padding of a stride-1 SAME convolution along one axis."""
+    before = (kernel_size - 1) // 2
+    return before, kernel_size - 1 - before
+
+
+def _stride1_pads(kh, kw, padding):
+    """((top, bottom), (left, right)) input padding of a stride-1 convolution."""
+    if padding == "VALID":
+        return (0, 0), (0, 0)
+    return _same_pads(kh), _same_pads(kw)
+
+
+def _area_ratio(kh, kw, padding, height, width):
+    """``Hp*Wp / (Ho*Wo)`` of a stride-1 convolution, for static or tensor ``height``/``width``."""
+    (top, bottom), (left, right) = _stride1_pads(kh, kw, padding)
+    padded = (height + top + bottom) * (width + left + right)
+    out = (height + top + bottom - kh + 1) * (width + left + right - kw + 1)
+    return padded / out
+
+
+def gradient_plan(kernel_size, strides=1, padding="SAME", spatial_shape=None):
+    """The gradient paths :func:`conv2d` takes for a configuration.
+
+    Args:
+        kernel_size: int or ``(kh, kw)``.
+        strides: int, ``(sh, sw)`` or ``[1, sh, sw, 1]``.
+        padding: ``"SAME"`` or ``"VALID"`` (any case).
+        spatial_shape: ``(H, W)`` of the input, entries may be ``None``; ``None`` means unknown.
+
+    Returns:
+        A :class:`GradientPlan`. It does not depend on the dtype: for half types the ``"tf"`` paths
+        run TensorFlow's kernels in float32 (see the module docstring).
+    """
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(strides, "strides")
+    padding = _normalize_padding(padding)
+    if (sh, sw) != (1, 1):
+        return GradientPlan("tf", "tf")
+    if (kh, kw) == (1, 1):
+        return GradientPlan("forward_conv", "matmul")
+    height, width = spatial_shape if spatial_shape is not None else (None, None)
+    if height is None or width is None:
+        return GradientPlan("forward_conv", "auto")
+    if _area_ratio(kh, kw, padding, height, width) <= SHIFTED_MATMUL_MAX_AREA_RATIO:
+        return GradientPlan("forward_conv", "shifted_matmul")
+    return GradientPlan("forward_conv", "tf")
+
+
+def has_fast_gradient(kernel_size, strides=1, padding="SAME", dtype=tf.float32):
+    """Whether :func:`conv2d` has a faster gradient than ``tf.nn.conv2d`` for a configuration.
+
+    True for stride 1 (the input gradient always takes the forward-conv path) and for half types
+    (whose TF backprop kernels are replaced by the float32 ones); False for float32 / float64 with
+    strides > 1, where :func:`conv2d` would only add a ``custom_gradient`` wrapper around
+    TensorFlow's own gradient kernels.
+    """
+    plan = gradient_plan(kernel_size, strides, padding)
+    return plan != GradientPlan("tf", "tf") or tf.as_dtype(dtype) in _HALF_DTYPES
+
+
+def _transposed_kernel(kernel):
+    """``kernel[::-1, ::-1]`` with in/out channels swapped: ``[kh, kw, C, K] -> [kh, kw, K, C]``.
+
+    Reversing the flattened ``kh*kw`` axis flips both spatial axes at once; this is several times
+    faster on CPU than a negative-stride slice followed by a 4-D transpose.
+    """
+    kh, kw, c, k = kernel.shape
+    taps = tf.reverse(tf.reshape(kernel, [kh * kw, c, k]), axis=[0])
+    return tf.reshape(tf.linalg.matrix_transpose(taps), [kh, kw, k, c])
+
+
+def _input_grad_forward_conv(dy, kernel, padding):
+    """Input gradient of a stride-1 convolution as a forward convolution of ``dy``."""
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    (top, bottom), (left, right) = _stride1_pads(kh, kw, padding)
+    dy_pads = [[kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right]]
+    if padding == "SAME" and dy_pads[0][0] == dy_pads[0][1] and dy_pads[1][0] == dy_pads[1][1]:
+        conv_padding = "SAME"
+    else:
+        conv_padding = [[0, 0], dy_pads[0], dy_pads[1], [0, 0]]
+    return tf.nn.conv2d(dy, _transposed_kernel(kernel), strides=1, padding=conv_padding)
+
+
+def _filter_grad_matmul(x, dy):
+    """Filter gradient of a 1x1 stride-1 convolution: ``[1, 1, C, K]``."""
+    c, k = x.shape[-1], dy.shape[-1]
+    grad = tf.matmul(tf.reshape(x, [-1, c]), tf.reshape(dy, [-1, k]), transpose_a=True)
+    return tf.reshape(grad, [1, 1, c, k])
+
+
+def _filter_grad_shifted_matmul(x, dy, kh, kw, padding):
+    """Filter gradient of a stride-1 kh x kw convolution, one matmul a kernel tap.
+
+    With ``xpad`` the padded input ``[N, Hp, Wp, C]`` flattened to rows and ``dy`` zero-padded to
+    ``[N, Hp, Wp, K]`` (its last ``kh - 1`` rows and ``kw - 1`` columns zero), the tap ``(i, j)`` is
+    ``xrows[o : o + L]^T @ dyrows[:L]`` with ``o = i * Wp + j``: position ``p`` of ``dy`` meets
+    input row ``p + o``, which is pixel ``(h + i, w + j)`` of the same image whenever ``dy`` at
+    ``p`` is not a padding zero. ``L = N*Hp*Wp - (kh - 1) * Wp - (kw - 1)`` keeps every slice in
+    range and still covers the last non-zero ``dy`` row.
+    """
+    c, k = x.shape[-1], dy.shape[-1]
+    (top, bottom), (left, right) = _stride1_pads(kh, kw, padding)
+    if top or bottom or left or right:
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    dy = tf.pad(dy, [[0, 0], [0, kh - 1], [0, kw - 1], [0, 0]])
+    x_shape = tf.shape(x)
+    padded_width = x_shape[2]
+    rows = x_shape[0] * x_shape[1] * padded_width
+    # max(.., 0) and the min() below keep an empty batch valid (all slices empty -> zeros).
+    length = tf.maximum(rows - (kh - 1) * padded_width - (kw - 1), 0)
+    x_rows = tf.reshape(x, [-1, c])
+    dy_rows = tf.slice(tf.reshape(dy, [-1, k]), [0, 0], tf.stack([length, k]))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            begin = tf.minimum(i * padded_width + j, rows - length)
+            x_tap = tf.slice(x_rows, tf.stack([begin, 0]), tf.stack([length, c]))
+            taps.append(tf.matmul(x_tap, dy_rows, transpose_a=True))
+    return tf.reshape(tf.stack(taps), [kh, kw, c, k])
+
+
+def _filter_grad_tf(x, dy, kernel_shape, strides, padding):
+    return tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=kernel_shape, out_backprop=dy, strides=[1, *strides, 1],
+        padding=padding)
+
+
+def _input_grad_tf(x_shape, kernel, dy, strides, padding):
+    return tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=x_shape, filter=kernel, out_backprop=dy, strides=[1, *strides, 1],
+        padding=padding)
+
+
+def conv2d(x, kernel, strides=1, padding="SAME"):
+    """``tf.nn.conv2d(x, kernel, strides, padding)`` with a faster CPU gradient.
+
+    Args:
+        x: ``[N, H, W, C]`` float tensor (NHWC); ``N``, ``H``, ``W`` may be unknown.
+        kernel: ``[kh, kw, C, K]`` tensor (or variable) of ``x``'s dtype, fully static shape.
+        strides: int, ``(sh, sw)`` or ``[1, sh, sw, 1]``.
+        padding: ``"SAME"`` or ``"VALID"``.
+
+    Returns:
+        ``[N, Ho, Wo, K]``, identical to ``tf.nn.conv2d``. Its gradients with respect to ``x``
+        and ``kernel`` equal TensorFlow's up to float rounding; the paths are described in the
+        module docstring and reported by :func:`gradient_plan`. One group, no dilation; first
+        derivatives only.
+    """
+    x = tf.convert_to_tensor(x)
+    kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)
+    if x.shape.rank != 4 or kernel.shape.rank != 4 or not kernel.shape.is_fully_defined():
+        raise ValueError(f"conv2d needs x [N, H, W, C] and a static kernel [kh, kw, C, K], got "
+                         f"{x.shape} and {kernel.shape}")
+    if x.shape[-1] is None or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"x channels {x.shape[-1]} must be static and equal the kernel's input "
+                         f"channels {kernel.shape[2]}")
+    if x.dtype != kernel.dtype:
+        raise TypeError(f"x ({x.dtype.name}) and kernel ({kernel.dtype.name}) dtypes differ")
+    stride_pair = _pair(strides, "strides")
+    padding = _normalize_padding(padding)
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    plan = gradient_plan((kh, kw), stride_pair, padding, (x.shape[1], x.shape[2]))
+    dtype = x.dtype
+    if plan == GradientPlan("tf", "tf") and dtype not in _HALF_DTYPES:
+        # Nothing to gain (float32 strided): TensorFlow's own op and gradient, no wrapper.
+        return tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding)
+    accumulate = tf.float32 if dtype in _HALF_DTYPES else dtype
+
+    @tf.custom_gradient
+    def _conv(x, kernel):
+        y = tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding)
+
+        def grad(dy):
+            dy = tf.convert_to_tensor(dy, dtype=dtype)
+            x_acc, dy_acc = tf.cast(x, accumulate), tf.cast(dy, accumulate)
+            if plan.input_method == "forward_conv":
+                dx = _input_grad_forward_conv(dy, kernel, padding)
+            else:
+                dx = _input_grad_tf(tf.shape(x), tf.cast(kernel, accumulate), dy_acc, stride_pair,
+                                    padding)
+            kernel_shape = kernel.shape.as_list()
+
+            def tf_filter_grad():
+                return _filter_grad_tf(x_acc, dy_acc, kernel_shape, stride_pair, padding)
+
+            def shifted_filter_grad():
+                return _filter_grad_shifted_matmul(x_acc, dy_acc, kh, kw, padding)
+
+            if plan.filter_method == "matmul":
+                dw = _filter_grad_matmul(x_acc, dy_acc)
+            elif plan.filter_method == "shifted_matmul":
+                dw = shifted_filter_grad()
+            elif plan.filter_method == "auto":
+                x_shape = tf.shape(x)
+                ratio = _area_ratio(kh, kw, padding, tf.cast(x_shape[1], tf.float32),
+                                    tf.cast(x_shape[2], tf.float32))
+                dw = tf.cond(ratio <= SHIFTED_MATMUL_MAX_AREA_RATIO, shifted_filter_grad,
+                             tf_filter_grad)
+            else:
+                dw = tf_filter_grad()
+            return tf.cast(dx, dtype), tf.cast(dw, dtype)
+
+        return y, grad
+
+    return _conv(x, kernel)
