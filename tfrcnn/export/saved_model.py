@@ -31,6 +31,7 @@ import tempfile
 
 import tensorflow as tf
 
+from tfrcnn.backbones.common import xla_disabled
 from tfrcnn.export.atomic import atomic_directory
 
 SIGNATURE_IMAGES = "serving_default"
@@ -190,11 +191,13 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
         with open(os.path.join(assets_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
         module = DetectionModule(model, names, config_json, assets_dir)
-        signatures = {
-            SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
-            SIGNATURE_ENCODED: module.serve_encoded.get_concrete_function(),
-            SIGNATURE_METADATA: module.metadata.get_concrete_function(),
-        }
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            tf.saved_model.save(module, tmp, signatures=signatures)
+        # Plain TF ops only: the served graph must not need an XLA compiler.
+        with xla_disabled():
+            signatures = {
+                SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
+                SIGNATURE_ENCODED: module.serve_encoded.get_concrete_function(),
+                SIGNATURE_METADATA: module.metadata.get_concrete_function(),
+            }
+            with atomic_directory(path, overwrite=overwrite) as tmp:
+                tf.saved_model.save(module, tmp, signatures=signatures)
     return path

@@ -20,9 +20,10 @@ import keras
 from tfrcnn.ops.conv import conv2d, has_fast_gradient
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
-    from tensorflow.python.eager.record import could_possibly_record as _tape_is_recording
-except ImportError:  # pragma: no cover - moved in a future TensorFlow: always take the fast path
-    def _tape_is_recording():
+    from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
+except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a tape records
+    def tape_is_recording():
+        """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
         return True
 
 
@@ -52,7 +53,7 @@ class Conv2D(keras.layers.Conv2D):
                 and self.padding in ("same", "valid")
                 and has_fast_gradient(self.kernel_size, self.strides, self.padding,
                                       self.compute_dtype)
-                and _tape_is_recording())
+                and tape_is_recording())
 
     def convolution_op(self, inputs, kernel):
         if not self._fast_gradient_applies(inputs):

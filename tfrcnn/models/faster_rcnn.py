@@ -42,6 +42,11 @@ LOSS_TERMS = ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 INPUT_KEYS = ("images", "image_shape", "image_scale", "original_shape")
 GT_KEYS = ("gt_boxes", "gt_classes")
 
+# Backbones whose inference measured faster as one XLA cluster in float32 on a 2-core AVX2 CPU
+# (backbone alone, batch 1, 800x800; README, "XLA"). Depthwise convolutions (mobilenet_v3_fpn)
+# are several times slower under XLA on CPUs, so "auto" leaves it off there.
+XLA_BACKBONES = ("resnet50_fpn", "resnet50_c4")
+
 # Every setting a preset provides; ``None`` in the constructor means "the preset's value".
 _SETTINGS = (
     "backbone", "backbone_weights", "trainable_backbone", "fpn_channels",
@@ -57,11 +62,11 @@ _SETTINGS = (
     "rpn_box_loss_weight", "rpn_box_normalizer", "rcnn_box_loss_weight",
     "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
     "image_min_side", "image_max_side", "size_divisor", "proposal_source",
-    "num_external_proposals",
+    "num_external_proposals", "xla",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="crop_and_resize", head_conv_channels=(), head_dropout=0.0,
-                 proposal_source="rpn", num_external_proposals=2000)
+                 proposal_source="rpn", num_external_proposals=2000, xla="auto")
 
 
 def _as_tuple(value):
@@ -104,6 +109,11 @@ class FasterRCNN(keras.Model):
             runs on proposals given as an input ``"proposals" [B, num_external_proposals, 4]`` in
             original-image pixels, zero-padded; e.g. from selective search).
         num_external_proposals: the fixed number of external proposals an image.
+        xla: ``"auto"`` (default), ``True`` or ``False``: run the backbone of inference calls
+            (``predict``, ``evaluate``, ``model(x)`` without a tape) as one XLA cluster, compiled
+            once an input shape. ``"auto"`` turns it on for float32 compute on the TensorFlow
+            backend with the backbones in ``XLA_BACKBONES``, where it measured faster on a CPU;
+            training steps and exports never use it. See ``BackboneModel.jit_inference``.
         dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
             global policy). Coordinates, anchors, proposals and losses stay float32; the policy
             is saved with the model. See :mod:`tfrcnn.training.precision`.
@@ -144,7 +154,7 @@ class FasterRCNN(keras.Model):
                  rpn_box_normalizer=None, rcnn_box_loss_weight=None, rpn_smooth_l1_beta=None,
                  rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
                  image_max_side=None, size_divisor=None, proposal_source=None,
-                 num_external_proposals=None, **kwargs):
+                 num_external_proposals=None, xla=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -187,6 +197,8 @@ class FasterRCNN(keras.Model):
     # ----------------------------------------------------------------------------------------
     # construction
     def _validate(self):
+        if not (self.xla is True or self.xla is False or self.xla == "auto"):
+            raise ValueError(f"xla must be 'auto', True or False, got {self.xla!r}")
         if self.training_scheme not in TRAINING_SCHEMES:
             raise ValueError(f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}")
         if self.roi_op not in ROI_OPS:
@@ -199,6 +211,16 @@ class FasterRCNN(keras.Model):
                 "to the box coordinates: use roi_op='roi_align', 'precise_roi_pool' or "
                 "'multilevel_roi_align' (ROI pooling rounds coordinates, so its box gradient is 0)")
 
+    @property
+    def uses_xla(self):
+        """Whether inference calls run the backbone as one XLA cluster (the ``xla`` setting with
+        ``"auto"`` resolved)."""
+        if self.xla != "auto":
+            return bool(self.xla)
+        return (keras.backend.backend() == "tensorflow"
+                and self.dtype_policy.compute_dtype == "float32"
+                and self.backbone in XLA_BACKBONES)
+
     def _build_layers(self):
         self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
                                     name="image_resizer")
@@ -206,6 +228,7 @@ class FasterRCNN(keras.Model):
             self.backbone, weights=self.backbone_weights, trainable=self.trainable_backbone,
             fpn_channels=self.fpn_channels)
         self.strides = tuple(int(s) for s in strides)
+        self.backbone_model.jit_inference = self.uses_xla
         levels = len(self.strides)
         scales = self.anchor_scales
         if not isinstance(scales[0], (list, tuple)):
