@@ -6,7 +6,8 @@ two checkouts, run alternately with each on ``PYTHONPATH``.
     python benchmarks/step_time.py --model resnet50_fpn --batch 1
 
 Same model, inputs and settings as ``speed_vs_torchvision.py``; prints which ``tfrcnn`` it
-imported, the median and every timed call.
+imported, the median and every timed call. ``--xla on|off`` sets ``FasterRCNN(xla=...)`` (default:
+the model's ``"auto"``), for an A/B of XLA at inference in one checkout.
 """
 import argparse
 import os
@@ -29,7 +30,12 @@ def main(argv=None):
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--xla", default="auto", choices=["auto", "on", "off"],
+                        help="FasterRCNN(xla=...): XLA for the backbone at inference")
     args = parser.parse_args(argv)
+    if args.xla != "auto":
+        settings = bench.tfrcnn_settings
+        bench.tfrcnn_settings = lambda size: dict(settings(size), xla=args.xla == "on")
 
     fw = bench.import_frameworks(torch=False)
     import tfrcnn
@@ -44,7 +50,7 @@ def main(argv=None):
         call()
         times.append(time.perf_counter() - start)
     print(f"{os.path.dirname(tfrcnn.__file__)} {args.model} {args.mode} batch {args.batch} "
-          f"{args.precision}: median {np.median(times):.3f} s a call, all "
+          f"{args.precision} xla {args.xla}: median {np.median(times):.3f} s a call, all "
           f"{[round(t, 3) for t in times]}", flush=True)
 
 
