@@ -53,11 +53,7 @@ def aggregate(logdir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet50_fpn")
-    parser.add_argument("--mode", default="inference", choices=["inference", "training"])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=800)
-    parser.add_argument("--precision", default="float32")
+    bench.add_tfrcnn_arguments(parser)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
@@ -65,7 +61,7 @@ def main(argv=None):
     fw = bench.import_frameworks(torch=False)
     tf = fw["tf"]
     call, flops = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                     args.precision)
+                                     args.precision, args.xla)
     for _ in range(2):
         call()
     logdir = tempfile.mkdtemp(prefix="tfrcnn_profile_")
@@ -77,7 +73,8 @@ def main(argv=None):
     tf.profiler.experimental.stop()
     by_type, by_name = aggregate(logdir)
     total = sum(seconds for seconds, _ in by_type.values())
-    print(f"{args.model} {args.mode} batch {args.batch} {args.precision}: {args.steps} calls, "
+    print(f"{args.model} {args.mode} batch {args.batch} {args.precision} xla {args.xla}: "
+          f"{args.steps} calls, "
           f"wall {wall / args.steps:.3f} s a call, {flops * args.batch / 1e9:.0f} GFLOP a call, "
           f"op time {total / args.steps:.3f} s a call (ops on different threads overlap)")
     for title, table in (("op type", by_type), ("op", by_name)):

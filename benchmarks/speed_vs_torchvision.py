@@ -87,8 +87,21 @@ def tfrcnn_settings(size):
                 rpn_batch_size_per_image=256, detection_score_threshold=0.05, max_detections=100)
 
 
-def build_tfrcnn(fw, model_name, mode, batch, size, precision):
-    """Returns (call, flops_an_image): ``call()`` runs one inference or training step."""
+def add_tfrcnn_arguments(parser, mode="inference"):
+    """The options of one tfrcnn configuration, shared by ``step_time.py`` and ``profile_step.py``."""
+    parser.add_argument("--model", default="resnet50_fpn")
+    parser.add_argument("--mode", default=mode, choices=["inference", "training"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=800)
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--xla", default="auto", choices=["auto", "on", "off"],
+                        help="FasterRCNN(xla=...): XLA for the backbone at inference")
+
+
+def build_tfrcnn(fw, model_name, mode, batch, size, precision, xla="auto"):
+    """Returns (call, flops_an_image): ``call()`` runs one inference or training step.
+
+    ``xla``: ``"auto"`` (the model's default), ``"on"`` or ``"off"`` (``FasterRCNN(xla=...)``)."""
     keras, tf = fw["keras"], fw["tf"]
     from tfrcnn.models import FasterRCNN
     from tfrcnn.profiling import count_flops
@@ -96,7 +109,10 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision):
 
     images, boxes, classes = make_inputs(batch, size)
     with precision_scope(precision):
-        model = FasterRCNN.from_preset(model_name, num_classes=NUM_CLASSES, **tfrcnn_settings(size))
+        settings = tfrcnn_settings(size)
+        if xla != "auto":
+            settings["xla"] = xla == "on"
+        model = FasterRCNN.from_preset(model_name, num_classes=NUM_CLASSES, **settings)
     if mode == "inference":
         @tf.function
         def fn(x):

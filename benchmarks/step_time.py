@@ -23,25 +23,16 @@ import speed_vs_torchvision as bench  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet50_fpn")
-    parser.add_argument("--mode", default="training", choices=["inference", "training"])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=800)
-    parser.add_argument("--precision", default="float32")
+    bench.add_tfrcnn_arguments(parser, mode="training")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--xla", default="auto", choices=["auto", "on", "off"],
-                        help="FasterRCNN(xla=...): XLA for the backbone at inference")
     args = parser.parse_args(argv)
-    if args.xla != "auto":
-        settings = bench.tfrcnn_settings
-        bench.tfrcnn_settings = lambda size: dict(settings(size), xla=args.xla == "on")
 
     fw = bench.import_frameworks(torch=False)
     import tfrcnn
 
     call, _ = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                 args.precision)
+                                 args.precision, args.xla)
     for _ in range(args.warmup):
         call()
     times = []

@@ -18,6 +18,7 @@ import os
 import threading
 
 import keras
+import tensorflow as tf
 
 from tfrcnn.layers.conv import tape_is_recording
 
@@ -225,8 +226,6 @@ class BackboneModel(keras.Model):
     jit_inference = False
 
     def _xla_applies(self, inputs, training, mask):
-        import tensorflow as tf
-
         return (bool(self.jit_inference)
                 and not getattr(_XLA_STATE, "disabled", False)
                 and keras.backend.backend() == "tensorflow"
@@ -243,8 +242,6 @@ class BackboneModel(keras.Model):
         if self._xla_applies(inputs, training, mask):
             compiled = self.__dict__.get("_xla_inference")
             if compiled is None:
-                import tensorflow as tf
-
                 compiled = tf.function(self._inference_forward, jit_compile=True)
                 # Stored past Keras' attribute tracking: a compiled function is no state.
                 object.__setattr__(self, "_xla_inference", compiled)
