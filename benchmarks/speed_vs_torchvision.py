@@ -28,6 +28,9 @@ Every contender runs in its own process with only its own framework imported (Te
 in a process slows torch's matrix products there, up to 2x in bfloat16 on this machine); the
 parent tells them in turn to run one call, so only one computes at a time. Peak memory is each
 process's peak resident set size at the end (framework, model, warm-up and timed calls).
+Each library runs with its own defaults: tfrcnn with the BFC host allocator that ``import
+tfrcnn`` chooses (``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment times the system one),
+torch with its own CPU allocator.
 """
 
 import argparse
@@ -58,6 +61,10 @@ def import_frameworks(torch=True, tensorflow=True):
         modules["torch"], modules["torchvision"] = torch_module, torchvision
     if tensorflow:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # tfrcnn first: its import chooses TensorFlow's BFC host allocator (tfrcnn/runtime.py),
+        # which only takes effect before TensorFlow's first allocation. The peak-measuring
+        # TensorFlow process gets the same allocator as the model's.
+        import tfrcnn  # noqa: F401
         import keras
         import tensorflow as tf
 

@@ -10,6 +10,11 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from tfrcnn import runtime  # noqa: E402  (imports nothing of TensorFlow)
+
+# TensorFlow's BFC host allocator, before TensorFlow first allocates (tfrcnn/runtime.py).
+runtime.choose_cpu_allocator()
+
 from tfrcnn import config, ops  # noqa: E402
 from tfrcnn.layers import *  # noqa: E402,F401,F403
 from tfrcnn.models import FasterRCNN  # noqa: E402

@@ -18,6 +18,7 @@ from tfrcnn import config as presets
 from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLASS_NAMES
 from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.models import FasterRCNN
+from tfrcnn.runtime import check_cpu_allocator
 from tfrcnn.training.callbacks import NaNGuard
 from tfrcnn.training.precision import precision_scope, resolve_precision
 from tfrcnn.training.schemes import train_alternating
@@ -195,6 +196,7 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     train_records, val_records, class_names = load_data(settings, settings["model"])
     from tfrcnn.training.distributed import make_strategy
     strategy = make_strategy(settings["strategy"])
+    check_cpu_allocator(log)
     # "auto" is resolved once and recorded, so a resumed run keeps the policy it started with.
     settings["precision"] = resolve_precision(settings["precision"])
     with strategy.scope(), precision_scope(settings["precision"]):

@@ -1,0 +1,101 @@
+"""tfrcnn.runtime: the BFC host allocator chosen at import, the user's choice kept, and what it buys
+(page faults of a repeated op), each checked in a fresh interpreter: TensorFlow reads the setting
+once, at its first host allocation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfrcnn import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter: optionally one TensorFlow op before tfrcnn is imported, then a
+# 64 MiB op repeated, and prints the allocator, the environment and the page faults of the repeats.
+PROBE = r"""
+import json, logging, os, resource, sys
+order = sys.argv[1]
+if order == "tensorflow_first":
+    import tensorflow as tf
+    tf.zeros([1024]).numpy()
+import tfrcnn
+import tensorflow as tf
+
+records = []
+handler = logging.Handler()
+handler.emit = lambda record: records.append((record.levelname, record.getMessage()))
+logger = logging.getLogger("probe")
+logger.addHandler(handler)
+logger.setLevel(logging.INFO)
+allocator = tfrcnn.runtime.check_cpu_allocator(logger)
+
+step = tf.function(lambda x: tf.reduce_sum(x * 2.0 + 1.0))
+x = tf.ones([4096, 4096])
+step(x).numpy()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    value = float(step(x).numpy())
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"allocator": allocator, "variable": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
+                  "faults": faults, "value": value, "log": records}))
+"""
+
+
+def probe(order="tfrcnn_first", **env):
+    environ = {k: v for k, v in os.environ.items()
+               if k not in (runtime.BFC_VARIABLE, runtime.LIMIT_VARIABLE)}
+    environ.update(env, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", PROBE, order], env=environ, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_choose_sets_bfc_and_keeps_the_users_choice(monkeypatch):
+    monkeypatch.setattr(runtime, "_physical_memory_mb", lambda: 24 * 1024)
+    environ = {}
+    assert runtime.choose_cpu_allocator(environ) is True
+    assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # TensorFlow's 64 GB cap is enough
+    for choice in ("false", "0", "true"):
+        environ = {"TF_CPU_ALLOCATOR_USE_BFC": choice}
+        assert runtime.choose_cpu_allocator(environ) is False
+        assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": choice}
+
+
+def test_choose_raises_the_pool_cap_to_the_machines_memory(monkeypatch):
+    monkeypatch.setattr(runtime, "_physical_memory_mb", lambda: 256 * 1024)
+    environ = {}
+    runtime.choose_cpu_allocator(environ)
+    assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPU_BFC_MEM_LIMIT_IN_MB": "262144"}
+    environ = {"TF_CPU_BFC_MEM_LIMIT_IN_MB": "1000"}  # the user's cap stays
+    runtime.choose_cpu_allocator(environ)
+    assert environ["TF_CPU_BFC_MEM_LIMIT_IN_MB"] == "1000"
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("TRUE", True), ("1", True),
+                                             ("false", False), ("0", False), ("", False)])
+def test_bfc_requested_reads_the_variable_as_tensorflow_does(value, expected):
+    assert runtime.bfc_requested({"TF_CPU_ALLOCATOR_USE_BFC": value}) is expected
+    assert runtime.bfc_requested({}) is False
+
+
+def test_import_tfrcnn_gives_the_bfc_allocator_and_no_page_faults_per_step():
+    bfc = probe()
+    system = probe(TF_CPU_ALLOCATOR_USE_BFC="false")
+    assert bfc["allocator"] == "bfc" and bfc["variable"] == "true"
+    assert system["allocator"] == "system" and system["variable"] == "false"
+    assert bfc["value"] == system["value"] == 3.0 * 4096 * 4096
+    # the 64 MiB intermediate is 16,384 pages: the system allocator maps it afresh every call
+    assert system["faults"] >= 5 * 16384 * 0.9, system
+    assert bfc["faults"] < 2000, bfc
+    assert bfc["log"] == [["INFO", "TensorFlow CPU allocator: bfc"]]
+    assert system["log"] == [["INFO", "TensorFlow CPU allocator: system"]]
+
+
+def test_tensorflow_started_first_is_reported_with_a_warning():
+    late = probe("tensorflow_first")
+    assert late["allocator"] == "system" and late["variable"] == "true"
+    [(level, message)] = late["log"]
+    assert level == "WARNING" and "before tfrcnn was imported" in message, message

@@ -1,0 +1,85 @@
+"""TensorFlow runtime settings that tfrcnn chooses for speed, and what is in effect.
+
+Host memory allocator. TensorFlow's default CPU allocator hands every tensor of 256 KiB or more
+to the C library, which maps fresh pages for large blocks and returns them when they are freed,
+so each step of a detector faults in again gigabytes of zeroed pages (about 640,000 page faults,
+2.5 GB, in one ``mobilenet_v3_fpn`` training step at batch 2 on 800x800 images). TensorFlow's
+BFC allocator keeps the memory it obtained and reuses it: under a thousand faults a step, and
+the same step took 2.4 s instead of 3.7 s (README, "Speed, memory and mixed precision").
+
+``import tfrcnn`` therefore sets ``TF_CPU_ALLOCATOR_USE_BFC=true`` (and raises the BFC pool's
+64 GB cap, ``TF_CPU_BFC_MEM_LIMIT_IN_MB``, to the machine's memory where that is larger) unless
+the variable is already set. TensorFlow reads it once, when it first allocates host memory: it
+takes effect when ``tfrcnn`` is imported before any TensorFlow op has run. Set
+``TF_CPU_ALLOCATOR_USE_BFC=false`` before the import to keep the C library's allocator (the BFC
+pool does not give memory back to the system until the process ends).
+
+Example:
+    >>> import tfrcnn
+    >>> tfrcnn.runtime.cpu_allocator()
+    'bfc'
+"""
+
+import os
+
+BFC_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
+LIMIT_VARIABLE = "TF_CPU_BFC_MEM_LIMIT_IN_MB"
+TENSORFLOW_DEFAULT_LIMIT_MB = 1 << 16  # TensorFlow's own cap for the CPU BFC pool, 64 GB
+
+
+def _physical_memory_mb():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the value is unknown
+        return 0
+
+
+def choose_cpu_allocator(environ=None):
+    """Set the BFC host allocator in ``environ`` (default ``os.environ``) unless the user chose.
+
+    Returns True when tfrcnn set it, False when ``TF_CPU_ALLOCATOR_USE_BFC`` was already there.
+    Has an effect only before TensorFlow's first host allocation."""
+    environ = os.environ if environ is None else environ
+    if BFC_VARIABLE in environ:
+        return False
+    environ[BFC_VARIABLE] = "true"
+    memory_mb = _physical_memory_mb()
+    if LIMIT_VARIABLE not in environ and memory_mb > TENSORFLOW_DEFAULT_LIMIT_MB:
+        environ[LIMIT_VARIABLE] = str(memory_mb)
+    return True
+
+
+def bfc_requested(environ=None):
+    """True when ``TF_CPU_ALLOCATOR_USE_BFC`` asks for the BFC allocator (TensorFlow's reading:
+    ``true`` / ``1``, any case)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(BFC_VARIABLE, "").strip().lower() in ("1", "true")
+
+
+def cpu_allocator():
+    """``"bfc"`` or ``"system"``: the allocator TensorFlow's CPU device is using in this process.
+
+    Only the BFC allocator keeps statistics, so a CPU device that reports memory statistics is
+    the BFC one. Starts TensorFlow's runtime if it has not started yet."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:
+        return "system"
+    return "bfc"
+
+
+def check_cpu_allocator(logger):
+    """Log the host allocator; warn when BFC was asked for but TensorFlow started before
+    ``tfrcnn`` was imported (so the environment variable came too late)."""
+    allocator = cpu_allocator()
+    if allocator == "system" and bfc_requested():
+        logger.warning(
+            "TensorFlow's CPU allocator is the system one although %s=%s: TensorFlow allocated "
+            "host memory before tfrcnn was imported. Import tfrcnn first (or set the variable "
+            "before Python starts): without it every step faults its memory in again (README, "
+            "'Speed, memory and mixed precision').", BFC_VARIABLE, os.environ.get(BFC_VARIABLE))
+    else:
+        logger.info("TensorFlow CPU allocator: %s", allocator)
+    return allocator
