@@ -7,10 +7,13 @@ two checkouts, run alternately with each on ``PYTHONPATH``.
 
 Same model, inputs and settings as ``speed_vs_torchvision.py``; prints which ``tfrcnn`` it
 imported, the median and every timed call. ``--xla on|off`` sets ``FasterRCNN(xla=...)`` (default:
-the model's ``"auto"``), for an A/B of XLA at inference in one checkout.
+the model's ``"auto"``), for an A/B of XLA at inference in one checkout. It also prints the host
+allocator in effect and the minor page faults of a timed call; for an A/B of the allocator run it
+alternately with and without ``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment.
 """
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -35,14 +38,18 @@ def main(argv=None):
                                  args.precision, args.xla)
     for _ in range(args.warmup):
         call()
-    times = []
+    times, faults = [], []
     for _ in range(args.steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(f"{os.path.dirname(tfrcnn.__file__)} {args.model} {args.mode} batch {args.batch} "
-          f"{args.precision} xla {args.xla}: median {np.median(times):.3f} s a call, all "
-          f"{[round(t, 3) for t in times]}", flush=True)
+          f"{args.precision} xla {args.xla} allocator {tfrcnn.runtime.cpu_allocator()}: median "
+          f"{np.median(times):.3f} s a call, all {[round(t, 3) for t in times]}, "
+          f"{int(np.median(faults))} page faults a call, peak RSS {bench.peak_rss_mb():.0f} MB",
+          flush=True)
 
 
 if __name__ == "__main__":
