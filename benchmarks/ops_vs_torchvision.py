@@ -52,6 +52,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv_ops  # noqa: E402
 
+import tfrcnn  # noqa: E402,F401  (before any TensorFlow op: it chooses the BFC host allocator)
 import tensorflow as tf  # noqa: E402
 
 NO_PEER = "no peer"
