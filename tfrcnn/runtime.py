@@ -70,9 +70,19 @@ def cpu_allocator():
     return "bfc"
 
 
-def check_cpu_allocator(logger):
+_checked = False
+
+
+def check_cpu_allocator(logger, once=False):
     """Log the host allocator; warn when BFC was asked for but TensorFlow started before
-    ``tfrcnn`` was imported (so the environment variable came too late)."""
+    ``tfrcnn`` was imported (so the environment variable came too late). Returns the allocator.
+
+    ``once=True`` (what ``FasterRCNN()`` uses) checks only the first time in a process and
+    returns None afterwards; ``tfrcnn train`` checks every run."""
+    global _checked
+    if once and _checked:
+        return None
+    _checked = True
     allocator = cpu_allocator()
     if allocator == "system" and bfc_requested():
         logger.warning(

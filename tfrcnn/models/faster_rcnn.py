@@ -15,12 +15,14 @@ The graph is two functional Keras models built from the same layer instances:
 detections. It also accepts a plain image tensor of any size (resized and padded inside).
 """
 
+import logging
 import math
 
 import keras
 import tensorflow as tf
 
 from tfrcnn import config as presets
+from tfrcnn import runtime
 from tfrcnn.backbones import build_backbone, build_resnet50_c5_head
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.detection_decoder import DetectionDecoder
@@ -193,6 +195,8 @@ class FasterRCNN(keras.Model):
             self.inference_graph = self._build_graph(training=False)
         finally:
             keras.mixed_precision.set_global_policy(previous)
+        # once a process: a warning when TensorFlow started before tfrcnn chose its allocator
+        runtime.check_cpu_allocator(logging.getLogger("tfrcnn"), once=True)
 
     # ----------------------------------------------------------------------------------------
     # construction
