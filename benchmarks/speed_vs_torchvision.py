@@ -30,7 +30,8 @@ parent tells them in turn to run one call, so only one computes at a time. Peak 
 process's peak resident set size at the end (framework, model, warm-up and timed calls).
 Each library runs with its own defaults: tfrcnn with the BFC host allocator that ``import
 tfrcnn`` chooses (``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment times the system one),
-torch with its own CPU allocator.
+torch with its own CPU allocator; ``--peer-malloc-tuned`` adds torchvision with the C library's
+malloc told to keep freed memory (``MALLOC_TUNABLES``), the peer's nearest equivalent.
 """
 
 import argparse
@@ -242,14 +243,25 @@ def worker(connection, library, threads):
 class Contender:
     """The parent's handle on a worker process."""
 
-    def __init__(self, name, library, precision, threads):
+    def __init__(self, name, library, precision, threads, env=None):
         import multiprocessing
 
         self.name, self.library, self.precision = name, library, precision
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
         self.process = context.Process(target=worker, args=(child, library, threads), daemon=True)
-        self.process.start()
+        # a spawned process starts a fresh interpreter with the parent's environment: ``env``
+        # (e.g. GLIBC_TUNABLES, read by the C library at start) goes in for the start only
+        saved = {key: os.environ.get(key) for key in (env or {})}
+        os.environ.update(env or {})
+        try:
+            self.process.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def ask(self, command, payload=None):
         self.connection.send((command, payload))
@@ -332,15 +344,28 @@ def machine_peak(threads, dtypes):
     return peaks
 
 
+# The peer with the C library's malloc told to keep freed memory (``--peer-malloc-tuned``): large
+# blocks from the heap rather than fresh mappings up to 32 MiB (glibc's ceiling), no trimming, and
+# 256 MiB of headroom a heap growth. torch's CPU allocator has no pool of its own, so by default its
+# steps fault their memory in again, as TensorFlow's default allocator does; tfrcnn avoids that
+# with TensorFlow's BFC allocator (tfrcnn/runtime.py), and this is the nearest the peer gets to it
+# without another allocator library.
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:"
+                   "glibc.malloc.top_pad=268435456")
+TUNED_PEER = "torchvision float32 malloc-tuned"
+
+
 def time_configuration(args, model_name, mode, batch, precisions):
     """Builds every contender of one configuration in its own process, warms each up, then lets
     them take turns. Returns ({name: [seconds a call]}, flops an image, {name: peak RSS MB})."""
-    specs = [(f"tfrcnn {p}", "tfrcnn", p) for p in precisions]
-    specs.append(("torchvision float32", "torchvision", "float32"))
+    specs = [(f"tfrcnn {p}", "tfrcnn", p, None) for p in precisions]
+    specs.append(("torchvision float32", "torchvision", "float32", None))
     if args.peer_bf16:
-        specs.append(("torchvision autocast bf16", "torchvision", "bf16"))
-    contenders = [Contender(name, library, precision, args.threads)
-                  for name, library, precision in specs]
+        specs.append(("torchvision autocast bf16", "torchvision", "bf16", None))
+    if args.peer_malloc_tuned:
+        specs.append((TUNED_PEER, "torchvision", "float32", {"GLIBC_TUNABLES": MALLOC_TUNABLES}))
+    contenders = [Contender(name, library, precision, args.threads, env)
+                  for name, library, precision, env in specs]
     # the machine's peak, measured in every round too (this machine's speed drifts over minutes)
     peakers = [Contender(f"peak {library}", library, None, args.threads)
                for library in ("tfrcnn", "torchvision")]
@@ -399,6 +424,9 @@ def main(argv=None):
                         help="tfrcnn policies to time (comma separated)")
     parser.add_argument("--peer-bf16", action="store_true",
                         help="also time torchvision under torch.autocast(bfloat16)")
+    parser.add_argument("--peer-malloc-tuned", action="store_true",
+                        help="also time torchvision with glibc's malloc keeping freed memory "
+                             "(GLIBC_TUNABLES, see MALLOC_TUNABLES)")
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=2)
@@ -430,6 +458,9 @@ def main(argv=None):
                        "batch": batch, "gflop_per_image": flops / 1e9,
                        "seconds_per_image": medians, "all_seconds": times,
                        "ratio_to_torchvision_float32": {k: v / peer for k, v in medians.items()},
+                       "ratio_to_torchvision_float32_malloc_tuned": (
+                           {k: v / medians[TUNED_PEER] for k, v in medians.items()}
+                           if TUNED_PEER in medians else None),
                        "fraction_of_flop_bound": {}, "peak_rss_mb": memory,
                        "round_peaks_gflops": round_peaks,
                        "peak_gflops": {d: float(np.median([p[d] for p in round_peaks]))
@@ -460,7 +491,9 @@ def print_markdown(rows, peak, settings):
     names = list(rows[0]["seconds_per_image"]) if rows else []
     mine = [n for n in names if n.startswith("tfrcnn")]
     header = ["model", "mode", "batch", "GFLOP/img"] + [f"{n} s/img" for n in names] + \
-        [f"ratio {n}" for n in mine] + [f"FLOP-bound {n}" for n in names] + \
+        [f"ratio {n}" for n in mine] + \
+        ([f"ratio {n} to malloc-tuned peer" for n in mine] if TUNED_PEER in names else []) + \
+        [f"FLOP-bound {n}" for n in names] + \
         [f"peak RSS MB {n}" for n in names] + ["peak GFLOP/s (in the rounds)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -468,6 +501,8 @@ def print_markdown(rows, peak, settings):
         cells = [r["model"], r["mode"], str(r["batch"]), f"{r['gflop_per_image']:.0f}"]
         cells += [f"{r['seconds_per_image'][n]:.3f}" for n in names]
         cells += [f"{r['ratio_to_torchvision_float32'][n]:.2f}" for n in mine]
+        if TUNED_PEER in names:
+            cells += [f"{r['ratio_to_torchvision_float32_malloc_tuned'][n]:.2f}" for n in mine]
         cells += [f"{r['fraction_of_flop_bound'][n]:.0%}" for n in names]
         cells += [f"{r['peak_rss_mb'][n]:.0f}" for n in names]
         cells += [" / ".join(f"{value:.0f}" for value in r["peak_gflops"].values())]
