@@ -1,11 +1,11 @@
 """TensorFlow runtime settings that tfrcnn chooses for speed, and what is in effect.
 
-Host memory allocator. TensorFlow's default CPU allocator hands every tensor of 256 KiB or more
-to the C library, which maps fresh pages for large blocks and returns them when they are freed,
-so each step of a detector faults in again gigabytes of zeroed pages (about 640,000 page faults,
-2.5 GB, in one ``mobilenet_v3_fpn`` training step at batch 2 on 800x800 images). TensorFlow's
-BFC allocator keeps the memory it obtained and reuses it: under a thousand faults a step, and
-the same step took 2.4 s instead of 3.7 s (README, "Speed, memory and mixed precision").
+Host memory allocator. TensorFlow's default CPU allocator passes tensors to the C library, which
+maps fresh pages for large blocks and returns them when they are freed, so each step of a
+detector faults in again gigabytes of zeroed pages (590,000-670,000 page faults, about 2.5 GB, in
+one ``mobilenet_v3_fpn`` training step at batch 2 on 800x800 images). TensorFlow's BFC allocator
+keeps the memory it obtained and reuses it: about 9,000 faults in the same step, which took 2.4 s
+instead of 3.7 s (README, "Speed, memory and mixed precision").
 
 ``import tfrcnn`` therefore sets ``TF_CPU_ALLOCATOR_USE_BFC=true`` (and raises the BFC pool's
 64 GB cap, ``TF_CPU_BFC_MEM_LIMIT_IN_MB``, to the machine's memory where that is larger) unless
@@ -57,7 +57,8 @@ def bfc_requested(environ=None):
 
 
 def cpu_allocator():
-    """``"bfc"`` or ``"system"``: the allocator TensorFlow's CPU device is using in this process.
+    """``"bfc"`` or ``"system"``: the allocator TensorFlow's CPU device is using in this process
+    (``"unknown"`` if the device cannot be asked).
 
     Only the BFC allocator keeps statistics, so a CPU device that reports memory statistics is
     the BFC one. Starts TensorFlow's runtime if it has not started yet."""
@@ -65,8 +66,10 @@ def cpu_allocator():
 
     try:
         tf.config.experimental.get_memory_info("CPU:0")
-    except ValueError:
+    except ValueError:  # "Allocator stats not available": the system allocator
         return "system"
+    except (RuntimeError, tf.errors.OpError):  # a diagnostic must never stop model building
+        return "unknown"
     return "bfc"
 
 
