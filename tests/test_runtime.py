@@ -47,9 +47,13 @@ print(json.dumps({"allocator": allocator, "variable": os.environ.get("TF_CPU_ALL
 
 
 def probe(order="tfrcnn_first", *flags, **env):
+    """The probe's report. oneDNN's custom ops are off unless ``env`` says otherwise: with them on
+    (TensorFlow's default on CPUs with AVX512-VNNI / BF16 / AMX) TensorFlow always uses its own
+    pooled oneDNN allocator and the variable tfrcnn sets has no effect to observe."""
     environ = {k: v for k, v in os.environ.items()
                if k not in (runtime.BFC_VARIABLE, runtime.LIMIT_VARIABLE)}
-    environ.update(env, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    environ.update({"TF_ENABLE_ONEDNN_OPTS": "0", **env}, TF_CPP_MIN_LOG_LEVEL="2",
+                   PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", PROBE, order, *flags], check=False, env=environ,
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -103,3 +107,13 @@ def test_tensorflow_started_first_is_reported_with_a_warning_once_by_the_models(
     [(name, level, message), (name2, level2, message2)] = late["log"]
     assert (name, level) == ("tfrcnn", "WARNING") and "before tfrcnn was imported" in message
     assert (name2, level2, message2) == ("probe", "WARNING", message)  # two models, one warning
+
+
+def test_onednn_pool_is_reported_as_bfc_whatever_the_variable():
+    """With oneDNN's custom ops on, TensorFlow's CPU device allocates from its oneDNN pool (a BFC
+    allocator) even when the variable asks for the system one: reported as "bfc", no faults."""
+    pooled = probe(TF_ENABLE_ONEDNN_OPTS="1", TF_CPU_ALLOCATOR_USE_BFC="false")
+    assert pooled["allocator"] == "bfc" and pooled["variable"] == "false"
+    assert pooled["value"] == 3.0 * 4096 * 4096
+    assert pooled["faults"] < 2000, pooled
+    assert pooled["log"] == [["probe", "INFO", "TensorFlow CPU allocator: bfc"]]

@@ -14,6 +14,12 @@ takes effect when ``tfrcnn`` is imported before any TensorFlow op has run. Set
 ``TF_CPU_ALLOCATOR_USE_BFC=false`` before the import to keep the C library's allocator (the BFC
 pool does not give memory back to the system until the process ends).
 
+Where oneDNN's custom operations are on (TensorFlow's default on CPUs with AVX512-VNNI,
+AVX512-BF16 or AMX, e.g. session 6's AMD Zen 4; ``TF_ENABLE_ONEDNN_OPTS`` overrides), TensorFlow
+allocates host memory from its own oneDNN pool, itself a BFC allocator, whatever the variable
+says: :func:`cpu_allocator` reports ``"bfc"`` there in every case and the setting changes
+nothing (the variable matters on AVX2-only CPUs, where oneDNN's ops are off by default).
+
 Example:
     >>> import tfrcnn
     >>> tfrcnn.runtime.cpu_allocator()

@@ -124,20 +124,31 @@ def test_tf_function_with_unknown_batch_and_size(kernel_size, strides, padding):
             tape.watch([x, kernel])
             y_ref = tf.nn.conv2d(x, kernel, strides, padding)
             y = conv2d(x, kernel, strides, padding)
-            upstream = tf.sin(tf.range(tf.size(y_ref), dtype=tf.float32) * 0.37)
-            upstream = tf.reshape(upstream, tf.shape(y_ref))
-        reference = tape.gradient(y_ref, [x, kernel], output_gradients=upstream)
+            # each from its own shape: TensorFlow's is wrong for an empty batch (see below)
+            upstream_ref, upstream = [
+                tf.reshape(tf.sin(tf.range(tf.size(t), dtype=tf.float32) * 0.37), tf.shape(t))
+                for t in (y_ref, y)]
+        reference = tape.gradient(y_ref, [x, kernel], output_gradients=upstream_ref)
         ours = tape.gradient(y, [x, kernel], output_gradients=upstream)
         return y_ref, y, reference, ours
 
     expected_plan = gradient_plan(kernel_size, strides, padding, spatial_shape=(None, None))
     if strides == 1 and kernel_size > 1:
         assert expected_plan.filter_method == "auto"
-    for shape in [(2, 30, 28, channels), (1, 7, 9, channels), (0, 8, 8, channels)]:
+    for shape in [(2, 30, 28, channels), (1, 7, 9, channels)]:
         y_ref, y, (dx_ref, dw_ref), (dx, dw) = both(_random(shape, 0), kernel)
         np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
         _assert_close(dx, dx_ref)
         _assert_close(dw, dw_ref)
+    # An empty batch: TensorFlow's own result is not the reference there (its oneDNN convolution
+    # returns the input unchanged on some CPUs); the shapes are computed by hand.
+    _, y, _, (dx, dw) = both(_random((0, 8, 8, channels), 0), kernel)
+    out = 8 // strides if padding == "SAME" or kernel_size == 1 else (8 - kernel_size) // strides + 1
+    if padding == "SAME":
+        out = -(-8 // strides)
+    assert tuple(y.shape) == (0, out, out, filters)
+    assert tuple(dx.shape) == (0, 8, 8, channels)
+    np.testing.assert_array_equal(dw.numpy(), np.zeros(kernel.shape))
 
 
 def test_variable_kernel_and_plan_helpers():
@@ -332,3 +343,70 @@ def test_inference_graph_uses_the_plain_convolution(conv2d_calls):
     assert "IdentityN" in op_types
     assert "Conv2DBackpropInput" not in op_types  # the fast input gradient is in the graph
     assert len(conv2d_calls) == 1
+
+
+@pytest.mark.parametrize("dtype,matmul_dtype", [(tf.bfloat16, tf.bfloat16),
+                                                (tf.float16, tf.float32)],
+                         ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_half_filter_gradient_matmul_dtype(dtype, matmul_dtype, kernel_size):
+    """bfloat16 filter gradients run their matmuls on bfloat16 operands (float32 accumulation
+    inside oneDNN, one rounding); float16 ones cast to float32 (a float16 sum could overflow)."""
+    x = _random((1, 20, 20, 8), 0, dtype)
+    kernel = _random((kernel_size, kernel_size, 8, 4), 1, dtype) * 0.2
+
+    @tf.function
+    def gradients(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            y = conv2d(x, kernel, 1, "SAME")
+        return tape.gradient(y, kernel)
+
+    graph = gradients.get_concrete_function(x, kernel).graph
+    matmul_types = set()
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "BatchMatMulV2"):
+            matmul_types.add(op.get_attr("T"))
+        for function in graph._functions.values():  # the custom gradient's body
+            for node in function.definition.node_def:
+                if node.op in ("MatMul", "BatchMatMulV2"):
+                    matmul_types.add(tf.as_dtype(node.attr["T"].type))
+    assert matmul_types == {matmul_dtype}
+    dw = gradients(x, kernel)
+    _, (_, dw_ref) = _tf_reference(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32),
+                                   tf.ones([1, 20, 20, 4]), 1, "SAME")
+    assert dw.dtype == dtype
+    _assert_close(dw, dw_ref, rtol=2e-2, scaled_atol=2e-2)
+
+
+# ---------------------------------------------------------------------------- empty batch shapes
+
+@pytest.mark.parametrize("kernel_size,strides,padding", [
+    (3, 1, "same"), (3, 2, "same"), (1, 1, "valid"), (3, 1, "valid"), (5, 2, "valid")])
+def test_empty_batch_has_the_convolution_shape(kernel_size, strides, padding):
+    """An empty batch comes out as [0, Ho, Wo, filters] (TensorFlow's oneDNN convolution returns
+    its input there on some CPUs), eagerly, in tf.function with unknown shapes, with a tape
+    recording (tfrcnn's gradient path) and without; the kernel's gradient is zero."""
+    layer = Conv2D(6, kernel_size, strides=strides, padding=padding, activation="relu")
+    layer.build((None, None, None, 5))
+    expected_hw = {("same", 1): (9, 11), ("same", 2): (5, 6), ("valid", 1): (9 - kernel_size + 1,
+                   11 - kernel_size + 1), ("valid", 2): ((9 - kernel_size) // 2 + 1,
+                                                         (11 - kernel_size) // 2 + 1)}
+    expected = (0, *expected_hw[(padding, strides)], 6)
+    empty = tf.zeros([0, 9, 11, 5])
+    assert tuple(layer(empty).shape) == expected
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 5])])
+    def both(x):
+        with tf.GradientTape() as tape:
+            y_taped = layer(x)
+            loss = tf.reduce_sum(y_taped)
+        return layer(x), y_taped, tape.gradient(loss, layer.kernel)
+
+    y, y_taped, dkernel = both(empty)
+    assert tuple(y.shape) == expected and tuple(y_taped.shape) == expected
+    np.testing.assert_array_equal(dkernel.numpy(), np.zeros(layer.kernel.shape))
+    # the same function on a non-empty batch still matches the plain convolution
+    x = _random((2, 9, 11, 5), 3)
+    reference = tf.nn.relu(tf.nn.conv2d(x, layer.kernel, strides, padding.upper()) + layer.bias)
+    _assert_close(both(x)[0], reference)

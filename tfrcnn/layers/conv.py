@@ -10,14 +10,18 @@ The custom-gradient convolution is used only when a gradient can be taken, i.e. 
 ``tf.GradientTape`` is recording (``model.fit``'s train step, a user's tape, also inside
 ``tf.function``). Without a tape (inference, ``predict``, export) the layer calls the plain Keras
 convolution, so Grappler can still fuse Conv2D + BiasAdd + Relu and the graph has no
-``custom_gradient`` ``IdentityN`` nodes. Keras configurations the op does not cover (other
+``custom_gradient`` ``IdentityN`` nodes.
+
+An empty batch gets the right output shape (``[0, Ho, Wo, filters]``) on every path: TensorFlow
+2.21's oneDNN convolution returns its input there on some CPUs (see
+:func:`tfrcnn.ops.conv.with_conv_output_shape`). Keras configurations the op does not cover (other
 backends, ``channels_first``, groups, dilation) and float32 strided convolutions (where
 :func:`tfrcnn.ops.conv.has_fast_gradient` is False) always use the plain Keras convolution.
 """
 
 import keras
 
-from tfrcnn.ops.conv import conv2d, has_fast_gradient
+from tfrcnn.ops.conv import conv2d, has_fast_gradient, with_conv_output_shape
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
     from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
@@ -57,7 +61,14 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         if not self._fast_gradient_applies(inputs):
-            return super().convolution_op(inputs, kernel)
+            outputs = super().convolution_op(inputs, kernel)
+            if (keras.backend.backend() == "tensorflow" and self.data_format == "channels_last"
+                    and len(inputs.shape) == 4 and not inputs.shape[0]):
+                # The batch may be empty (static size None or 0): TensorFlow's oneDNN convolution
+                # returns its input there on some CPUs (tfrcnn.ops.conv.with_conv_output_shape).
+                outputs = with_conv_output_shape(outputs, inputs, self.kernel_size, self.strides,
+                                                 self.padding, self.filters, self.dilation_rate)
+            return outputs
         outputs = conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper())
         if (outputs.shape.is_fully_defined() and outputs.shape.num_elements() == 0
                 and inputs.shape.is_fully_defined() and inputs.shape.num_elements() != 0):

@@ -32,9 +32,11 @@ Gradient paths (the rule :func:`gradient_plan` applies):
   at run time with a ``tf.cond``.
 
 Half types (bfloat16 / float16, ``x`` and ``kernel`` both in that dtype): the forward convolutions
-run in the half type, like the forward pass; the matmuls take ``x`` and ``dy`` cast to
-float32 and accumulate in float32; the ``"tf"`` paths cast to float32 too, because TensorFlow's CPU
-backprop kernels for half types are 10-30x slower than its float32 ones. Gradients are returned in
+run in the half type, like the forward pass; the filter-gradient matmuls run in bfloat16 for
+bfloat16 inputs (oneDNN accumulates in float32 and rounds each ``dW`` entry once, a relative error
+of about 2e-3, as in other frameworks' bf16 training) and in float32 for float16 inputs (whose
+range a sum over all positions could exceed); the ``"tf"`` paths cast to float32, because
+TensorFlow's CPU backprop kernels for half types are 10-30x slower than its float32 ones. Gradients are returned in
 the dtypes of ``x`` and ``kernel``. So for half types every configuration has a fast gradient.
 
 Second derivatives (a gradient of this gradient) are not supported and not tested.
@@ -90,7 +92,16 @@ Filter gradient, TF ``Conv2DBackpropFilter`` vs shifted-slice matmuls::
   -> TF's kernels for strides > 1 (for float32 :func:`conv2d` then is plain ``tf.nn.conv2d``).
 
 Half types, [1,100,100,128]->128 3x3 stride 1: TF bfilter bf16 1245 ms, float32 90 ms; TF binput
-bf16 1124 ms, float32 67 ms; matmul bf16 9.9 ms, cast to float32 + matmul 11.1 ms.
+bf16 1124 ms, float32 67 ms; matmul bf16 9.9 ms, cast to float32 + matmul 11.1 ms (session 2's
+Intel Xeon). Session 6, AMD EPYC Zen 4 (AVX512-BF16), filter gradient from bf16 inputs, shifted
+matmuls in float32 (cast first) / in bfloat16, ms, median of 7
+(``python benchmarks/filter_gradient_bf16.py``)::
+
+    [1,200,200,64]->64 3x3      19.4 / 10.7      [1,200,200,256]->256 3x3   232.5 / 135.2
+    [1,100,100,128]->128 3x3    15.6 /  9.2      [2,100,100,256]->256 3x3   119.4 /  70.8
+    [1,50,50,256]->256 3x3      16.6 /  9.4      [1,200,200,256]->64 1x1     10.2 /   5.8
+
+  relative difference of the two results 2.0-3.1e-3 (the bf16 rounding of ``dW``).
 
 End to end (``benchmarks/conv_gradients.py``: forward + both gradients, ms, median of 5,
 tfrcnn / TF; quieter machine)::
@@ -115,6 +126,8 @@ import tensorflow as tf
 
 __all__ = [
     "conv2d",
+    "conv_output_shape",
+    "with_conv_output_shape",
     "gradient_plan",
     "has_fast_gradient",
     "GradientPlan",
@@ -214,6 +227,52 @@ def has_fast_gradient(kernel_size, strides=1, padding="SAME", dtype=tf.float32):
     """
     plan = gradient_plan(kernel_size, strides, padding)
     return plan != GradientPlan("tf", "tf") or tf.as_dtype(dtype) in _HALF_DTYPES
+
+
+def _output_size(size, kernel, stride, dilation, padding):
+    """Output length of a convolution along one axis (``size`` an int or an int32 tensor)."""
+    if padding == "SAME":
+        return (size + stride - 1) // stride
+    effective = (kernel - 1) * dilation + 1
+    out = (size - effective + stride) // stride
+    return max(out, 0) if isinstance(out, int) else tf.maximum(out, 0)
+
+
+def conv_output_shape(x, kernel_size, strides, padding, filters, dilation=1):
+    """The ``[N, Ho, Wo, filters]`` shape of a convolution of ``x`` (NHWC): a list of Python ints
+    where ``x``'s static shape gives them and scalar int32 tensors elsewhere."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(strides, "strides")
+    dh, dw = _pair(dilation, "dilation")
+    padding = _normalize_padding(padding)
+    dynamic = None
+    dims = []
+    for axis in range(3):
+        if x.shape[axis] is not None:
+            dims.append(int(x.shape[axis]))
+        else:
+            dynamic = tf.shape(x) if dynamic is None else dynamic
+            dims.append(dynamic[axis])
+    return [dims[0], _output_size(dims[1], kh, sh, dh, padding),
+            _output_size(dims[2], kw, sw, dw, padding), int(filters)]
+
+
+def with_conv_output_shape(y, x, kernel_size, strides, padding, filters, dilation=1):
+    """``y``, the result of a convolution of ``x``, reshaped to the shape it must have.
+
+    TensorFlow 2.21's oneDNN convolution returns its *input* unchanged when the batch is empty
+    (``[0, 8, 8, 5]`` convolved to 6 channels comes back as ``[0, 8, 8, 5]``; seen on an AMD Zen 4
+    CPU with AVX-512, not on session 3's AVX2 machine), which breaks every shape after it. The
+    reshape of an empty tensor to the right empty shape repairs that; for a non-empty batch it is
+    a no-op (no copy). Skipped when ``x``'s static shape proves the batch is not empty.
+    """
+    if x.shape[:3].is_fully_defined() and all(int(d) > 0 for d in x.shape[:3]):
+        return y
+    shape = conv_output_shape(x, kernel_size, strides, padding, filters, dilation)
+    static = [d if isinstance(d, int) else None for d in shape]
+    y = tf.reshape(y, tf.stack([tf.cast(d, tf.int32) for d in shape]))
+    y.set_shape(static)
+    return y
 
 
 def _transposed_kernel(kernel):
@@ -321,31 +380,42 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
     dtype = x.dtype
     if plan == GradientPlan("tf", "tf") and dtype not in _HALF_DTYPES:
         # Nothing to gain (float32 strided): TensorFlow's own op and gradient, no wrapper.
-        return tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding)
+        return with_conv_output_shape(
+            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding), x, (kh, kw),
+            stride_pair, padding, kernel.shape[3])
     accumulate = tf.float32 if dtype in _HALF_DTYPES else dtype
+    # The filter-gradient matmuls: bfloat16 operands where the inputs are bfloat16 (oneDNN
+    # accumulates them in float32 and rounds the result once), float32 for float16 (a float16
+    # result of a sum over all positions could overflow).
+    matmul_dtype = tf.bfloat16 if dtype == tf.bfloat16 else accumulate
 
     @tf.custom_gradient
     def _conv(x, kernel):
-        y = tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding)
+        y = with_conv_output_shape(
+            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding), x, (kh, kw),
+            stride_pair, padding, kernel.shape[3])
 
         def grad(dy):
             dy = tf.convert_to_tensor(dy, dtype=dtype)
-            x_acc, dy_acc = tf.cast(x, accumulate), tf.cast(dy, accumulate)
             if plan.input_method == "forward_conv":
                 dx = _input_grad_forward_conv(dy, kernel, padding)
+                if not (x.shape.is_fully_defined() and x.shape.num_elements() > 0):
+                    dx = tf.reshape(dx, tf.shape(x))  # the empty-batch repair, see above
             else:
-                dx = _input_grad_tf(tf.shape(x), tf.cast(kernel, accumulate), dy_acc, stride_pair,
-                                    padding)
+                dx = _input_grad_tf(tf.shape(x), tf.cast(kernel, accumulate),
+                                    tf.cast(dy, accumulate), stride_pair, padding)
             kernel_shape = kernel.shape.as_list()
 
             def tf_filter_grad():
-                return _filter_grad_tf(x_acc, dy_acc, kernel_shape, stride_pair, padding)
+                return tf.cast(_filter_grad_tf(tf.cast(x, accumulate), tf.cast(dy, accumulate),
+                                               kernel_shape, stride_pair, padding), dtype)
 
             def shifted_filter_grad():
-                return _filter_grad_shifted_matmul(x_acc, dy_acc, kh, kw, padding)
+                return tf.cast(_filter_grad_shifted_matmul(
+                    tf.cast(x, matmul_dtype), tf.cast(dy, matmul_dtype), kh, kw, padding), dtype)
 
             if plan.filter_method == "matmul":
-                dw = _filter_grad_matmul(x_acc, dy_acc)
+                dw = _filter_grad_matmul(tf.cast(x, matmul_dtype), tf.cast(dy, matmul_dtype))
             elif plan.filter_method == "shifted_matmul":
                 dw = shifted_filter_grad()
             elif plan.filter_method == "auto":
