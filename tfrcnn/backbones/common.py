@@ -13,14 +13,13 @@ Nothing here downloads. `weights` is one of:
 `FasterRCNN(xla=...)`); `xla_disabled()` turns that off while exports trace their graphs.
 """
 
-import contextlib
 import os
-import threading
 
 import keras
 import tensorflow as tf
 
-from tfrcnn.layers.conv import tape_is_recording
+from tfrcnn.layers.conv import (  # noqa: F401  (xla_disabled: re-exported, defined there)
+    tape_is_recording, xla_disabled, xla_is_disabled)
 
 IMAGENET = "imagenet"
 LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
@@ -182,24 +181,6 @@ def finish_backbone(
     return model
 
 
-_XLA_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def xla_disabled():
-    """Within this block backbones run as plain TensorFlow ops even when `jit_inference` is set.
-
-    The exporters trace under it: a SavedModel or TFLite file must not need an XLA compiler (TF
-    Serving builds, the TFLite converter and other runtimes may have none).
-    """
-    previous = getattr(_XLA_STATE, "disabled", False)
-    _XLA_STATE.disabled = True
-    try:
-        yield
-    finally:
-        _XLA_STATE.disabled = previous
-
-
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class BackboneModel(keras.Model):
     """A functional keras.Model that always returns a LIST of outputs, even when there is one.
@@ -227,7 +208,7 @@ class BackboneModel(keras.Model):
 
     def _xla_applies(self, inputs, training, mask):
         return (bool(self.jit_inference)
-                and not getattr(_XLA_STATE, "disabled", False)
+                and not xla_is_disabled()
                 and keras.backend.backend() == "tensorflow"
                 and not training
                 and mask is None

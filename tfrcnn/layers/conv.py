@@ -14,14 +14,23 @@ convolution, so Grappler can still fuse Conv2D + BiasAdd + Relu and the graph ha
 
 An empty batch gets the right output shape (``[0, Ho, Wo, filters]``) on every path: TensorFlow
 2.21's oneDNN convolution returns its input there on some CPUs (see
-:func:`tfrcnn.ops.conv.with_conv_output_shape`). Keras configurations the op does not cover (other
+:func:`tfrcnn.ops.conv.with_conv_output_shape`). Float32 inference calls of wide 3x3 convolutions on large maps can run Winograd's F(4x4, 3x3)
+under XLA instead (:mod:`tfrcnn.ops.winograd`), where ``winograd_inference`` is set on the layer.
+
+Keras configurations the op does not cover (other
 backends, ``channels_first``, groups, dilation) and float32 strided convolutions (where
 :func:`tfrcnn.ops.conv.has_fast_gradient` is False) always use the plain Keras convolution.
 """
 
+import contextlib
+import functools
+import threading
+
 import keras
+import tensorflow as tf
 
 from tfrcnn.ops.conv import conv2d, has_fast_gradient, with_conv_output_shape
+from tfrcnn.ops.winograd import winograd_conv3x3_xla, winograd_pays_off
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
     from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
@@ -29,6 +38,35 @@ except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a
     def tape_is_recording():
         """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
         return True
+
+
+_XLA_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def xla_disabled():
+    """Within this block nothing of tfrcnn runs under XLA: backbones run as plain TensorFlow ops
+    even when ``jit_inference`` is set, and :class:`Conv2D` does not take its Winograd path.
+
+    The exporters trace under it: a SavedModel or TFLite file must not need an XLA compiler (TF
+    Serving builds, the TFLite converter and other runtimes may have none).
+    """
+    previous = getattr(_XLA_STATE, "disabled", False)
+    _XLA_STATE.disabled = True
+    try:
+        yield
+    finally:
+        _XLA_STATE.disabled = previous
+
+
+def xla_is_disabled():
+    """Whether the caller is inside :func:`xla_disabled`."""
+    return getattr(_XLA_STATE, "disabled", False)
+
+
+@functools.lru_cache(maxsize=None)
+def _sees_a_gpu():
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
@@ -46,6 +84,29 @@ class Conv2D(keras.layers.Conv2D):
         [TensorShape([3, 3, 16, 64]), TensorShape([64])]
     """
 
+    #: Set on a layer (``FasterRCNN`` does it with its ``xla`` setting; not saved in the config):
+    #: float32 inference calls of a 3x3 stride-1 "same" convolution whose shape
+    #: :func:`tfrcnn.ops.winograd.winograd_pays_off` accepts run F(4x4, 3x3) compiled by XLA, on
+    #: a machine without a GPU, outside :func:`xla_disabled` and without a tape recording.
+    winograd_inference = False
+
+    def _winograd_applies(self, inputs):
+        """Whether this call should go through :func:`tfrcnn.ops.winograd.winograd_conv3x3`."""
+        return (bool(self.winograd_inference)
+                and keras.backend.backend() == "tensorflow"
+                and len(inputs.shape) == 4
+                and self.data_format == "channels_last"
+                and self.groups == 1
+                and tuple(self.kernel_size) == (3, 3)
+                and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1)
+                and self.padding == "same"
+                and self.compute_dtype == "float32"
+                and winograd_pays_off(tuple(inputs.shape), self.filters)
+                and not xla_is_disabled()
+                and not tape_is_recording()
+                and not _sees_a_gpu())
+
     def _fast_gradient_applies(self, inputs):
         """Whether this call should go through :func:`tfrcnn.ops.conv.conv2d`."""
         return (keras.backend.backend() == "tensorflow"
@@ -60,6 +121,8 @@ class Conv2D(keras.layers.Conv2D):
                 and tape_is_recording())
 
     def convolution_op(self, inputs, kernel):
+        if self._winograd_applies(inputs):
+            return winograd_conv3x3_xla(inputs, tf.convert_to_tensor(kernel))
         if not self._fast_gradient_applies(inputs):
             outputs = super().convolution_op(inputs, kernel)
             if (keras.backend.backend() == "tensorflow" and self.data_format == "channels_last"

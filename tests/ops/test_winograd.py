@@ -1,0 +1,166 @@
+"""Winograd F(4x4, 3x3): exact in float64 against tf.nn.conv2d (so the transform matrices are
+right), float32 error bounds, XLA and plain graphs, unknown batch, the shape rule, and when
+tfrcnn.layers.Conv2D and FasterRCNN route a convolution through it."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfrcnn.layers.conv as layer_module
+from tfrcnn.layers.conv import Conv2D, xla_disabled
+from tfrcnn.models import FasterRCNN
+from tfrcnn.ops.winograd import (MIN_CHANNELS, MIN_TILES, winograd_conv3x3, winograd_conv3x3_xla,
+                                 winograd_pays_off)
+
+
+def _pair(shape, filters, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = (rng.standard_normal((3, 3, shape[-1], filters)) / np.sqrt(9 * shape[-1]))
+    return x, kernel.astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 10, 5), (1, 4, 4, 3), (1, 1, 1, 2), (3, 5, 7, 4),
+                                   (1, 8, 9, 6)])
+def test_float64_equals_direct_convolution(shape):
+    """Any size, multiple of the 4x4 tile or not (the last tiles are padded and cropped)."""
+    x, kernel = _pair(shape, 7)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    got = winograd_conv3x3(x, kernel).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_hand_computed_single_channel():
+    """A 4x4 image of 1..16 and the kernel with a single 1 at its centre-right (out[i, j] =
+    x[i, j + 1], zero past the right edge), and an all-ones kernel (3x3 neighbourhood sums)."""
+    x = np.arange(1, 17, dtype=np.float64).reshape(1, 4, 4, 1)
+    shift = np.zeros((3, 3, 1, 1))
+    shift[1, 2] = 1.0
+    expected = np.array([[2, 3, 4, 0], [6, 7, 8, 0], [10, 11, 12, 0], [14, 15, 16, 0]])
+    np.testing.assert_allclose(winograd_conv3x3(x, shift).numpy()[0, :, :, 0], expected,
+                               atol=1e-12)
+    sums = winograd_conv3x3(x, np.ones((3, 3, 1, 1))).numpy()[0, :, :, 0]
+    assert sums[0, 0] == pytest.approx(1 + 2 + 5 + 6)
+    assert sums[1, 1] == pytest.approx(1 + 2 + 3 + 5 + 6 + 7 + 9 + 10 + 11)
+    assert sums[3, 3] == pytest.approx(11 + 12 + 15 + 16)
+
+
+def test_float32_error_bound_and_xla_matches_plain():
+    """float32: within 1e-4 of the output's scale of the float64 result (the transforms' constants
+    cost about one decimal digit against the direct convolution); XLA computes the same."""
+    x, kernel = _pair((1, 21, 18, 128), 128, seed=1)
+    exact = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    scale = np.abs(exact).max()
+    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+    plain = tf.function(winograd_conv3x3)(x32, k32).numpy()
+    compiled = winograd_conv3x3_xla(x32, k32).numpy()
+    assert plain.dtype == compiled.dtype == np.float32
+    assert np.abs(plain - exact).max() <= 1e-4 * scale
+    assert np.abs(compiled - exact).max() <= 1e-4 * scale
+    np.testing.assert_allclose(compiled, plain, rtol=0, atol=2e-5 * scale)
+
+
+def test_unknown_batch_in_tf_function():
+    x, kernel = _pair((3, 9, 11, 4), 5, seed=2, dtype=np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 9, 11, 4])])
+    def conv(images):
+        return winograd_conv3x3(images, kernel)
+
+    for batch in (3, 1):
+        got = conv(x[:batch]).numpy()
+        np.testing.assert_allclose(got, tf.nn.conv2d(x[:batch], kernel, 1, "SAME").numpy(),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="static H, W, C"):
+        tf.function(winograd_conv3x3, input_signature=[
+            tf.TensorSpec([1, None, 8, 4]), tf.TensorSpec([3, 3, 4, 2])]).get_concrete_function()
+    with pytest.raises(ValueError, match=r"\[3, 3, 4, K\] kernel"):
+        winograd_conv3x3(tf.zeros([1, 8, 8, 4]), tf.zeros([5, 5, 4, 2]))
+
+
+def test_pays_off_rule():
+    assert MIN_CHANNELS == 128 and MIN_TILES == 128
+    assert winograd_pays_off((1, 200, 200, 256), 256)          # 2,500 tiles
+    assert winograd_pays_off((1, 45, 45, 128), 128)            # 12 x 12 = 144 tiles
+    assert winograd_pays_off((None, 50, 50, 256), 256)         # unknown batch counts as 1
+    assert winograd_pays_off((2, 32, 32, 256), 256)            # 2 x 64 tiles
+    assert not winograd_pays_off((1, 25, 25, 512), 512)        # 49 tiles
+    assert not winograd_pays_off((1, 200, 200, 64), 64)        # narrow
+    assert not winograd_pays_off((1, 200, 200, 256), 64)
+    assert not winograd_pays_off((1, None, 200, 256), 256)
+
+
+# ------------------------------------------------------------------------------------ the layer
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    calls = []
+    original = layer_module.winograd_conv3x3_xla
+
+    def counting(x, kernel):
+        calls.append(tuple(x.shape))
+        return original(x, kernel)
+
+    monkeypatch.setattr(layer_module, "winograd_conv3x3_xla", counting)
+    return calls
+
+
+def _layers(dtype="float32", **kwargs):
+    kwargs = {"filters": 128, "kernel_size": 3, "padding": "same", "activation": "relu", **kwargs}
+    reference = keras.layers.Conv2D(dtype=dtype, **kwargs)
+    ours = Conv2D(dtype=dtype, **kwargs)
+    for layer in (reference, ours):
+        layer.build((None, 48, 44, 128))
+    weights = [np.random.default_rng(i).standard_normal(w.shape).astype("float32") * 0.05
+               for i, w in enumerate(reference.weights)]
+    reference.set_weights(weights)
+    ours.set_weights(weights)
+    ours.winograd_inference = True
+    return reference, ours
+
+
+def test_layer_uses_winograd_at_inference_with_keras_values(winograd_calls):
+    reference, ours = _layers()
+    x = tf.random.stateless_normal([1, 48, 44, 128], seed=[3, 4])  # 12 x 11 = 132 tiles
+    expected = reference(x).numpy()
+    np.testing.assert_allclose(ours(x).numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(tf.function(ours)(x).numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    assert winograd_calls and set(winograd_calls) == {(1, 48, 44, 128)}
+    assert "winograd_inference" not in ours.get_config()  # a runtime setting, not saved
+
+
+def test_layer_keeps_the_direct_convolution_elsewhere(winograd_calls):
+    _, ours = _layers()
+    x = tf.random.stateless_normal([1, 48, 44, 128], seed=[5, 6])
+    with tf.GradientTape() as tape:  # training: the gradient path
+        tape.watch(x)
+        ours(x)
+    with xla_disabled():  # exports
+        ours(x)
+    ours(tf.zeros([1, 20, 20, 128]))  # 25 tiles: too few
+    _, bf16 = _layers(dtype="mixed_bfloat16")
+    bf16(x)
+    ours.winograd_inference = False
+    ours(x)
+    _, strided = _layers(strides=2)
+    strided(x)
+    assert winograd_calls == []
+
+
+def test_faster_rcnn_sets_winograd_with_its_xla_setting():
+    def flags(model):
+        layers = [layer for part in (model.backbone_model, model.rpn_head)
+                  for layer in part._flatten_layers(include_self=True)
+                  if isinstance(layer, Conv2D)]
+        return {layer.winograd_inference for layer in layers}
+
+    assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2)) == {True}
+    assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2, xla=False)) == {False}
+    assert flags(FasterRCNN.from_preset("tiny", num_classes=2)) == {False}
