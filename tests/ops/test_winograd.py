@@ -10,6 +10,7 @@ import tensorflow as tf
 import tfrcnn.layers.conv as layer_module
 from tfrcnn.layers.conv import Conv2D, xla_disabled
 from tfrcnn.models import FasterRCNN
+from tfrcnn.ops.conv import winograd_conv2d
 from tfrcnn.ops.winograd import (MIN_CHANNELS, MIN_TILES, winograd_conv3x3, winograd_conv3x3_xla,
                                  winograd_pays_off)
 
@@ -120,7 +121,7 @@ def _layers(dtype="float32", **kwargs):
                for i, w in enumerate(reference.weights)]
     reference.set_weights(weights)
     ours.set_weights(weights)
-    ours.winograd_inference = True
+    ours.winograd = True
     return reference, ours
 
 
@@ -133,21 +134,58 @@ def test_layer_uses_winograd_at_inference_with_keras_values(winograd_calls):
     np.testing.assert_allclose(tf.function(ours)(x).numpy(), expected, rtol=1e-4,
                                atol=1e-4 * np.abs(expected).max())
     assert winograd_calls and set(winograd_calls) == {(1, 48, 44, 128)}
-    assert "winograd_inference" not in ours.get_config()  # a runtime setting, not saved
+    assert "winograd" not in ours.get_config()  # a runtime setting, not saved
+
+
+def test_layer_under_a_tape_uses_the_winograd_gradient(winograd_calls, monkeypatch):
+    taped = []
+    original = layer_module.winograd_conv2d
+    monkeypatch.setattr(layer_module, "winograd_conv2d",
+                        lambda x, k: taped.append(tuple(x.shape)) or original(x, k))
+    reference, ours = _layers()
+    x = tf.random.stateless_normal([1, 48, 44, 128], seed=[5, 6])
+    grads = []
+    for layer in (reference, ours):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+    assert taped == [(1, 48, 44, 128)] and winograd_calls == []
+    for expected, got in zip(*grads):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected.numpy()).max())
+
+
+def test_winograd_conv2d_gradients_match_tensorflow():
+    """Forward, input and filter gradients against tf.nn.conv2d's, float32, on a map above and
+    one below the shifted-matmul area threshold (TensorFlow's filter kernel there)."""
+    for shape in [(2, 30, 27, 8), (1, 6, 5, 8)]:
+        x, kernel = _pair(shape, 6, seed=7, dtype=np.float32)
+        x, kernel = tf.constant(x), tf.constant(kernel)
+        upstream = tf.sin(tf.reshape(tf.range(np.prod(shape[:3]) * 6, dtype=tf.float32),
+                                     [*shape[:3], 6]))
+        results = []
+        for conv in (lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"), winograd_conv2d):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = conv(x, kernel)
+            results.append([y, *tape.gradient(y, [x, kernel], output_gradients=upstream)])
+        for expected, got in zip(*results):
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4,
+                                       atol=1e-4 * np.abs(expected.numpy()).max())
+    with pytest.raises(ValueError, match="float32"):
+        winograd_conv2d(tf.zeros([1, 8, 8, 2], tf.bfloat16), tf.zeros([3, 3, 2, 2], tf.bfloat16))
 
 
 def test_layer_keeps_the_direct_convolution_elsewhere(winograd_calls):
     _, ours = _layers()
     x = tf.random.stateless_normal([1, 48, 44, 128], seed=[5, 6])
-    with tf.GradientTape() as tape:  # training: the gradient path
-        tape.watch(x)
-        ours(x)
     with xla_disabled():  # exports
         ours(x)
     ours(tf.zeros([1, 20, 20, 128]))  # 25 tiles: too few
     _, bf16 = _layers(dtype="mixed_bfloat16")
     bf16(x)
-    ours.winograd_inference = False
+    ours.winograd = False
     ours(x)
     _, strided = _layers(strides=2)
     strided(x)
@@ -159,7 +197,7 @@ def test_faster_rcnn_sets_winograd_with_its_xla_setting():
         layers = [layer for part in (model.backbone_model, model.rpn_head)
                   for layer in part._flatten_layers(include_self=True)
                   if isinstance(layer, Conv2D)]
-        return {layer.winograd_inference for layer in layers}
+        return {layer.winograd for layer in layers}
 
     assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2)) == {True}
     assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2, xla=False)) == {False}

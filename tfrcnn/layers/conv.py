@@ -14,8 +14,9 @@ convolution, so Grappler can still fuse Conv2D + BiasAdd + Relu and the graph ha
 
 An empty batch gets the right output shape (``[0, Ho, Wo, filters]``) on every path: TensorFlow
 2.21's oneDNN convolution returns its input there on some CPUs (see
-:func:`tfrcnn.ops.conv.with_conv_output_shape`). Float32 inference calls of wide 3x3 convolutions on large maps can run Winograd's F(4x4, 3x3)
-under XLA instead (:mod:`tfrcnn.ops.winograd`), where ``winograd_inference`` is set on the layer.
+:func:`tfrcnn.ops.conv.with_conv_output_shape`). Float32 calls of wide 3x3 convolutions on large maps can run Winograd's F(4x4, 3x3) under XLA
+instead (:mod:`tfrcnn.ops.winograd`; in training with :func:`tfrcnn.ops.conv.winograd_conv2d`'s
+gradient), where ``winograd`` is set on the layer.
 
 Keras configurations the op does not cover (other
 backends, ``channels_first``, groups, dilation) and float32 strided convolutions (where
@@ -29,7 +30,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from tfrcnn.ops.conv import conv2d, has_fast_gradient, with_conv_output_shape
+from tfrcnn.ops.conv import (conv2d, has_fast_gradient, winograd_conv2d,
+                             with_conv_output_shape)
 from tfrcnn.ops.winograd import winograd_conv3x3_xla, winograd_pays_off
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
@@ -85,14 +87,15 @@ class Conv2D(keras.layers.Conv2D):
     """
 
     #: Set on a layer (``FasterRCNN`` does it with its ``xla`` setting; not saved in the config):
-    #: float32 inference calls of a 3x3 stride-1 "same" convolution whose shape
+    #: float32 calls of a 3x3 stride-1 "same" convolution whose shape
     #: :func:`tfrcnn.ops.winograd.winograd_pays_off` accepts run F(4x4, 3x3) compiled by XLA, on
-    #: a machine without a GPU, outside :func:`xla_disabled` and without a tape recording.
-    winograd_inference = False
+    #: a machine without a GPU and outside :func:`xla_disabled`; with a tape recording, with the
+    #: gradient of :func:`tfrcnn.ops.conv.winograd_conv2d`.
+    winograd = False
 
     def _winograd_applies(self, inputs):
         """Whether this call should go through :func:`tfrcnn.ops.winograd.winograd_conv3x3`."""
-        return (bool(self.winograd_inference)
+        return (bool(self.winograd)
                 and keras.backend.backend() == "tensorflow"
                 and len(inputs.shape) == 4
                 and self.data_format == "channels_last"
@@ -104,7 +107,6 @@ class Conv2D(keras.layers.Conv2D):
                 and self.compute_dtype == "float32"
                 and winograd_pays_off(tuple(inputs.shape), self.filters)
                 and not xla_is_disabled()
-                and not tape_is_recording()
                 and not _sees_a_gpu())
 
     def _fast_gradient_applies(self, inputs):
@@ -122,6 +124,8 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         if self._winograd_applies(inputs):
+            if tape_is_recording():
+                return winograd_conv2d(inputs, kernel)
             return winograd_conv3x3_xla(inputs, tf.convert_to_tensor(kernel))
         if not self._fast_gradient_applies(inputs):
             outputs = super().convolution_op(inputs, kernel)

@@ -118,8 +118,8 @@ class FasterRCNN(keras.Model):
             backend with the backbones in ``XLA_BACKBONES``, where it measured faster on a CPU;
             training steps and exports never use it. See ``BackboneModel.jit_inference``. The
             same setting lets the wide 3x3 convolutions of the backbone, FPN and RPN head run
-            Winograd's F(4x4, 3x3) under XLA at float32 inference on a CPU
-            (``Conv2D.winograd_inference``, :mod:`tfrcnn.ops.winograd`).
+            Winograd's F(4x4, 3x3) under XLA in float32 on a CPU, at inference and in training
+            (``Conv2D.winograd``, :mod:`tfrcnn.ops.winograd`).
         dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
             global policy). Coordinates, anchors, proposals and losses stay float32; the policy
             is saved with the model. See :mod:`tfrcnn.training.precision`.
@@ -229,12 +229,13 @@ class FasterRCNN(keras.Model):
                 and self.dtype_policy.compute_dtype == "float32"
                 and self.backbone in XLA_BACKBONES)
 
-    def _set_winograd_inference(self, layer):
+    def _set_winograd(self, layer):
         """With XLA at inference, the 3x3 convolutions of ``layer`` (the backbone with its FPN, the
-        RPN head) may also run Winograd's F(4x4, 3x3) under XLA: see ``tfrcnn.ops.winograd``."""
+        RPN head) may also run Winograd's F(4x4, 3x3) under XLA, in inference and training
+        steps: see ``tfrcnn.ops.winograd``."""
         for sublayer in layer._flatten_layers(include_self=True):
             if isinstance(sublayer, Conv2D):
-                sublayer.winograd_inference = self.uses_xla
+                sublayer.winograd = self.uses_xla
 
     def _build_layers(self):
         self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
@@ -244,7 +245,7 @@ class FasterRCNN(keras.Model):
             fpn_channels=self.fpn_channels)
         self.strides = tuple(int(s) for s in strides)
         self.backbone_model.jit_inference = self.uses_xla
-        self._set_winograd_inference(self.backbone_model)
+        self._set_winograd(self.backbone_model)
         levels = len(self.strides)
         scales = self.anchor_scales
         if not isinstance(scales[0], (list, tuple)):
@@ -261,7 +262,7 @@ class FasterRCNN(keras.Model):
                              f"(the RPN head is shared); got {sorted(counts)}")
         self.num_anchors = counts.pop()
         self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, name="rpn_head")
-        self._set_winograd_inference(self.rpn_head)
+        self._set_winograd(self.rpn_head)
         self.rpn_targets = RPNTargetAssigner(
             self.rpn_positive_iou, self.rpn_negative_iou, self.rpn_batch_size_per_image,
             self.rpn_positive_fraction, self.rpn_allowed_border, self.rpn_box_weights,

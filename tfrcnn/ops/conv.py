@@ -124,8 +124,11 @@ import collections
 
 import tensorflow as tf
 
+from tfrcnn.ops.winograd import winograd_conv3x3_xla
+
 __all__ = [
     "conv2d",
+    "winograd_conv2d",
     "conv_output_shape",
     "with_conv_output_shape",
     "gradient_plan",
@@ -427,6 +430,44 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
             else:
                 dw = tf_filter_grad()
             return tf.cast(dx, dtype), tf.cast(dw, dtype)
+
+        return y, grad
+
+    return _conv(x, kernel)
+
+
+def winograd_conv2d(x, kernel):
+    """A float32 3x3 stride-1 SAME convolution by Winograd's F(4x4, 3x3) under XLA
+    (:func:`tfrcnn.ops.winograd.winograd_conv3x3_xla`), with a gradient of the same kind: the input
+    gradient is the Winograd convolution of ``dy`` with the flipped, channel-swapped kernel (the
+    forward-conv rule above), the filter gradient the shifted matmuls (or TensorFlow's kernel on
+    small maps, the rule of :func:`gradient_plan`).
+
+    Shapes as :func:`conv2d`, with static ``H``, ``W`` and ``C``. Measured (session 6, AMD Zen 4,
+    forward and both gradients, ms): ``[1,200,200,256]->256`` 665 with :func:`conv2d`, 499 with
+    this; ``[1,100,100,256]->256`` 171 / 115; ``[1,50,50,256]->256`` 43 / 36;
+    ``[1,100,100,128]->128`` 45 / 37. Input gradients within 1.2e-5, filter gradients within
+    3e-6 of the output's scale of :func:`conv2d`'s.
+    """
+    x = tf.convert_to_tensor(x)
+    kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)
+    if tuple(kernel.shape[:2]) != (3, 3) or x.dtype != tf.float32 or kernel.dtype != tf.float32:
+        raise ValueError(f"winograd_conv2d needs float32 x and a float32 [3, 3, C, K] kernel, got "
+                         f"{x.dtype.name} {x.shape} and {kernel.dtype.name} {kernel.shape}")
+    plan = gradient_plan((3, 3), 1, "SAME", (x.shape[1], x.shape[2]))
+
+    @tf.custom_gradient
+    def _conv(x, kernel):
+        y = winograd_conv3x3_xla(x, kernel)
+
+        def grad(dy):
+            dy = tf.convert_to_tensor(dy, dtype=x.dtype)
+            dx = winograd_conv3x3_xla(dy, _transposed_kernel(kernel))
+            if plan.filter_method == "shifted_matmul":
+                dw = _filter_grad_shifted_matmul(x, dy, 3, 3, "SAME")
+            else:
+                dw = _filter_grad_tf(x, dy, kernel.shape.as_list(), (1, 1), "SAME")
+            return dx, dw
 
         return y, grad
 

@@ -32,9 +32,10 @@ the direct convolution by about 1e-5 of the output's scale (6e-5 absolute on out
 float64). Half types would lose too much and are never routed here; neither are GPUs, whose
 libraries choose Winograd themselves.
 
-Gradients are TensorFlow's automatic ones through the ops above; they measured slower than the
-direct convolution's, so training steps keep the direct convolution
-(:class:`tfrcnn.layers.Conv2D` uses this path only without a ``tf.GradientTape``).
+TensorFlow's automatic gradient through these ops measured slower than the direct convolution's
+(849 against 674 ms for the 200x200x256 layer's forward and backward); training steps use
+:func:`tfrcnn.ops.conv.winograd_conv2d` instead, whose input gradient is itself a Winograd
+convolution (of ``dy`` with the flipped kernel) and whose filter gradient is the shifted matmuls.
 """
 
 import numpy as np
