@@ -18,10 +18,10 @@ between calls (OpenMP threads of torch keep spinning for a while after a call an
 next contender down). Quoted: the median seconds an image and the ratio tfrcnn / torchvision.
 
 FLOPs are those of the convolutions and matrix products (``tfrcnn.profiling.count_flops`` on the
-traced inference graph, and on the loss-and-gradient graph for training); for inference they are
-counted with direct convolutions even where tfrcnn runs Winograd's F(4x4, 3x3), which does a
-quarter of the products (``tfrcnn.ops.winograd``), so a "FLOP-bound" fraction above what direct
-convolution could reach is possible there; the machine's peak is
+traced inference graph, and on the loss-and-gradient graph for training); they are counted
+with direct convolutions even where tfrcnn runs Winograd's F(4x4, 3x3), which does a quarter of
+the products (``tfrcnn.ops.winograd``), so a "FLOP-bound" fraction above what direct convolution
+could reach is possible there; the machine's peak is
 measured in the same run as the fastest of a few large matrix products (``PEAK_SHAPES``) in
 TensorFlow and in torch, in float32 (and bfloat16 when something runs in it), in every round of the timings (this machine's speed drifts over
 minutes): the fraction of the FLOP-bound limit is ``flops / (median seconds * median peak of the
@@ -158,7 +158,9 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, xla="auto"):
         return tape.gradient(loss, model.trainable_variables)
 
     spec = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in x.items()}
-    flops = count_flops(loss_and_gradients, spec)
+    from tfrcnn.layers.conv import xla_disabled
+    with xla_disabled():  # direct convolutions, as for inference above
+        flops = count_flops(loss_and_gradients, spec)
     return call, flops["total"] / batch
 
 
