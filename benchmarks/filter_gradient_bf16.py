@@ -8,12 +8,12 @@ difference of the two results relative to the largest entry (the bf16 rounding o
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import tfrcnn  # noqa: F401  (chooses the BFC host allocator before TensorFlow allocates)
 import tensorflow as tf
+from _timing import median_ms
 from tfrcnn.ops.conv import _filter_grad_matmul, _filter_grad_shifted_matmul
 
 SHAPES = [  # N, H, W, C, K, kernel size
@@ -21,17 +21,6 @@ SHAPES = [  # N, H, W, C, K, kernel size
     (1, 200, 200, 256, 256, 3), (2, 100, 100, 256, 256, 3), (1, 200, 200, 256, 64, 1),
     (1, 100, 100, 512, 128, 1),
 ]
-
-
-def median_ms(fn, *args, repeats=7):
-    fn(*args)
-    fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def main():

@@ -9,12 +9,12 @@ and the largest difference from the direct convolution relative to the output's 
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import tfrcnn  # noqa: F401  (chooses the BFC host allocator before TensorFlow allocates)
 import tensorflow as tf
+from _timing import median_ms
 from tfrcnn.ops.winograd import winograd_conv3x3, winograd_conv3x3_xla, winograd_pays_off
 
 SHAPES = [  # N, H, W, C, K
@@ -22,17 +22,6 @@ SHAPES = [  # N, H, W, C, K
     (1, 100, 100, 128, 128), (1, 200, 200, 64, 64), (1, 25, 25, 512, 512),
     (2, 200, 200, 256, 256),
 ]
-
-
-def median_ms(fn, *args, repeats=5):
-    fn(*args).numpy()
-    fn(*args).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def main():

@@ -143,9 +143,7 @@ def test_tf_function_with_unknown_batch_and_size(kernel_size, strides, padding):
     # An empty batch: TensorFlow's own result is not the reference there (its oneDNN convolution
     # returns the input unchanged on some CPUs); the shapes are computed by hand.
     _, y, _, (dx, dw) = both(_random((0, 8, 8, channels), 0), kernel)
-    out = 8 // strides if padding == "SAME" or kernel_size == 1 else (8 - kernel_size) // strides + 1
-    if padding == "SAME":
-        out = -(-8 // strides)
+    out = -(-8 // strides) if padding == "SAME" else (8 - kernel_size) // strides + 1
     assert tuple(y.shape) == (0, out, out, filters)
     assert tuple(dx.shape) == (0, 8, 8, channels)
     np.testing.assert_array_equal(dw.numpy(), np.zeros(kernel.shape))
@@ -363,14 +361,11 @@ def test_half_filter_gradient_matmul_dtype(dtype, matmul_dtype, kernel_size):
         return tape.gradient(y, kernel)
 
     graph = gradients.get_concrete_function(x, kernel).graph
-    matmul_types = set()
-    for op in graph.get_operations():
-        if op.type in ("MatMul", "BatchMatMulV2"):
-            matmul_types.add(op.get_attr("T"))
-        for function in graph._functions.values():  # the custom gradient's body
-            for node in function.definition.node_def:
-                if node.op in ("MatMul", "BatchMatMulV2"):
-                    matmul_types.add(tf.as_dtype(node.attr["T"].type))
+    matmul_types = {op.get_attr("T") for op in graph.get_operations()
+                    if op.type in ("MatMul", "BatchMatMulV2")}
+    for function in graph._functions.values():  # the custom gradient's body
+        matmul_types |= {tf.as_dtype(node.attr["T"].type) for node in function.definition.node_def
+                         if node.op in ("MatMul", "BatchMatMulV2")}
     assert matmul_types == {matmul_dtype}
     dw = gradients(x, kernel)
     _, (_, dw_ref) = _tf_reference(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32),

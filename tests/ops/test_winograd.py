@@ -94,6 +94,7 @@ def test_pays_off_rule():
     assert not winograd_pays_off((1, 200, 200, 64), 64)        # narrow
     assert not winograd_pays_off((1, 200, 200, 256), 64)
     assert not winograd_pays_off((1, None, 200, 256), 256)
+    assert not winograd_pays_off((0, 200, 200, 256), 256)         # a static empty batch
 
 
 # ------------------------------------------------------------------------------------ the layer

@@ -14,13 +14,15 @@ convolution, so Grappler can still fuse Conv2D + BiasAdd + Relu and the graph ha
 
 An empty batch gets the right output shape (``[0, Ho, Wo, filters]``) on every path: TensorFlow
 2.21's oneDNN convolution returns its input there on some CPUs (see
-:func:`tfrcnn.ops.conv.with_conv_output_shape`). Float32 calls of wide 3x3 convolutions on large maps can run Winograd's F(4x4, 3x3) under XLA
+:func:`tfrcnn.ops.conv.with_conv_output_shape`).
+
+Float32 calls of wide 3x3 convolutions on large maps can run Winograd's F(4x4, 3x3) under XLA
 instead (:mod:`tfrcnn.ops.winograd`; in training with :func:`tfrcnn.ops.conv.winograd_conv2d`'s
 gradient), where ``winograd`` is set on the layer.
 
-Keras configurations the op does not cover (other
-backends, ``channels_first``, groups, dilation) and float32 strided convolutions (where
-:func:`tfrcnn.ops.conv.has_fast_gradient` is False) always use the plain Keras convolution.
+Keras configurations the op does not cover (other backends, ``channels_first``, groups, dilation)
+and float32 strided convolutions (where :func:`tfrcnn.ops.conv.has_fast_gradient` is False)
+always use the plain Keras convolution.
 """
 
 import contextlib
@@ -94,7 +96,7 @@ class Conv2D(keras.layers.Conv2D):
     winograd = False
 
     def _winograd_applies(self, inputs):
-        """Whether this call should go through :func:`tfrcnn.ops.winograd.winograd_conv3x3`."""
+        """Whether this call should run F(4x4, 3x3) (:mod:`tfrcnn.ops.winograd`)."""
         return (bool(self.winograd)
                 and keras.backend.backend() == "tensorflow"
                 and len(inputs.shape) == 4

@@ -165,11 +165,11 @@ winograd_conv3x3_xla = tf.function(winograd_conv3x3, jit_compile=True)
 
 def winograd_pays_off(input_shape, filters):
     """Whether F(4x4, 3x3) measured faster than the direct convolution for an input shape
-    ``[N, H, W, C]`` (static ``H``, ``W``, ``C``; unknown ``N`` counts as 1) and ``filters``
-    output channels: both channel counts at least :data:`MIN_CHANNELS` and at least
-    :data:`MIN_TILES` output tiles."""
+    ``[N, H, W, C]`` (static ``H``, ``W``, ``C``; unknown ``N`` counts as 1, a static empty batch
+    never pays off) and ``filters`` output channels: both channel counts at least
+    :data:`MIN_CHANNELS` and at least :data:`MIN_TILES` output tiles."""
     batch, height, width, channels = input_shape
     if height is None or width is None or channels is None:
         return False
-    tiles = (batch or 1) * _tiles(height) * _tiles(width)
+    tiles = (1 if batch is None else batch) * _tiles(height) * _tiles(width)
     return min(channels, filters) >= MIN_CHANNELS and tiles >= MIN_TILES
