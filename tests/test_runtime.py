@@ -97,8 +97,9 @@ def test_import_tfrcnn_gives_the_bfc_allocator_and_no_page_faults_per_step():
     # the 64 MiB intermediate is 16,384 pages: the system allocator maps it afresh every call
     assert system["faults"] >= 5 * 16384 * 0.9, system
     assert bfc["faults"] < 2000, bfc
-    assert bfc["log"] == [["probe", "INFO", "TensorFlow CPU allocator: bfc"]]
-    assert system["log"] == [["probe", "INFO", "TensorFlow CPU allocator: system"]]
+    off = ", oneDNN operations: off"  # the probe pins TF_ENABLE_ONEDNN_OPTS=0
+    assert bfc["log"] == [["probe", "INFO", "TensorFlow CPU allocator: bfc" + off]]
+    assert system["log"] == [["probe", "INFO", "TensorFlow CPU allocator: system" + off]]
 
 
 def test_tensorflow_started_first_is_reported_with_a_warning_once_by_the_models():
@@ -116,4 +117,53 @@ def test_onednn_pool_is_reported_as_bfc_whatever_the_variable():
     assert pooled["allocator"] == "bfc" and pooled["variable"] == "false"
     assert pooled["value"] == 3.0 * 4096 * 4096
     assert pooled["faults"] < 2000, pooled
-    assert pooled["log"] == [["probe", "INFO", "TensorFlow CPU allocator: bfc"]]
+    assert pooled["log"] == [["probe", "INFO",
+                              "TensorFlow CPU allocator: bfc, oneDNN operations: on"]]
+
+
+def test_choose_onednn_on_x86_64_and_keeps_the_users_choice():
+    environ = {}
+    assert runtime.choose_onednn(environ, machine="x86_64", tensorflow_imported=False) is True
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    for choice in ("0", "1", "false"):
+        environ = {"TF_ENABLE_ONEDNN_OPTS": choice}
+        assert runtime.choose_onednn(environ, machine="x86_64", tensorflow_imported=False) is False
+        assert environ == {"TF_ENABLE_ONEDNN_OPTS": choice}
+    for machine in ("aarch64", "arm64", "ppc64le"):  # not measured there: TensorFlow's choice
+        environ = {}
+        assert runtime.choose_onednn(environ, machine=machine, tensorflow_imported=False) is False
+        assert environ == {}
+    # TensorFlow already imported: it has read the variable, setting it now would misstate it
+    environ = {}
+    assert runtime.choose_onednn(environ, machine="x86_64", tensorflow_imported=True) is False
+    assert environ == {}
+
+
+ONEDNN_PROBE = r"""
+import json, os, sys
+if sys.argv[1] == "tensorflow_first":
+    import tensorflow
+import tfrcnn
+print(json.dumps({"variable": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                  "enabled": tfrcnn.runtime.onednn_enabled()}))
+"""
+
+
+def _onednn_probe(order, **env):
+    environ = {k: v for k, v in os.environ.items() if k != runtime.ONEDNN_VARIABLE}
+    environ.update(env, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", ONEDNN_PROBE, order], check=False, env=environ,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(runtime.platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="tfrcnn turns oneDNN on only on x86-64 CPUs")
+def test_import_turns_onednn_on_unless_the_user_or_tensorflow_came_first():
+    assert _onednn_probe("tfrcnn_first") == {"variable": "1", "enabled": True}
+    assert _onednn_probe("tfrcnn_first", TF_ENABLE_ONEDNN_OPTS="0") == {"variable": "0",
+                                                                         "enabled": False}
+    report = _onednn_probe("tensorflow_first")
+    assert report["variable"] is None  # TensorFlow's own choice for this CPU stands
+    assert report["enabled"] in (True, False)

@@ -12,8 +12,10 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tfrcnn import runtime  # noqa: E402  (imports nothing of TensorFlow)
 
-# TensorFlow's BFC host allocator, before TensorFlow first allocates (tfrcnn/runtime.py).
+# TensorFlow's BFC host allocator, before TensorFlow first allocates, and its oneDNN operations,
+# before TensorFlow is imported (tfrcnn/runtime.py).
 runtime.choose_cpu_allocator()
+runtime.choose_onednn()
 
 from tfrcnn import config, ops  # noqa: E402
 from tfrcnn.layers import *  # noqa: E402,F401,F403

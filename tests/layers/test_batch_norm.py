@@ -131,10 +131,42 @@ def test_config_and_weights_interchange_with_keras(tmp_path):
                                model(x, training=False).numpy(), rtol=1e-5, atol=2e-5)
 
 
-def test_inference_graph_uses_the_fused_kernel():
-    _, fused, x = _pair()
-    graph = tf.function(lambda t: fused(t, training=False)).get_concrete_function(
-        tf.TensorSpec([None, None, None, 4])).graph
-    kinds = {op.type for op in graph.get_operations()}
+def _op_kinds(layer, training, dtype=tf.float32):
+    graph = tf.function(lambda t: layer(t, training=training)).get_concrete_function(
+        tf.TensorSpec([None, None, None, 4], dtype)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_training_graph_uses_the_fused_kernel():
+    _, fused, _ = _pair()
+    kinds = _op_kinds(fused, training=True)
     assert "FusedBatchNormV3" in kinds
-    assert "Rsqrt" not in kinds  # Keras' unfused formula is not there
+    assert "SquaredDifference" not in kinds  # Keras' moments are not there
+
+
+def test_float32_inference_is_a_multiply_and_a_bias_add():
+    # Not FusedBatchNormV3: Grappler would fuse it into the preceding convolution as oneDNN
+    # post-ops, 50x slower on AVX2 CPUs (tfrcnn/layers/batch_norm.py). Half types keep the kernel.
+    _, fused, x = _pair()
+    kinds = _op_kinds(fused, training=False)
+    assert {"Mul", "BiasAdd"} <= kinds
+    assert "FusedBatchNormV3" not in kinds
+    gamma, beta, mean, variance = (w.numpy() for w in fused.weights)
+    expected = (x.numpy() - mean) / np.sqrt(variance + fused.epsilon) * gamma + beta
+    np.testing.assert_allclose(fused(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
+    half = BatchNormalization(dtype="mixed_bfloat16")
+    half.build(x.shape)
+    half.set_weights(fused.get_weights())
+    assert "FusedBatchNormV3" in _op_kinds(half, training=False, dtype=tf.bfloat16)
+
+
+def test_frozen_layer_gradient_is_the_per_channel_scale():
+    _, fused, x = _pair()
+    fused.trainable = False
+    gamma, _, _, variance = (w.numpy() for w in fused.weights)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(fused(x, training=True) * 2.0)
+    grad = tape.gradient(loss, x).numpy()
+    scale = gamma / np.sqrt(variance + fused.epsilon)
+    np.testing.assert_allclose(grad, np.broadcast_to(2.0 * scale, grad.shape), rtol=1e-6)

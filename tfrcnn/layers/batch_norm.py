@@ -4,9 +4,17 @@ Keras 3 computes batch norm from separate ops: in training ``tf.nn.moments`` (tw
 a squared difference) then ``x * inv + (beta - mean * inv)``, and autodiff through all of them;
 at inference the multiply-add, which TensorFlow's graph optimiser cannot fold into the preceding
 convolution. ``tfrcnn.layers.BatchNormalization`` computes the same function with
-``FusedBatchNormV3``: one kernel forward, one kernel (``FusedBatchNormGradV3``) backward, and at
-inference a ``Conv2D -> FusedBatchNorm (-> Relu)`` chain that Grappler's remapper fuses into one
-convolution.
+``FusedBatchNormV3``: one kernel forward, one kernel (``FusedBatchNormGradV3``) backward.
+
+At inference (and in a frozen layer) a float32 input is normalised as ``x * a + b`` with the
+per-channel ``a = gamma / sqrt(moving_variance + epsilon)`` and ``b = beta - moving_mean * a``,
+a multiply and a ``BiasAdd``. The fused kernel there would let Grappler's remapper fold a
+``Conv2D -> FusedBatchNormV3`` chain into one convolution, and where TensorFlow runs oneDNN's
+operations that convolution carries the normalisation as oneDNN post-ops, which ran 50x slower
+than the convolution alone on session 7's AVX2 CPU (``[1, 400, 400, 16]`` 1x1 -> 64 channels:
+1,364 ms fused, 24 ms as convolution, multiply and BiasAdd; without oneDNN 46 and 48 ms); a whole
+``mobilenet_v3_fpn`` inference took 5.8 s instead of 0.5. Half-precision inputs keep the fused
+kernel, which computes in float32 inside.
 
 Measured on this project's 2-core CPU (``[1, 200, 200, 256]`` float32, a ResNet50-FPN stage-2
 map at 800x800): forward + backward 220 ms with Keras' layer, 114 ms fused.
@@ -81,6 +89,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance.assign(
                 tf.cast(self.moving_variance, tf.float32) * momentum + variance * (1.0 - momentum)
             )
+        elif x.dtype == tf.float32:
+            # y = x * a + b with a = gamma / sqrt(var + eps), b = beta - mean * a: a multiply and a
+            # BiasAdd. Not FusedBatchNormV3: Grappler fuses Conv2D -> FusedBatchNormV3 into one
+            # oneDNN convolution with the normalisation as post-ops, which oneDNN runs 50x slower
+            # than the convolution itself on AVX2 CPUs (module docstring).
+            scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32)
+                                          + self.epsilon)
+            y = tf.nn.bias_add(x * scale, beta - tf.cast(self.moving_mean, tf.float32) * scale)
         else:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x,
