@@ -18,7 +18,7 @@ Where oneDNN's custom operations are on (TensorFlow's default on CPUs with AVX51
 AVX512-BF16 or AMX, e.g. session 6's AMD Zen 4; ``TF_ENABLE_ONEDNN_OPTS`` overrides), TensorFlow
 allocates host memory from its own oneDNN pool, itself a BFC allocator, whatever the variable
 says: :func:`cpu_allocator` reports ``"bfc"`` there in every case and the setting changes
-nothing (the variable matters on AVX2-only CPUs, where oneDNN's ops are off by default).
+nothing (the variable matters where oneDNN's ops are off: see below).
 
 oneDNN's operations. TensorFlow turns its oneDNN (MKL) kernels on by default only on CPUs with
 AVX512-VNNI, AVX512-BF16 or AMX; on other x86-64 CPUs, AVX2-only ones among them, it runs its
@@ -91,9 +91,10 @@ def onednn_enabled():
     kernels, None when it cannot tell (a TensorFlow build without the query)."""
     try:
         from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
         return None
-    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def bfc_requested(environ=None):
