@@ -124,7 +124,8 @@ import collections
 
 import tensorflow as tf
 
-from tfrcnn.ops.winograd import winograd_conv3x3_xla
+from tfrcnn.ops.winograd import (winograd_conv3x3, winograd_conv3x3_xla,
+                                 winograd_filter_gradient)
 
 __all__ = [
     "conv2d",
@@ -436,38 +437,45 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
     return _conv(x, kernel)
 
 
+def _winograd_backward(x, kernel, dy):
+    """Both gradients of :func:`winograd_conv2d`, in one XLA computation."""
+    dx = winograd_conv3x3(dy, _transposed_kernel(kernel))
+    return dx, winograd_filter_gradient(x, dy)
+
+
+_winograd_backward_xla = tf.function(_winograd_backward, jit_compile=True)
+
+
 def winograd_conv2d(x, kernel):
     """A float32 3x3 stride-1 SAME convolution by Winograd's F(4x4, 3x3) under XLA
     (:func:`tfrcnn.ops.winograd.winograd_conv3x3_xla`), with a gradient of the same kind: the input
     gradient is the Winograd convolution of ``dy`` with the flipped, channel-swapped kernel (the
-    forward-conv rule above), the filter gradient the shifted matmuls (or TensorFlow's kernel on
-    small maps, the rule of :func:`gradient_plan`).
+    forward-conv rule above), the filter gradient goes through the transform
+    (:func:`tfrcnn.ops.winograd.winograd_filter_gradient`); both in one XLA computation.
 
     Shapes as :func:`conv2d`, with static ``H``, ``W`` and ``C``. Measured (session 6, AMD Zen 4,
-    forward and both gradients, ms): ``[1,200,200,256]->256`` 665 with :func:`conv2d`, 499 with
-    this; ``[1,100,100,256]->256`` 171 / 115; ``[1,50,50,256]->256`` 43 / 36;
-    ``[1,100,100,128]->128`` 45 / 37. Input gradients within 1.2e-5, filter gradients within
-    3e-6 of the output's scale of :func:`conv2d`'s.
+    forward and both gradients, ms, when the filter gradient was still the shifted matmuls):
+    ``[1,200,200,256]->256`` 665 with :func:`conv2d`, 499 with this; ``[1,100,100,256]->256``
+    171 / 115; ``[1,50,50,256]->256`` 43 / 36; ``[1,100,100,128]->128`` 45 / 37. The filter
+    gradient alone (session 8, AMD EPYC with AVX2, ms): ``[1,200,200,256]->256`` 381 shifted
+    matmuls, 178 through the transform; ``[1,100,100,256]->256`` 101 / 42;
+    ``[1,50,50,256]->256`` 27 / 14; ``[1,200,200,64]->64`` 48 / 22 (TensorFlow's kernel 37);
+    slower only on maps of few tiles (``[1,25,25,512]->512``, 49 tiles: 36 / 43), which
+    :class:`tfrcnn.layers.Conv2D` does not send here. Input gradients within 1.2e-5, filter
+    gradients within 1e-5 of the output's scale of the float64 result.
     """
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)
     if tuple(kernel.shape[:2]) != (3, 3) or x.dtype != tf.float32 or kernel.dtype != tf.float32:
         raise ValueError(f"winograd_conv2d needs float32 x and a float32 [3, 3, C, K] kernel, got "
                          f"{x.dtype.name} {x.shape} and {kernel.dtype.name} {kernel.shape}")
-    plan = gradient_plan((3, 3), 1, "SAME", (x.shape[1], x.shape[2]))
 
     @tf.custom_gradient
     def _conv(x, kernel):
         y = winograd_conv3x3_xla(x, kernel)
 
         def grad(dy):
-            dy = tf.convert_to_tensor(dy, dtype=x.dtype)
-            dx = winograd_conv3x3_xla(dy, _transposed_kernel(kernel))
-            if plan.filter_method == "shifted_matmul":
-                dw = _filter_grad_shifted_matmul(x, dy, 3, 3, "SAME")
-            else:
-                dw = _filter_grad_tf(x, dy, kernel.shape.as_list(), (1, 1), "SAME")
-            return dx, dw
+            return _winograd_backward_xla(x, kernel, tf.convert_to_tensor(dy, dtype=x.dtype))
 
         return y, grad
 
