@@ -425,6 +425,43 @@ def test_roi_align_methods_agree_values_and_gradients():
         np.testing.assert_allclose(a, c, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["roi_align", "multilevel_roi_align"])
+def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op):
+    """The crop_and_resize path's feature gradient (a scatter-add compiled by XLA) inside a
+    tf.function with unknown shapes: equal to the gather path's autodiff gradient, bitwise the
+    same on a second call (TF's own CropAndResizeGradImage is not), zero for no ROIs."""
+    features, boxes, indices = random_case(11, batch=2, height=12, width=9, channels=5, n=40)
+    upstream_all = np.sin(np.arange(len(boxes) * 3 * 2 * 5)).reshape(-1, 3, 2, 5).astype(F32)
+
+    def pooled(f, b, i, method):
+        if op == "roi_align":
+            return roi_align(f, b, i, (3, 2), 0.5, 2, True, method)
+        return multilevel_roi_align([f, f[:, ::2, ::2]], b, i, (3, 2), min_level=1,
+                                    canonical_scale=8.0, canonical_level=2, method=method)
+
+    def gradient(method):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32),
+                                      tf.TensorSpec([None, 4], tf.float32),
+                                      tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None, 3, 2, None], tf.float32)])
+        def run(f, b, i, upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(f)
+                out = pooled(f, b, i, method)
+            return tape.gradient(out, f, output_gradients=upstream)
+        return run
+
+    fast, reference = gradient("crop_and_resize"), gradient("gather")
+    got = fast(features, boxes, indices, upstream_all).numpy()
+    np.testing.assert_allclose(got, reference(features, boxes, indices, upstream_all).numpy(),
+                               atol=2e-5, rtol=1e-5)
+    assert np.abs(got).max() > 0.1
+    np.testing.assert_array_equal(fast(features, boxes, indices, upstream_all).numpy(), got)
+    none = fast(features, np.zeros((0, 4), F32), np.zeros((0,), np.int32),
+                np.zeros((0, 3, 2, 5), F32)).numpy()
+    assert none.shape == features.shape and not none.any()
+
+
 def away_from_kinks(boxes, scale, output_size, sampling_ratio, aligned, margin=0.02):
     """True if no RoIAlign sample lies within `margin` cells of an integer (bilinear kink) or a border."""
     ys = []

@@ -371,6 +371,45 @@ def _align_canvas(maps):
     return canvas, heights, widths, offset_y, offset_x
 
 
+def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
+    """The gradient of the bilinear sampling with respect to the flattened canvas
+    ``[cells, C]``: each of the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four
+    neighbours with its bilinear weights (the weights are ``[K, oh, ow]``: one full-size product per
+    sample and corner, and one scatter-add over all of them).
+
+    upstream: ``[K, oh, ow, C]``; row0, row1: ``[K, oh * sr]`` flat offsets of the neighbouring
+    rows; col0, col1: ``[K, ow * sr]`` neighbouring columns; ly, lx: the fractional positions;
+    wy, wx: 0/1 validity weights (all as :func:`_align_from_canvas`'s ``neighbours``).
+    """
+    channels = tf.shape(upstream)[-1]
+    wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
+
+    def per_offset(t, i):
+        return t[:, i::sr] if sr > 1 else t
+
+    values, indices = [], []
+    for iy in range(sr):
+        a_y, m_y = per_offset(ly, iy), per_offset(wy, iy)
+        rows = ((per_offset(row0, iy), (1.0 - a_y) * m_y), (per_offset(row1, iy), a_y * m_y))
+        for ix in range(sr):
+            a_x, m_x = per_offset(lx, ix), per_offset(wx, ix)
+            cols = ((per_offset(col0, ix), (1.0 - a_x) * m_x), (per_offset(col1, ix), a_x * m_x))
+            for r, weight_y in rows:
+                for c, weight_x in cols:
+                    weight = weight_y[:, :, None] * weight_x[:, None, :]  # [K, oh, ow]
+                    values.append(tf.reshape(upstream * weight[..., None], [-1, channels]))
+                    indices.append(tf.reshape(r[:, :, None] + c[:, None, :], [-1]))
+    return tf.math.unsorted_segment_sum(tf.concat(values, 0), tf.concat(indices, 0), cells)
+
+
+#: :func:`_bilinear_scatter` compiled by XLA, which fuses the ``4 sr**2`` weighted copies of the
+#: upstream gradient into the scatter-add instead of writing them out (16 copies of ``[K, 7, 7,
+#: C]``, 411 MB for 512 ROIs of 256 channels) and concatenating them: the backward pass of
+#: ``multilevel_roi_align`` for 512 ROIs on a [1,50,50,256] + [1,25,25,256] pyramid went from
+#: 113 to 54 ms (session 8, AVX2 CPU, 2 cores), with the same float32 result.
+_bilinear_scatter_xla = tf.function(_bilinear_scatter, jit_compile=True)
+
+
 def _align_from_canvas(
     canvas, image_index, ys, xs, lim_h, lim_w, off_y, off_x, pooled, sampling_ratio, method
 ):
@@ -471,27 +510,10 @@ def _align_from_canvas(
         return total / float(sr * sr)
 
     def features_gradient(upstream):
-        """The gather path's gradient w.r.t. the canvas, written out: each sample sends
-        ``upstream / sr**2`` to its four neighbours with its bilinear weights (the weights are
-        [K, oh, ow]: one full-size product per sample and corner, and one scatter-add)."""
+        """The gather path's gradient w.r.t. the canvas (:func:`_bilinear_scatter_xla`)."""
         row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
-        upstream = tf.cast(upstream, tf.float32)
-        wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
-        values, indices = [], []
-        for iy in range(sr):
-            a_y, m_y = per_offset(ly, iy), per_offset(wy, iy)
-            rows = ((per_offset(row0, iy), (1.0 - a_y) * m_y), (per_offset(row1, iy), a_y * m_y))
-            for ix in range(sr):
-                a_x, m_x = per_offset(lx, ix), per_offset(wx, ix)
-                cols = ((per_offset(col0, ix), (1.0 - a_x) * m_x),
-                        (per_offset(col1, ix), a_x * m_x))
-                for r, weight_y in rows:
-                    for c, weight_x in cols:
-                        weight = weight_y[:, :, None] * weight_x[:, None, :]  # [K, oh, ow]
-                        values.append(tf.reshape(upstream * weight[..., None], [-1, channels]))
-                        indices.append(tf.reshape(r[:, :, None] + c[:, None, :], [-1]))
-        cells = tf.shape(canvas)[0] * canvas_h * canvas_w
-        flat = tf.math.unsorted_segment_sum(tf.concat(values, 0), tf.concat(indices, 0), cells)
+        flat = _bilinear_scatter_xla(tf.cast(upstream, tf.float32), row0, row1, col0, col1, ly,
+                                     lx, wy, wx, tf.shape(canvas)[0] * canvas_h * canvas_w, sr)
         return tf.reshape(flat, tf.shape(canvas))
 
     if method == "gather":
