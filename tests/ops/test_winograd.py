@@ -250,4 +250,9 @@ def test_faster_rcnn_sets_winograd_with_its_xla_setting():
 
     assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2)) == {True}
     assert flags(FasterRCNN.from_preset("resnet50_fpn", num_classes=2, xla=False)) == {False}
-    assert flags(FasterRCNN.from_preset("tiny", num_classes=2)) == {False}
+    # "auto": every backbone in float32, though only the resnets run the backbone under XLA
+    mobilenet = FasterRCNN.from_preset("mobilenet_v3_fpn", num_classes=2)
+    assert flags(mobilenet) == {True} and mobilenet.uses_winograd and not mobilenet.uses_xla
+    assert flags(FasterRCNN.from_preset("tiny", num_classes=2)) == {True}
+    assert flags(FasterRCNN.from_preset("tiny", num_classes=2, dtype="mixed_bfloat16")) == {False}
+    assert flags(FasterRCNN.from_preset("tiny", num_classes=2, xla=False)) == {False}

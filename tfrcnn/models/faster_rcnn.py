@@ -117,9 +117,10 @@ class FasterRCNN(keras.Model):
             once an input shape. ``"auto"`` turns it on for float32 compute on the TensorFlow
             backend with the backbones in ``XLA_BACKBONES``, where it measured faster on a CPU;
             training steps and exports never use it. See ``BackboneModel.jit_inference``. The
-            same setting lets the wide 3x3 convolutions of the backbone, FPN and RPN head run
-            Winograd's F(4x4, 3x3) under XLA in float32 on a CPU, at inference and in training
-            (``Conv2D.winograd``, :mod:`tfrcnn.ops.winograd`).
+            same setting (``"auto"``: for every backbone) lets the wide 3x3 convolutions of the
+            backbone, FPN and RPN head run Winograd's F(4x4, 3x3) under XLA in float32 on a CPU,
+            at inference and in training (``uses_winograd``, ``Conv2D.winograd``,
+            :mod:`tfrcnn.ops.winograd`).
         dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
             global policy). Coordinates, anchors, proposals and losses stay float32; the policy
             is saved with the model. See :mod:`tfrcnn.training.precision`.
@@ -229,13 +230,23 @@ class FasterRCNN(keras.Model):
                 and self.dtype_policy.compute_dtype == "float32"
                 and self.backbone in XLA_BACKBONES)
 
+    @property
+    def uses_winograd(self):
+        """Whether the wide 3x3 convolutions of the backbone, FPN and RPN head may run Winograd's
+        F(4x4, 3x3) compiled by XLA (``Conv2D.winograd``): ``xla=True``, or ``"auto"`` with float32
+        compute on the TensorFlow backend, for every backbone (the compiled convolution is self-
+        contained, so it does not need the backbone's XLA cluster)."""
+        if self.xla != "auto":
+            return bool(self.xla)
+        return (keras.backend.backend() == "tensorflow"
+                and self.dtype_policy.compute_dtype == "float32")
+
     def _set_winograd(self, layer):
-        """With XLA at inference, the 3x3 convolutions of ``layer`` (the backbone with its FPN, the
-        RPN head) may also run Winograd's F(4x4, 3x3) under XLA, in inference and training
-        steps: see ``tfrcnn.ops.winograd``."""
+        """Sets ``Conv2D.winograd`` on the 3x3 convolutions of ``layer`` (the backbone with its FPN,
+        the RPN head), for inference and training steps: see ``tfrcnn.ops.winograd``."""
         for sublayer in layer._flatten_layers(include_self=True):
             if isinstance(sublayer, Conv2D):
-                sublayer.winograd = self.uses_xla
+                sublayer.winograd = self.uses_winograd
 
     def _build_layers(self):
         self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
