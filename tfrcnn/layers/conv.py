@@ -25,9 +25,7 @@ and float32 strided convolutions (where :func:`tfrcnn.ops.conv.has_fast_gradient
 always use the plain Keras convolution.
 """
 
-import contextlib
 import functools
-import threading
 
 import keras
 import tensorflow as tf
@@ -35,6 +33,7 @@ import tensorflow as tf
 from tfrcnn.ops.conv import (conv2d, has_fast_gradient, winograd_conv2d,
                              with_conv_output_shape)
 from tfrcnn.ops.winograd import winograd_conv3x3_xla, winograd_pays_off
+from tfrcnn.xla import xla_disabled, xla_is_disabled  # noqa: F401  (re-exported)
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
     from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
@@ -42,30 +41,6 @@ except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a
     def tape_is_recording():
         """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
         return True
-
-
-_XLA_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def xla_disabled():
-    """Within this block nothing of tfrcnn runs under XLA: backbones run as plain TensorFlow ops
-    even when ``jit_inference`` is set, and :class:`Conv2D` does not take its Winograd path.
-
-    The exporters trace under it: a SavedModel or TFLite file must not need an XLA compiler (TF
-    Serving builds, the TFLite converter and other runtimes may have none).
-    """
-    previous = getattr(_XLA_STATE, "disabled", False)
-    _XLA_STATE.disabled = True
-    try:
-        yield
-    finally:
-        _XLA_STATE.disabled = previous
-
-
-def xla_is_disabled():
-    """Whether the caller is inside :func:`xla_disabled`."""
-    return getattr(_XLA_STATE, "disabled", False)
 
 
 @functools.lru_cache(maxsize=None)

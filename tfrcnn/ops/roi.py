@@ -29,6 +29,8 @@ convert without Flex; ``method="crop_and_resize"`` is the fast path for training
 
 import tensorflow as tf
 
+from tfrcnn.xla import xla_is_disabled
+
 __all__ = [
     "roi_pool",
     "roi_align",
@@ -512,8 +514,10 @@ def _align_from_canvas(
     def features_gradient(upstream):
         """The gather path's gradient w.r.t. the canvas (:func:`_bilinear_scatter_xla`)."""
         row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
-        flat = _bilinear_scatter_xla(tf.cast(upstream, tf.float32), row0, row1, col0, col1, ly,
-                                     lx, wy, wx, tf.shape(canvas)[0] * canvas_h * canvas_w, sr)
+        # compiled, except where a SavedModel saves this gradient (tfrcnn.xla.xla_disabled)
+        scatter = _bilinear_scatter if xla_is_disabled() else _bilinear_scatter_xla
+        flat = scatter(tf.cast(upstream, tf.float32), row0, row1, col0, col1, ly, lx, wy, wx,
+                       tf.shape(canvas)[0] * canvas_h * canvas_w, sr)
         return tf.reshape(flat, tf.shape(canvas))
 
     if method == "gather":

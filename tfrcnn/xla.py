@@ -1,0 +1,32 @@
+"""Where tfrcnn may compile with XLA: :func:`xla_disabled` turns it off for a block.
+
+tfrcnn compiles some of its own computations with XLA (the backbone at inference, Winograd
+convolutions, the ROI Align feature gradient). A SavedModel or TFLite file must not need an XLA
+compiler (TF Serving builds, the TFLite converter and other runtimes may have none), so the
+exporters trace, and save, under :func:`xla_disabled`. Thread-local; blocks nest.
+"""
+
+import contextlib
+import threading
+
+__all__ = ["xla_disabled", "xla_is_disabled"]
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def xla_disabled():
+    """Within this block nothing of tfrcnn runs under XLA: backbones run as plain TensorFlow ops
+    even when ``jit_inference`` is set, :class:`tfrcnn.layers.Conv2D` does not take its Winograd
+    path, and gradients traced here (a SavedModel saves custom gradients) use plain ops."""
+    previous = getattr(_STATE, "disabled", False)
+    _STATE.disabled = True
+    try:
+        yield
+    finally:
+        _STATE.disabled = previous
+
+
+def xla_is_disabled():
+    """Whether the caller is inside :func:`xla_disabled`."""
+    return getattr(_STATE, "disabled", False)
