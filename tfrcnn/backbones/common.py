@@ -18,7 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tfrcnn.layers.conv import (  # noqa: F401  (xla_disabled: re-exported, defined there)
+from tfrcnn.layers.conv import (  # noqa: F401  (xla_disabled: re-exported, defined in tfrcnn.xla)
     tape_is_recording, xla_disabled, xla_is_disabled)
 
 IMAGENET = "imagenet"

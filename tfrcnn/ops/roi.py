@@ -373,6 +373,11 @@ def _align_canvas(maps):
     return canvas, heights, widths, offset_y, offset_x
 
 
+def _per_offset(t, i, sr):
+    """The ``i``-th of the ``sr`` samples of every bin: ``[K, pooled * sr] -> [K, pooled]``."""
+    return t[:, i::sr] if sr > 1 else t
+
+
 def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
     """The gradient of the bilinear sampling with respect to the flattened canvas
     ``[cells, C]``: each of the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four
@@ -387,7 +392,7 @@ def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, s
     wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
 
     def per_offset(t, i):
-        return t[:, i::sr] if sr > 1 else t
+        return _per_offset(t, i, sr)
 
     values, indices = [], []
     for iy in range(sr):
@@ -483,8 +488,7 @@ def _align_from_canvas(
         return row0, row1, col0, col1, ly, lx, wy, wx
 
     def per_offset(t, i):
-        # the i-th sample of every bin: [K, pooled]
-        return t[:, i::sr] if sr > 1 else t
+        return _per_offset(t, i, sr)
 
     def gather(canvas, ys, xs):
         # method == "gather": explicit bilinear interpolation from a flat [B * Hc * Wc, C] table.
