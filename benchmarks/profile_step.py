@@ -77,7 +77,14 @@ def main(argv=None):
           f"{args.steps} calls, "
           f"wall {wall / args.steps:.3f} s a call, {flops * args.batch / 1e9:.0f} GFLOP a call, "
           f"op time {total / args.steps:.3f} s a call (ops on different threads overlap)")
-    for title, table in (("op type", by_type), ("op", by_name)):
+    by_layer = collections.defaultdict(lambda: [0.0, 0])
+    for name, (seconds, count) in by_name.items():
+        parts = name.split("/")
+        # "faster_rcnn/inference_graph/<layer>/..." (or training_graph): the model's own layers
+        layer = parts[2] if len(parts) > 3 and parts[1].endswith(("_graph", "_graph_1")) else parts[0]
+        by_layer[layer][0] += seconds
+        by_layer[layer][1] += count
+    for title, table in (("layer", by_layer), ("op type", by_type), ("op", by_name)):
         print(f"\n{title:70s} {'s a call':>9s} {'share':>6s} {'count':>6s}")
         for key, (seconds, count) in sorted(table.items(), key=lambda kv: -kv[1][0])[:args.top]:
             print(f"{key[-70:]:70s} {seconds / args.steps:9.3f} {seconds / total:6.1%} "

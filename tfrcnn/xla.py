@@ -7,9 +7,12 @@ exporters trace, and save, under :func:`xla_disabled`. Thread-local; blocks nest
 """
 
 import contextlib
+import functools
 import threading
 
-__all__ = ["xla_disabled", "xla_is_disabled"]
+import tensorflow as tf
+
+__all__ = ["xla_disabled", "xla_is_disabled", "sees_a_gpu"]
 
 _STATE = threading.local()
 
@@ -30,3 +33,10 @@ def xla_disabled():
 def xla_is_disabled():
     """Whether the caller is inside :func:`xla_disabled`."""
     return getattr(_STATE, "disabled", False)
+
+
+@functools.lru_cache(maxsize=None)
+def sees_a_gpu():
+    """Whether TensorFlow sees a GPU. tfrcnn's CPU-specific compiled computations (Winograd
+    convolutions, the compiled ROI Align gather) stand aside there for the GPU's own kernels."""
+    return bool(tf.config.list_physical_devices("GPU"))

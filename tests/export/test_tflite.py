@@ -24,7 +24,7 @@ def _image(seed, size=SIZE):
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(0)
-    # Random weights and score threshold 0: D = 100 detections; built with crop_and_resize, so
+    # Random weights and score threshold 0: D = 100 detections; built with roi_method="auto", so
     # the export has to rebuild it with roi_method="gather".
     return FasterRCNN(num_classes=3, detection_score_threshold=0.0)
 
@@ -86,7 +86,7 @@ def test_report_and_builtin_ops_only(float32_report):
 
 
 def test_float32_matches_keras_at_the_fixed_size(model, float32_report):
-    assert model.roi_method == "crop_and_resize"
+    assert model.roi_method == "auto"
     assert tflite_ready_model(model).roi_method == "gather"
     for seed in (0, 1):
         image = _image(seed)

@@ -15,7 +15,7 @@ from tfrcnn.ops.roi import (
     roi_pool,
 )
 
-METHODS = ("crop_and_resize", "gather")
+METHODS = ("auto", "crop_and_resize", "gather")
 F32 = np.float32
 
 
@@ -421,13 +421,15 @@ def test_roi_align_methods_agree_values_and_gradients():
             loss = tf.reduce_sum(roi_align(f, b, indices, (7, 7), 0.25, 2, True, method) * weights)
         out = roi_align(f, b, indices, (7, 7), 0.25, 2, True, method)
         results.append((out.numpy(), *[g.numpy() for g in tape.gradient(loss, [f, b])]))
-    for a, c in zip(*results):
-        np.testing.assert_allclose(a, c, atol=2e-5, rtol=1e-5)
+    for result in results[:-1]:
+        for a, c in zip(result, results[-1]):  # against the gather path (METHODS[-1])
+            np.testing.assert_allclose(a, c, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["auto", "crop_and_resize"])
 @pytest.mark.parametrize("op", ["roi_align", "multilevel_roi_align"])
-def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op):
-    """The crop_and_resize path's feature gradient (a scatter-add compiled by XLA) inside a
+def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op, method):
+    """The crop_and_resize and auto paths' feature gradient (a scatter-add compiled by XLA) inside a
     tf.function with unknown shapes: equal to the gather path's autodiff gradient, bitwise the
     same on a second call (TF's own CropAndResizeGradImage is not), zero for no ROIs."""
     features, boxes, indices = random_case(11, batch=2, height=12, width=9, channels=5, n=40)
@@ -451,7 +453,7 @@ def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op):
             return tape.gradient(out, f, output_gradients=upstream)
         return run
 
-    fast, reference = gradient("crop_and_resize"), gradient("gather")
+    fast, reference = gradient(method), gradient("gather")
     got = fast(features, boxes, indices, upstream_all).numpy()
     np.testing.assert_allclose(got, reference(features, boxes, indices, upstream_all).numpy(),
                                atol=2e-5, rtol=1e-5)
@@ -460,6 +462,46 @@ def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op):
     none = fast(features, np.zeros((0, 4), F32), np.zeros((0,), np.int32),
                 np.zeros((0, 3, 2, 5), F32)).numpy()
     assert none.shape == features.shape and not none.any()
+
+
+def _graph_op_types(fn, *args):
+    """Op types of ``fn``'s graph and of the functions it calls (XLA-compiled ones included)."""
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    types = {op.type for op in graph.get_operations()}
+    for function in graph.as_graph_def().library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+@pytest.mark.parametrize("tape", [False, True])
+def test_roi_align_auto_runs_the_compiled_gather_and_crop_and_resize_where_xla_is_off(tape):
+    """``method="auto"`` computes its forward pass with the XLA-compiled gather on a CPU (no
+    CropAndResize in the graph), and with crop_and_resize inside xla_disabled (exports): both
+    give the gather reference's values and feature gradient."""
+    from tfrcnn.xla import xla_disabled
+
+    features, boxes, indices = random_case(5, batch=2, height=10, width=12, channels=3, n=20)
+    f, b = tf.constant(features), tf.constant(boxes)
+    upstream = tf.constant(np.cos(np.arange(len(boxes) * 12)).reshape(-1, 2, 2, 3).astype(F32))
+
+    def call(method):
+        if not tape:
+            return roi_align(f, b, indices, (2, 2), 0.5, 2, True, method)
+        with tf.GradientTape() as tape_:
+            tape_.watch(f)
+            out = roi_align(f, b, indices, (2, 2), 0.5, 2, True, method)
+        return out, tape_.gradient(out, f, output_gradients=upstream)
+
+    reference = call("gather")
+    compiled_types = _graph_op_types(lambda: call("auto"))
+    assert "CropAndResize" not in compiled_types and "GatherV2" in compiled_types
+    with xla_disabled():
+        exported_types = _graph_op_types(lambda: call("auto"))
+        exported = tf.function(lambda: call("auto"))()
+    assert "CropAndResize" in exported_types
+    for got in (tf.function(lambda: call("auto"))(), exported):
+        for a, c in zip(tf.nest.flatten(got), tf.nest.flatten(reference)):
+            np.testing.assert_allclose(a.numpy(), c.numpy(), atol=2e-5, rtol=1e-5)
 
 
 def away_from_kinks(boxes, scale, output_size, sampling_ratio, aligned, margin=0.02):
@@ -603,6 +645,7 @@ def all_ops():
         "roi_pool": lambda f, b, i: roi_pool(f, b, i, (3, 2), 0.5),
         "roi_align_crop_and_resize": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, True, "crop_and_resize"),
         "roi_align_gather": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, False, "gather"),
+        "roi_align_auto": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, True, "auto"),
         "precise_roi_pool": lambda f, b, i: precise_roi_pool(f, b, i, (3, 2), 0.5),
         "multilevel_roi_align": lambda f, b, i: multilevel_roi_align(
             [f, f[:, ::2, ::2]], b, i, (3, 2), min_level=1, canonical_scale=8.0, canonical_level=2

@@ -32,6 +32,8 @@ channels-last inputs without a mask, renorm or synchronisation and with ``epsilo
 import keras
 import tensorflow as tf
 
+from tfrcnn.layers.folding import is_folded
+
 # tf.compat.v1.nn.fused_batch_norm raises any smaller epsilon to this (a cuDNN requirement).
 _MIN_FUSED_EPSILON = 1.001e-5
 _FUSED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
@@ -65,7 +67,26 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and self.epsilon >= _MIN_FUSED_EPSILON
         )
 
+    def folds_as_affine(self, inputs):
+        """Whether this layer's inference on ``inputs`` (a tensor or Keras tensor) is the channel
+        affine map of :meth:`inference_affine`, which a convolution before it can absorb
+        (:mod:`tfrcnn.layers.folding`)."""
+        axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)
+        return (len(inputs.shape) == 4 and axis == 3 and not self.renorm
+                and not self.synchronized)
+
+    def inference_affine(self):
+        """``(a, b)``, float32 ``[C]``: inference maps ``x`` to ``x * a + b``."""
+        channels = self.moving_mean.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32) + self.epsilon)
+        return scale, beta - tf.cast(self.moving_mean, tf.float32) * scale
+
     def call(self, inputs, training=None, mask=None):
+        if mask is None and is_folded(self):
+            # the convolution before this layer already applied it (tfrcnn.layers.folding)
+            return tf.cast(inputs, self.compute_dtype)
         if not self._fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         x = tf.convert_to_tensor(inputs)
@@ -94,9 +115,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             # BiasAdd. Not FusedBatchNormV3: Grappler fuses Conv2D -> FusedBatchNormV3 into one
             # oneDNN convolution with the normalisation as post-ops, which oneDNN runs 50x slower
             # than the convolution itself on AVX2 CPUs (module docstring).
-            scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32)
-                                          + self.epsilon)
-            y = tf.nn.bias_add(x * scale, beta - tf.cast(self.moving_mean, tf.float32) * scale)
+            scale, offset = self.inference_affine()
+            y = tf.nn.bias_add(x * scale, offset)
         else:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x,

@@ -25,15 +25,14 @@ and float32 strided convolutions (where :func:`tfrcnn.ops.conv.has_fast_gradient
 always use the plain Keras convolution.
 """
 
-import functools
-
 import keras
 import tensorflow as tf
 
+from tfrcnn.layers.folding import fold, folded_batch_norm
 from tfrcnn.ops.conv import (conv2d, has_fast_gradient, winograd_conv2d,
                              with_conv_output_shape)
 from tfrcnn.ops.winograd import winograd_conv3x3_xla, winograd_pays_off
-from tfrcnn.xla import xla_disabled, xla_is_disabled  # noqa: F401  (re-exported)
+from tfrcnn.xla import sees_a_gpu, xla_disabled, xla_is_disabled  # noqa: F401  (re-exported)
 
 try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
     from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
@@ -41,11 +40,6 @@ except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a
     def tape_is_recording():
         """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
         return True
-
-
-@functools.lru_cache(maxsize=None)
-def _sees_a_gpu():
-    return bool(tf.config.list_physical_devices("GPU"))
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
@@ -84,7 +78,7 @@ class Conv2D(keras.layers.Conv2D):
                 and self.compute_dtype == "float32"
                 and winograd_pays_off(tuple(inputs.shape), self.filters)
                 and not xla_is_disabled()
-                and not _sees_a_gpu())
+                and not sees_a_gpu())
 
     def _fast_gradient_applies(self, inputs):
         """Whether this call should go through :func:`tfrcnn.ops.conv.conv2d`."""
@@ -98,6 +92,14 @@ class Conv2D(keras.layers.Conv2D):
                 and has_fast_gradient(self.kernel_size, self.strides, self.padding,
                                       self.compute_dtype)
                 and tape_is_recording())
+
+    def call(self, inputs):
+        batch_norm = folded_batch_norm(self)
+        if batch_norm is None:
+            return super().call(inputs)
+        # The batch norm after this layer, folded in (tfrcnn.layers.folding); no activation here.
+        kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm)
+        return tf.nn.bias_add(self.convolution_op(inputs, kernel), bias)
 
     def convolution_op(self, inputs, kernel):
         if self._winograd_applies(inputs):
@@ -120,3 +122,27 @@ class Conv2D(keras.layers.Conv2D):
             raise ValueError(f"Conv2D {self.name!r}: empty output {outputs.shape} for input "
                              f"{inputs.shape} (input smaller than the kernel / strides).")
         return outputs
+
+
+@keras.saving.register_keras_serializable(package="tfrcnn")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` that can fold the batch norm after it at inference
+    (:mod:`tfrcnn.layers.folding`); otherwise Keras' layer unchanged (same arguments, weights,
+    config and values; Keras' class name, so weight files address it the same way).
+
+    Example:
+        >>> layer = DepthwiseConv2D(3, padding="same")
+        >>> layer(tf.ones([1, 8, 8, 16])).shape
+        TensorShape([1, 8, 8, 16])
+    """
+
+    def call(self, inputs):
+        batch_norm = folded_batch_norm(self)
+        if batch_norm is None:
+            return super().call(inputs)
+        kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm,
+                            depthwise=True)
+        outputs = keras.ops.depthwise_conv(inputs, kernel, strides=self.strides,
+                                           padding=self.padding, dilation_rate=self.dilation_rate,
+                                           data_format=self.data_format)
+        return tf.nn.bias_add(outputs, bias)

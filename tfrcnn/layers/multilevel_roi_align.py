@@ -30,7 +30,7 @@ class MultiLevelROIAlign(BatchedROILayer):
     """
 
     def __init__(self, output_size=(7, 7), sampling_ratio=2, aligned=True, min_level=2,
-                 canonical_scale=224.0, canonical_level=4, method="crop_and_resize", **kwargs):
+                 canonical_scale=224.0, canonical_level=4, method="auto", **kwargs):
         super().__init__(output_size=output_size, **kwargs)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)

@@ -11,14 +11,17 @@ from tfrcnn.ops.roi import roi_align
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class ROIAlign(BatchedROILayer):
-    """RoIAlign on ``tf.image.crop_and_resize`` (or a gather-based path that TFLite runs).
+    """RoIAlign on ``tf.image.crop_and_resize``, or on gathers (compiled by XLA on CPUs, plain
+    for TFLite).
 
     Args:
         output_size: ``(oh, ow)`` bins.
         spatial_scale: feature pixels per input pixel.
         sampling_ratio: bilinear samples a bin side (averaged), a positive int.
         aligned: the half-pixel convention of Detectron2 / torchvision ``aligned=True``.
-        method: ``"crop_and_resize"`` (default) or ``"gather"`` (TFLite builtin ops only).
+        method: ``"auto"`` (default: XLA-compiled gather on a CPU, ``crop_and_resize`` on a GPU
+            and in exports), ``"crop_and_resize"`` or ``"gather"`` (TFLite builtin ops only);
+            see :func:`tfrcnn.ops.roi_align`.
 
     Call:
         ``layer(features [B, H, W, C], rois [B, R, 4])`` -> ``[B * R, oh, ow, C]``; differentiable
@@ -30,7 +33,7 @@ class ROIAlign(BatchedROILayer):
     """
 
     def __init__(self, output_size=(7, 7), spatial_scale=1.0 / 16, sampling_ratio=2, aligned=True,
-                 method="crop_and_resize", **kwargs):
+                 method="auto", **kwargs):
         super().__init__(output_size=output_size, **kwargs)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)

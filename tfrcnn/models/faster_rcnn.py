@@ -68,7 +68,7 @@ _SETTINGS = (
     "num_external_proposals", "xla",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
-                 roi_method="crop_and_resize", head_conv_channels=(), head_dropout=0.0,
+                 roi_method="auto", head_conv_channels=(), head_dropout=0.0,
                  proposal_source="rpn", num_external_proposals=2000, xla="auto")
 
 
@@ -97,7 +97,9 @@ class FasterRCNN(keras.Model):
             proposals before / after NMS in training and at test time.
         roi_op: ``"roi_pool"``, ``"roi_align"``, ``"precise_roi_pool"`` or
             ``"multilevel_roi_align"`` (FPN backbones); roi_output_size, roi_sampling_ratio,
-            roi_aligned, roi_method (``"gather"`` for TFLite-friendly ROI Align).
+            roi_aligned, roi_method (``"auto"``: ROI Align as an XLA-compiled gather on CPUs and
+            ``crop_and_resize`` on GPUs and in exports; ``"crop_and_resize"``; ``"gather"`` for
+            TFLite-friendly ROI Align).
         head_type, head_units, head_conv_channels, head_dropout: the detection head
             (``"fc"``, ``"conv"``, or ``"resnet_c5"`` for the C4 preset).
         rcnn_*: ROI sampling (S an image, foreground fraction and IoU ranges), delta weights,
