@@ -3,7 +3,9 @@
 tfrcnn compiles some of its own computations with XLA (the backbone at inference, Winograd
 convolutions, the ROI Align feature gradient). A SavedModel or TFLite file must not need an XLA
 compiler (TF Serving builds, the TFLite converter and other runtimes may have none), so the
-exporters trace, and save, under :func:`xla_disabled`. Thread-local; blocks nest.
+exporters trace, and save, under :func:`xla_disabled`. Thread-local; blocks nest. The other
+conditions of those paths live here too: :func:`sees_a_gpu` (GPUs keep their own kernels) and
+:func:`tape_is_recording` (inference-only paths need no gradient tape recording).
 """
 
 import contextlib
@@ -12,7 +14,14 @@ import threading
 
 import tensorflow as tf
 
-__all__ = ["xla_disabled", "xla_is_disabled", "sees_a_gpu"]
+__all__ = ["xla_disabled", "xla_is_disabled", "sees_a_gpu", "tape_is_recording"]
+
+try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
+    from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
+except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a tape records
+    def tape_is_recording():
+        """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
+        return True
 
 _STATE = threading.local()
 

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.layers.folding import folding_scope, pair_conv_batch_norms
-from tfrcnn.layers.conv import (  # noqa: F401  (xla_disabled: re-exported, defined in tfrcnn.xla)
+from tfrcnn.xla import (  # noqa: F401  (xla_disabled: re-exported)
     tape_is_recording, xla_disabled, xla_is_disabled)
 
 IMAGENET = "imagenet"

@@ -17,8 +17,8 @@ from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 
 __all__ = [
-    "AnchorGenerator", "BatchNormalization", "Conv2D", "DepthwiseConv2D", "DetectionDecoder", "FeaturePyramid",
-    "ImageNormalization", "ImageResizer",
+    "AnchorGenerator", "BatchNormalization", "Conv2D", "DepthwiseConv2D", "DetectionDecoder",
+    "FeaturePyramid", "ImageNormalization", "ImageResizer",
     "MultiLevelROIAlign", "PreciseROIPooling", "ProposalLayer", "RCNNHead", "ROIAlign",
     "ROIPooling", "ROISampler", "RPNHead", "RPNTargetAssigner",
 ]

@@ -32,14 +32,8 @@ from tfrcnn.layers.folding import fold, folded_batch_norm
 from tfrcnn.ops.conv import (conv2d, has_fast_gradient, winograd_conv2d,
                              with_conv_output_shape)
 from tfrcnn.ops.winograd import winograd_conv3x3_xla, winograd_pays_off
-from tfrcnn.xla import sees_a_gpu, xla_disabled, xla_is_disabled  # noqa: F401  (re-exported)
-
-try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
-    from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
-except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a tape records
-    def tape_is_recording():
-        """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
-        return True
+from tfrcnn.xla import (  # noqa: F401  (xla_disabled, tape_is_recording: re-exported)
+    sees_a_gpu, tape_is_recording, xla_disabled, xla_is_disabled)
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")

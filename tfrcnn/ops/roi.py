@@ -30,14 +30,7 @@ convert without Flex; ``method="auto"`` (the default: an XLA-compiled gather on 
 
 import tensorflow as tf
 
-from tfrcnn.xla import sees_a_gpu, xla_is_disabled
-
-try:  # TensorFlow's own check "is any GradientTape active", cheap (one C call).
-    from tensorflow.python.eager.record import could_possibly_record as tape_is_recording
-except ImportError:  # pragma: no cover - moved in a future TensorFlow: assume a tape records
-    def tape_is_recording():
-        """Whether a ``tf.GradientTape`` may be recording (unknown here: True)."""
-        return True
+from tfrcnn.xla import sees_a_gpu, tape_is_recording, xla_is_disabled
 
 __all__ = [
     "roi_pool",
