@@ -34,6 +34,23 @@ def test_float64_equals_direct_convolution(shape):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
+def test_bias_and_relu_in_the_same_computation():
+    """``winograd_conv3x3(x, k, bias, relu)`` = relu(conv + bias), float64 plain and float32 under
+    XLA; a bias of the wrong length is refused."""
+    x, kernel = _pair((1, 13, 10, 5), 6, seed=3)
+    bias = np.linspace(-2.0, 2.0, 6)
+    direct = tf.nn.conv2d(x, kernel, 1, "SAME").numpy() + bias
+    np.testing.assert_allclose(winograd_conv3x3(x, kernel, bias).numpy(), direct, atol=1e-12)
+    got = winograd_conv3x3(x, kernel, bias, True).numpy()
+    np.testing.assert_allclose(got, np.maximum(direct, 0.0), atol=1e-12)
+    assert (got == 0).any() and (got > 0).any()  # the bias range makes both signs
+    compiled = winograd_conv3x3_xla(x.astype(np.float32), kernel.astype(np.float32),
+                                    bias.astype(np.float32), True).numpy()
+    np.testing.assert_allclose(compiled, np.maximum(direct, 0.0), atol=1e-5)
+    with pytest.raises(ValueError, match=r"bias of shape \[6\]"):
+        winograd_conv3x3(x, kernel, np.zeros(5))
+
+
 def test_hand_computed_single_channel():
     """A 4x4 image of 1..16 and the kernel with a single 1 at its centre-right (out[i, j] =
     x[i, j + 1], zero past the right edge), and an all-ones kernel (3x3 neighbourhood sums)."""
@@ -132,12 +149,14 @@ def test_bad_shapes_are_refused():
 
 
 def test_pays_off_rule():
-    assert MIN_CHANNELS == 64 and MIN_TILES == 128
+    assert MIN_CHANNELS == 64 and MIN_TILES == 49
     assert winograd_pays_off((1, 200, 200, 256), 256)          # 2,500 tiles
     assert winograd_pays_off((1, 45, 45, 128), 128)            # 12 x 12 = 144 tiles
     assert winograd_pays_off((None, 50, 50, 256), 256)         # unknown batch counts as 1
     assert winograd_pays_off((2, 32, 32, 256), 256)            # 2 x 64 tiles
-    assert not winograd_pays_off((1, 25, 25, 512), 512)        # 49 tiles
+    assert winograd_pays_off((1, 25, 25, 512), 512)            # 7 x 7 = 49 tiles
+    assert not winograd_pays_off((1, 24, 24, 512), 512)        # 6 x 6 = 36 tiles
+    assert not winograd_pays_off((1, 13, 13, 256), 256)        # 16 tiles
     assert winograd_pays_off((1, 200, 200, 64), 64)
     assert not winograd_pays_off((1, 200, 200, 32), 64)        # narrow
     assert not winograd_pays_off((1, 200, 200, 256), 32)
@@ -152,9 +171,9 @@ def winograd_calls(monkeypatch):
     calls = []
     original = layer_module.winograd_conv3x3_xla
 
-    def counting(x, kernel):
+    def counting(x, kernel, *args):
         calls.append(tuple(x.shape))
-        return original(x, kernel)
+        return original(x, kernel, *args)
 
     monkeypatch.setattr(layer_module, "winograd_conv3x3_xla", counting)
     return calls
@@ -184,6 +203,47 @@ def test_layer_uses_winograd_at_inference_with_keras_values(winograd_calls):
                                atol=1e-4 * np.abs(expected).max())
     assert winograd_calls and set(winograd_calls) == {(1, 48, 44, 128)}
     assert "winograd" not in ours.get_config()  # a runtime setting, not saved
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_layer_activation_fused_or_applied_after(winograd_calls, activation):
+    """Inference: linear and relu run inside the compiled computation, any other activation after
+    it; the values are Keras' either way."""
+    reference, ours = _layers(activation=activation)
+    x = tf.random.stateless_normal([1, 48, 44, 128], seed=[7, 8])
+    expected = reference(x).numpy()
+    np.testing.assert_allclose(ours(x).numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    assert winograd_calls == [(1, 48, 44, 128)]
+    assert ours._fused_activation() == {None: "linear", "relu": "relu", "sigmoid": None}[activation]
+
+
+def test_folded_batch_norm_runs_winograd_with_the_folded_bias(winograd_calls):
+    """A BackboneModel conv -> batch norm pair at inference: folded and still Winograd, equal to
+    the unfolded layers (numpy: batch norm from its moving statistics)."""
+    from tfrcnn.backbones.common import BackboneModel
+    from tfrcnn.layers import BatchNormalization
+    inputs = keras.Input((48, 44, 64))
+    conv = Conv2D(64, 3, padding="same", name="conv")
+    norm = BatchNormalization(name="bn")
+    model = BackboneModel(inputs, keras.layers.ReLU()(norm(conv(inputs))))
+    conv.winograd = True
+    rng = np.random.default_rng(9)
+    for variable, value in [(norm.moving_mean, rng.normal(0, 0.5, 64)),
+                            (norm.moving_variance, rng.uniform(0.3, 2.0, 64)),
+                            (norm.gamma, rng.uniform(0.5, 1.5, 64)),
+                            (norm.beta, rng.normal(0, 0.5, 64))]:
+        variable.assign(value)
+    x = tf.random.stateless_normal([1, 48, 44, 64], seed=[1, 2])
+    y = tf.nn.conv2d(tf.cast(x, tf.float64), tf.cast(conv.kernel, tf.float64), 1, "SAME").numpy()
+    y = y + np.asarray(conv.bias, np.float64)
+    mean, var, gamma, beta = (np.asarray(v, np.float64) for v in (
+        norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta))
+    expected = np.maximum((y - mean) / np.sqrt(var + norm.epsilon) * gamma + beta, 0.0)
+    got = model(x, training=False)[0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    assert winograd_calls == [(1, 48, 44, 64)]
+    assert list(model.__dict__["_fold_plan"].norm_of.values()) == [norm]
 
 
 def test_layer_under_a_tape_uses_the_winograd_gradient(winograd_calls, monkeypatch):

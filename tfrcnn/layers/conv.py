@@ -87,13 +87,34 @@ class Conv2D(keras.layers.Conv2D):
                                       self.compute_dtype)
                 and tape_is_recording())
 
+    def _fused_activation(self):
+        """``"relu"`` or ``"linear"`` when this layer's activation is one the compiled Winograd
+        convolution applies itself (:func:`tfrcnn.ops.winograd.winograd_conv3x3`), else None."""
+        activation = self.activation
+        if activation is None or activation is keras.activations.linear:
+            return "linear"
+        if activation is keras.activations.relu:
+            return "relu"
+        return None
+
     def call(self, inputs):
         batch_norm = folded_batch_norm(self)
-        if batch_norm is None:
-            return super().call(inputs)
-        # The batch norm after this layer, folded in (tfrcnn.layers.folding); no activation here.
-        kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm)
-        return tf.nn.bias_add(self.convolution_op(inputs, kernel), bias)
+        if batch_norm is not None:
+            # The batch norm after this layer, folded in (tfrcnn.layers.folding); no activation.
+            kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm)
+            if self._winograd_applies(inputs) and not tape_is_recording():
+                return winograd_conv3x3_xla(inputs, kernel, bias)
+            return tf.nn.bias_add(self.convolution_op(inputs, kernel), bias)
+        activation = self._fused_activation()
+        if (activation is not None and self._winograd_applies(inputs)
+                and not tape_is_recording()):
+            # Inference: bias and relu inside the compiled Winograd computation, so the output
+            # is written once (not three times: convolution, bias, activation).
+            return winograd_conv3x3_xla(
+                inputs, tf.convert_to_tensor(self.kernel),
+                tf.convert_to_tensor(self.bias) if self.use_bias else None,
+                activation == "relu")
+        return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
         if self._winograd_applies(inputs):

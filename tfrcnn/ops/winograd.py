@@ -73,9 +73,13 @@ ALPHA = TILE + 2  # inputs a tile side
 #: even on session 6's AVX-512 CPU (13.9 ms direct, 13.7 Winograd for [1,200,200,64] -> 64) and
 #: 2.3x faster on session 8's AVX2 one (46.5 / 20.4 ms); narrower layers were not measured.
 MIN_CHANNELS = 64
-#: Output tiles (``N * ceil(H/4) * ceil(W/4)``) at least this many (measured: a 25x25 map, 49
-#: tiles, is 2.5x slower than the direct convolution; a 50x50 one, 169 tiles, 1.3x faster).
-MIN_TILES = 128
+#: Output tiles (``N * ceil(H/4) * ceil(W/4)``) at least this many. Session 10 (AVX2 EPYC, after the
+#: kernel transform became one matrix product), forward, ms, min/median of 11 against the direct
+#: convolution: ``[1,25,25,512]->512`` (49 tiles) 18.7/21.3 vs 22.7/29.9, ``[1,25,25,256]->256``
+#: 6.3/7.9 vs 7.9/9.0, forward and both gradients ``[1,25,25,512]->512`` 40.9/46.8 vs 58.6/68.1;
+#: slower at 16 tiles (``[1,13,13,512]->512`` 12.2/15.1 vs 8.2/11.3). Before that change the
+#: threshold was 128 (49 tiles measured 2.5x slower, mostly the kernel transform).
+MIN_TILES = 49
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2016, F(4x4, 3x3)).
 _BT = np.array([[4, 0, -5, 0, 1, 0],
@@ -151,8 +155,8 @@ def output_transform(products, batch, height, width):
     back in place and the padding rows and columns dropped.
 
     One matrix product ``kron(A^T, A^T) @ M`` (``[16, 36] @ [36, tiles * K]``) and one transpose
-    that interleaves the blocks (measured faster under XLA than the elementwise form, e.g. 27 against
-    39 ms for a 200x200x256 map: the product runs vectorised, the fused additions did not)."""
+    that interleaves the blocks: measured faster under XLA than the elementwise form (e.g. 27
+    against 39 ms for a 200x200x256 map, 1.4 against 3.8 ms for a 50x50x256 one)."""
     th, tw = _tiles(height), _tiles(width)
     filters = products.shape[-1]
     blocks = tf.linalg.matmul(tf.constant(_KRON_AT, products.dtype),
@@ -210,12 +214,16 @@ def winograd_filter_gradient(x, dy):
 winograd_filter_gradient_xla = tf.function(winograd_filter_gradient, jit_compile=True)
 
 
-def winograd_conv3x3(x, kernel):
-    """``tf.nn.conv2d(x, kernel, 1, "SAME")`` for a 3x3 kernel, by F(4x4, 3x3).
+def winograd_conv3x3(x, kernel, bias=None, relu=False):
+    """``tf.nn.conv2d(x, kernel, 1, "SAME")`` for a 3x3 kernel, by F(4x4, 3x3), optionally
+    followed by ``+ bias`` and ``relu`` (in the same XLA computation under
+    :func:`winograd_conv3x3_xla`, so the output is written once instead of three times).
 
     Args:
         x: ``[N, H, W, C]`` float tensor; ``H``, ``W`` and ``C`` static, ``N`` may be unknown.
         kernel: ``[3, 3, C, K]`` of ``x``'s dtype.
+        bias: optional ``[K]`` of ``x``'s dtype, added to every output pixel.
+        relu: Python bool, ``max(y, 0)`` last.
 
     Returns:
         ``[N, H, W, K]``, equal to the direct convolution up to float rounding (see the module
@@ -231,7 +239,16 @@ def winograd_conv3x3(x, kernel):
                          f"{kernel.shape}")
     batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
     products = tf.linalg.matmul(input_transform(x), kernel_transform(kernel))
-    return output_transform(products, batch, x.shape[1], x.shape[2])
+    y = output_transform(products, batch, x.shape[1], x.shape[2])
+    if bias is not None:
+        bias = tf.convert_to_tensor(bias, dtype=x.dtype)
+        if tuple(bias.shape) != (kernel.shape[3],):
+            raise ValueError(f"winograd_conv3x3 needs a bias of shape [{kernel.shape[3]}], got "
+                             f"{bias.shape}")
+        y = tf.nn.bias_add(y, bias)
+    if relu:
+        y = tf.nn.relu(y)
+    return y
 
 
 #: :func:`winograd_conv3x3` compiled by XLA (once an input shape).
