@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfrcnn.layers.conv as layer_module
+import tfrcnn.ops.winograd as winograd
 from tfrcnn.layers.conv import Conv2D, xla_disabled
 from tfrcnn.models import FasterRCNN
 from tfrcnn.ops.conv import winograd_conv2d
@@ -49,6 +50,32 @@ def test_bias_and_relu_in_the_same_computation():
     np.testing.assert_allclose(compiled, np.maximum(direct, 0.0), atol=1e-5)
     with pytest.raises(ValueError, match=r"bias of shape \[6\]"):
         winograd_conv3x3(x, kernel, np.zeros(5))
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3200, 10 ** 9])
+def test_bands_of_tile_rows_give_the_same_convolution(monkeypatch, band_bytes):
+    """Large inputs are convolved in bands of tile rows (BAND_MIN_BYTES, lowered here to reach it
+    on small maps): every band split (one tile row a band, a few, one band) equals the direct
+    convolution in float64, also with a bias and relu, on sizes that are not whole tiles."""
+    monkeypatch.setattr(winograd, "BAND_MIN_BYTES", 0)
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
+    x, kernel = _pair((2, 13, 10, 3), 4, seed=5)   # 2 * 13 * 10 * 3 * 8 = 6,240 bytes
+    bands = winograd._bands(tf.constant(x))
+    assert bands[0][0] == 0 and bands[-1][1] == 4  # 13 rows = 4 tile rows, all covered
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    assert len(bands) == {1: 4, 3200: 2, 10 ** 9: 1}[band_bytes]
+    bias = np.array([-1.0, 0.5, 0.0, 2.0])
+    expected = np.maximum(tf.nn.conv2d(x, kernel, 1, "SAME").numpy() + bias, 0.0)
+    np.testing.assert_allclose(winograd_conv3x3(x, kernel, bias, True).numpy(), expected,
+                               atol=1e-12)
+    compiled = tf.function(winograd_conv3x3, jit_compile=True)
+    np.testing.assert_allclose(compiled(x, kernel, bias, True).numpy(), expected, atol=1e-12)
+
+
+def test_band_rule():
+    assert winograd._bands(tf.zeros([1, 100, 100, 256])) == [(0, 25)]  # 10 MB: one piece
+    bands = winograd._bands(tf.zeros([1, 200, 200, 256]))  # 41 MB: 7 bands of about 6 MB
+    assert len(bands) == 7 and bands[0] == (0, 8) and bands[-1] == (48, 50)
 
 
 def test_hand_computed_single_channel():
