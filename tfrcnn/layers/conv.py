@@ -87,6 +87,11 @@ class Conv2D(keras.layers.Conv2D):
                                       self.compute_dtype)
                 and tape_is_recording())
 
+    def _compiled_winograd_applies(self, inputs):
+        """Whether this call runs the compiled forward Winograd convolution (no tape recording),
+        which then also applies the bias and a relu / linear activation."""
+        return self._winograd_applies(inputs) and not tape_is_recording()
+
     def _fused_activation(self):
         """``"relu"`` or ``"linear"`` when this layer's activation is one the compiled Winograd
         convolution applies itself (:func:`tfrcnn.ops.winograd.winograd_conv3x3`), else None."""
@@ -102,12 +107,11 @@ class Conv2D(keras.layers.Conv2D):
         if batch_norm is not None:
             # The batch norm after this layer, folded in (tfrcnn.layers.folding); no activation.
             kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm)
-            if self._winograd_applies(inputs) and not tape_is_recording():
+            if self._compiled_winograd_applies(inputs):
                 return winograd_conv3x3_xla(inputs, kernel, bias)
             return tf.nn.bias_add(self.convolution_op(inputs, kernel), bias)
         activation = self._fused_activation()
-        if (activation is not None and self._winograd_applies(inputs)
-                and not tape_is_recording()):
+        if activation is not None and self._compiled_winograd_applies(inputs):
             # Inference: bias and relu inside the compiled Winograd computation, so the output
             # is written once (not three times: convolution, bias, activation).
             return winograd_conv3x3_xla(

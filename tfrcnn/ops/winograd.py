@@ -12,10 +12,12 @@ the input channels, the elementwise products become 36 independent matrix produc
 ``[tiles, C] @ [C, K]``: a quarter of the direct convolution's multiply-adds, plus the three
 transforms, which only read and write memory.
 
-:func:`winograd_conv3x3` is written with ordinary TensorFlow ops (strided slices, additions,
-one batched matmul) and is meant to run compiled by XLA (:func:`winograd_conv3x3_xla`), which
-fuses each transform into one pass over memory. Measured on session 6's AMD EPYC Zen 4 (2 cores,
-float32, ms, median of 5, ``python benchmarks/winograd_conv.py``)::
+:func:`winograd_conv3x3` is written with ordinary TensorFlow ops (strided slices and additions
+for the input transform, the batched products, and since session 10 one small matrix product
+each for the kernel and output transforms; maps of at least ``BAND_MIN_BYTES`` in bands of tile
+rows) and is meant to run compiled by XLA (:func:`winograd_conv3x3_xla`), which fuses the
+input transform's additions into its passes over memory. Measured on session 6's AMD EPYC Zen 4
+(2 cores, float32, ms, median of 5, ``python benchmarks/winograd_conv.py``)::
 
     [N,H,W,C] -> K            direct (oneDNN)   Winograd (XLA)   Winograd, plain TF ops
     [1,200,200,256] -> 256        211.5            124.7             355.7
