@@ -154,15 +154,19 @@ def _pad_to_tiles(x):
 
 
 def _tile_transform(x, th, tw):
-    """:func:`input_transform` of an input already padded to ``[N, 4 th + 2, 4 tw + 2, C]``."""
+    """:func:`input_transform` of an input already padded to ``[N, 4 th + 2, 4 tw + 2, C]``.
+
+    Separable, in two stacked passes: the six row combinations ``R[i] = sum_k B^T[i, k] x[4 I + k]``
+    (``[6, N, th, 4 tw + 2, C]``, 1.5x the input), then the six column combinations of each. Stacking
+    ``R`` makes XLA write it once instead of recomputing a row combination inside each of the 36
+    outputs that use it: the transform of a [1,200,200,256] map went from 69 to 41 ms, the whole
+    convolution from 164 to 150 ms (session 11, AVX2 CPU, 2 cores, min of 11, same values)."""
     channels = x.shape[3]
     rows = [x[:, k:k + TILE * th:TILE] for k in range(ALPHA)]  # [N, th, Wp, C] each
-    transformed = []
-    for i in range(ALPHA):
-        row = _combine(_BT[i], rows)
-        columns = [row[:, :, k:k + TILE * tw:TILE] for k in range(ALPHA)]  # [N, th, tw, C]
-        transformed.extend(_combine(_BT[j], columns) for j in range(ALPHA))
-    return tf.reshape(tf.stack(transformed), [ALPHA * ALPHA, -1, channels])
+    combined = tf.stack([_combine(_BT[i], rows) for i in range(ALPHA)])  # [6, N, th, Wp, C]
+    columns = [combined[:, :, :, k:k + TILE * tw:TILE] for k in range(ALPHA)]  # [6, N, th, tw, C]
+    transformed = tf.stack([_combine(_BT[j], columns) for j in range(ALPHA)], axis=1)
+    return tf.reshape(transformed, [ALPHA * ALPHA, -1, channels])  # (i, j) -> 6 i + j
 
 
 def _bands(x):
@@ -212,13 +216,13 @@ def output_transform_adjoint(dy):
     height, width, filters = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = _tiles(height), _tiles(width)
     dy = tf.pad(dy, [[0, 0], [0, TILE * th - height], [0, TILE * tw - width], [0, 0]])
+    # separable in two stacked passes, as _tile_transform (filter gradient of a [1,200,200,256]
+    # layer 170 -> 139 ms, session 11)
     rows = [dy[:, a::TILE] for a in range(TILE)]  # [N, th, 4 * tw, K] each
-    transformed = []
-    for i in range(ALPHA):
-        row = _combine(_AT[:, i], rows)
-        columns = [row[:, :, b::TILE] for b in range(TILE)]  # [N, th, tw, K]
-        transformed.extend(_combine(_AT[:, j], columns) for j in range(ALPHA))
-    return tf.reshape(tf.stack(transformed), [ALPHA * ALPHA, -1, filters])
+    combined = tf.stack([_combine(_AT[:, i], rows) for i in range(ALPHA)])  # [6, N, th, 4 tw, K]
+    columns = [combined[:, :, :, b::TILE] for b in range(TILE)]  # [6, N, th, tw, K]
+    transformed = tf.stack([_combine(_AT[:, j], columns) for j in range(ALPHA)], axis=1)
+    return tf.reshape(transformed, [ALPHA * ALPHA, -1, filters])
 
 
 def winograd_filter_gradient(x, dy):
