@@ -747,6 +747,40 @@ def test_multilevel_roi_align_equals_per_level_roi_align(method):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+def test_auto_inference_gathers_from_the_levels_without_a_canvas():
+    """Without a tape, ``method="auto"`` gathers straight from the pyramid's levels with clamped
+    neighbours (no edge-padded canvas): the reference's values on every level, for boxes inside,
+    across and outside the borders, in two images, equal to the canvas computation."""
+    from tfrcnn.ops import roi
+
+    assert roi._levels_gather_applies("auto") and not roi._levels_gather_applies("gather")
+    with tf.GradientTape():
+        assert not roi._levels_gather_applies("auto")
+    rng = np.random.default_rng(21)
+    maps = [rng.normal(size=(2, 80 // 2**level, 112 // 2**level, 4)).astype(F32) for level in (2, 3, 4, 5)]
+    centers = rng.uniform([-12, -12], [92, 124], (60, 2))
+    sizes = np.exp(rng.uniform(np.log(4), np.log(500), (60, 2)))
+    boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).astype(F32)
+    # the last cell row / column, a box ending exactly on the map's edge, degenerate and far-out boxes
+    extra = [[76, 108, 80, 112], [0, 0, 80, 112], [10, 10, 10, 10], [-300, -300, -250, -250], [79.5, 0, 81, 112]]
+    boxes = np.concatenate([boxes, extra]).astype(F32)
+    indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
+    levels = assign_fpn_levels(boxes, 2, 5).numpy()
+    got = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2).numpy()
+    want = np.stack([
+        ref_roi_align(m, boxes, indices, 7, 7, 1.0 / 2 ** (2 + i), 2, True) for i, m in enumerate(maps)
+    ])[levels - 2, np.arange(len(boxes))]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    canvas = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2, method="gather").numpy()
+    np.testing.assert_allclose(got, canvas, atol=1e-5, rtol=0)
+    single = roi_align(maps[1], boxes, indices, (3, 5), 1.0 / 8, 2, False).numpy()
+    np.testing.assert_allclose(single, ref_roi_align(maps[1], boxes, indices, 3, 5, 1.0 / 8, 2, False),
+                               atol=1e-5, rtol=0)
+    # the compiled levels gather runs instead of the canvas (whose edge padding repeats the borders)
+    types = _graph_op_types(lambda: multilevel_roi_align([tf.constant(m) for m in maps], boxes, indices))
+    assert "Tile" not in types and "GatherV2" in types
+
+
 # --------------------------------------------------------------------------------------------------
 # TFLite
 

@@ -417,11 +417,64 @@ def _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sr):
 _bilinear_gather_xla = tf.function(_bilinear_gather, jit_compile=True)
 
 
+def _gather_from_levels(maps, image_index, ys, xs, level, sampling_ratio):
+    """RoIAlign's bins straight from the pyramid's maps, without the edge-padded canvas: the
+    levels are flattened into one ``[cells, C]`` table and each sample's neighbours are clamped
+    into its ROI's level, which gives the reference's border rule (and the same numbers as
+    :func:`_align_from_canvas`) without writing padded copies of the maps.
+
+    maps: list of ``[B, H_l, W_l, C]`` float32. image_index: ``[K]``. ys, xs: ``[K, oh * sr]``,
+    ``[K, ow * sr]`` sample coordinates in level cells. level: ``[K]`` index into ``maps``.
+    Returns ``[K, oh, ow, C]``. Forward only (the training path keeps the canvas, whose gradient
+    is written out in :func:`_align_from_canvas`); compiled as :func:`_gather_from_levels_xla`.
+    """
+    shapes = [tf.shape(m) for m in maps]
+    channels = maps[0].shape[-1] if maps[0].shape[-1] is not None else shapes[0][3]
+    heights = tf.stack([s[1] for s in shapes])
+    widths = tf.stack([s[2] for s in shapes])
+    bases = tf.cumsum(tf.stack([s[0] * s[1] * s[2] for s in shapes]), exclusive=True)
+    flat = tf.concat([tf.reshape(m, [-1, channels]) for m in maps], 0)
+    lim_h = tf.gather(heights, level)[:, None]
+    lim_w = tf.gather(widths, level)[:, None]
+    lim_hf = tf.cast(lim_h, tf.float32)
+    lim_wf = tf.cast(lim_w, tf.float32)
+    cy = tf.clip_by_value(ys, -1.0, lim_hf)
+    cx = tf.clip_by_value(xs, -1.0, lim_wf)
+    y0, x0 = tf.floor(cy), tf.floor(cx)
+    ly, lx = cy - y0, cx - x0
+
+    def clamp(t, limit):
+        return tf.clip_by_value(tf.cast(t, tf.int32), 0, limit - 1)
+
+    first_row = tf.gather(bases, level)[:, None] + image_index[:, None] * lim_h * lim_w
+    row0 = first_row + clamp(y0, lim_h) * lim_w
+    row1 = first_row + clamp(tf.math.ceil(cy), lim_h) * lim_w
+    col0 = clamp(x0, lim_w)
+    col1 = clamp(tf.math.ceil(cx), lim_w)
+    wy = tf.where((ys >= -1.0) & (ys <= lim_hf), 1.0, 0.0)
+    wx = tf.where((xs >= -1.0) & (xs <= lim_wf), 1.0, 0.0)
+    return _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sampling_ratio)
+
+
+#: :func:`_gather_from_levels` compiled by XLA: ``method="auto"``'s forward pass where no gradient
+#: can be asked for (inference). The canvas of :func:`_align_canvas` costs four copies of the
+#: largest map (edge padding, placement); here XLA writes one flat table. ResNet50-FPN at 800x800,
+#: 1000 ROIs an image, AVX2 CPU, 2 cores (session 11, min of 11): 35.2 -> 27.5 ms at batch 1,
+#: 82.2 -> 56.4 ms at batch 2.
+_gather_from_levels_xla = tf.function(_gather_from_levels, jit_compile=True)
+
+
 def compiled_gather_applies():
     """Whether ``method="auto"`` computes RoIAlign's forward pass with :func:`_bilinear_gather_xla`
     here: on a machine without a GPU (whose ``crop_and_resize`` kernel is fast) and outside
     :func:`tfrcnn.xla.xla_disabled` (exports trace there and get ``crop_and_resize``)."""
     return not xla_is_disabled() and not sees_a_gpu()
+
+
+def _levels_gather_applies(method):
+    """Whether a RoIAlign call takes :func:`_gather_from_levels_xla`: ``method="auto"`` where
+    the compiled gather applies and no gradient tape is recording."""
+    return method == "auto" and compiled_gather_applies() and not tape_is_recording()
 
 
 def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
@@ -645,8 +698,12 @@ def roi_align(
     scale = tf.constant(spatial_scale, tf.float32)
     ys = _align_sample_coords(y1, y2, scale, oh, sampling_ratio, aligned)
     xs = _align_sample_coords(x1, x2, scale, ow, sampling_ratio, aligned)
-    canvas, heights, widths, _, _ = _align_canvas([f])
     k = tf.shape(boxes)[0]
+    if _levels_gather_applies(method):
+        out = _gather_from_levels_xla([tf.cast(f, tf.float32)], box_indices, ys, xs,
+                                      tf.zeros([k], tf.int32), sampling_ratio)
+        return tf.cast(out, dtype)
+    canvas, heights, widths, _, _ = _align_canvas([f])
     zeros = tf.zeros([k], tf.int32)
     out = _align_from_canvas(
         canvas,
@@ -763,6 +820,9 @@ def multilevel_roi_align(
     y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=1)
     ys = _align_sample_coords(y1, y2, scale, oh, sampling_ratio, aligned)
     xs = _align_sample_coords(x1, x2, scale, ow, sampling_ratio, aligned)
+    if _levels_gather_applies(method):
+        out = _gather_from_levels_xla(maps, box_indices, ys, xs, level, sampling_ratio)
+        return tf.cast(out, dtype)
     canvas, heights, widths, offset_y, offset_x = _align_canvas(maps)
     out = _align_from_canvas(
         canvas,
