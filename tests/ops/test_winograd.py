@@ -93,6 +93,37 @@ def test_hand_computed_single_channel():
     assert sums[3, 3] == pytest.approx(11 + 12 + 15 + 16)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_transforms_of_every_tile_against_numpy(compiled):
+    """``input_transform`` is ``B^T d B`` of every 6x6 tile (stride 4) of the input padded by one
+    pixel and up to whole tiles, and ``output_transform_adjoint`` is ``A dY A^T`` of every 4x4
+    block of ``dy`` padded up to whole tiles, entry ``(i, j)`` at row ``6 i + j``, tiles in
+    (image, tile row, tile column) order: numpy, tile by tile, in float64."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 7, 3))
+    dy = rng.standard_normal((2, 9, 7, 2))
+    run = (lambda f: tf.function(f, jit_compile=True)) if compiled else (lambda f: f)
+    transformed = run(winograd.input_transform)(x).numpy()
+    adjoint = run(winograd.output_transform_adjoint)(dy).numpy()
+    th, tw = 3, 2
+    assert transformed.shape == (36, 2 * th * tw, 3) and adjoint.shape == (36, 2 * th * tw, 2)
+    padded = np.pad(x, [(0, 0), (1, 4 * th + 1 - 9), (1, 4 * tw + 1 - 7), (0, 0)])
+    dy_padded = np.pad(dy, [(0, 0), (0, 4 * th - 9), (0, 4 * tw - 7), (0, 0)])
+    bt, at = winograd._BT, winograd._AT
+    for n in range(2):
+        for i in range(th):
+            for j in range(tw):
+                tile = (n * th + i) * tw + j
+                for c in range(3):
+                    d = padded[n, 4 * i:4 * i + 6, 4 * j:4 * j + 6, c]
+                    np.testing.assert_allclose(transformed[:, tile, c], (bt @ d @ bt.T).ravel(),
+                                               atol=1e-12)
+                for k in range(2):
+                    block = dy_padded[n, 4 * i:4 * i + 4, 4 * j:4 * j + 4, k]
+                    np.testing.assert_allclose(adjoint[:, tile, k], (at.T @ block @ at).ravel(),
+                                               atol=1e-12)
+
+
 def test_float32_error_bound_and_xla_matches_plain():
     """float32: within 1e-4 of the output's scale of the float64 result (the transforms' constants
     cost about one decimal digit against the direct convolution); XLA computes the same."""
