@@ -700,7 +700,7 @@ def roi_align(
     xs = _align_sample_coords(x1, x2, scale, ow, sampling_ratio, aligned)
     k = tf.shape(boxes)[0]
     if _levels_gather_applies(method):
-        out = _gather_from_levels_xla([tf.cast(f, tf.float32)], box_indices, ys, xs,
+        out = _gather_from_levels_xla([f], box_indices, ys, xs,
                                       tf.zeros([k], tf.int32), sampling_ratio)
         return tf.cast(out, dtype)
     canvas, heights, widths, _, _ = _align_canvas([f])

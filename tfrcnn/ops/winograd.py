@@ -87,8 +87,8 @@ MIN_TILES = 49
 
 #: Inputs of at least this many bytes (a 200x200x256 float32 map is 41 MB; the machine's last-level
 #: cache was 32 MB) are convolved in bands of tile rows of about :data:`BAND_BYTES` of input each:
-#: each band's 36 input-transform passes then read a band that stays in the cache instead of the
-#: whole map from memory. Measured (session 10, AVX2 EPYC, under XLA, min/median of 9, ms): a
+#: each band's input-transform passes (36 of them when this was measured; two stacked passes since
+#: session 11) then read a band that stays in the cache instead of the whole map from memory. Measured (session 10, AVX2 EPYC, under XLA, min/median of 9, ms): a
 #: 200x200x256 map 162/176 in one piece, 136/156 in 4 bands, 131/143 in 8, 137/149 in 16; at
 #: batch 2 363/402 against 290/335 in 8 bands; a 100x100x256 map (10 MB) gained nothing (40/45).
 BAND_MIN_BYTES = 32 * 2 ** 20
