@@ -41,9 +41,10 @@ def _env(**extra):
     return env
 
 
-def _run_all(commands):
-    """Start every ``(args, env)`` at once; wait with a timeout; kill all on any failure."""
-    procs = [subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
+def _run_all(commands, program=(WORKER,)):
+    """Start every ``(args, env)`` as ``python *program *args`` at once; wait with a timeout; kill
+    all on any failure. Returns their outputs."""
+    procs = [subprocess.Popen([sys.executable, *program, *args], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) for args, env in commands]
     outputs = []
     try:
@@ -56,6 +57,7 @@ def _run_all(commands):
                 proc.communicate()
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, f"helper process failed ({proc.returncode}):\n{output[-4000:]}"
+    return outputs
 
 
 def _free_ports(count):
@@ -130,6 +132,74 @@ def test_multi_worker_chief_checkpoint_and_resume(tmp_path):
         assert all(np.isfinite(result["history"]["loss"]))
     assert latest_checkpoint(str(shared))[1] == 4
     assert all(not os.listdir(d) for d in tmp_dirs)
+
+
+def _metrics_printed(output):
+    """The metrics dict ``tfrcnn train`` prints (the JSON block before the final mAP line)."""
+    start = output.rindex("\n{") + 1
+    return json.loads(output[start:output.index("\n}", start) + 2])
+
+
+def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
+    """``tfrcnn train --strategy multi_worker`` on two local workers: the chief alone writes the
+    run folder (never half a file), the workers agree, and ``--resume`` continues at the chief's
+    last optimizer step on both."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    shared, own = tmp_path / "run", tmp_path / "run_worker1"
+    tmp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
+    for d in tmp_dirs:
+        d.mkdir()
+    quick = ["--set", "num_train=8", "--set", "num_val=4", "--steps-per-epoch", "2",
+             "--batch-size", "2", "--verbose", "0"]
+
+    def commands(per_worker_args):
+        return [(["train", "--strategy", "multi_worker", *per_worker_args[i], *quick],
+                 _env(TMPDIR=str(tmp_dirs[i]), TF_CONFIG=json.dumps(
+                     {"cluster": cluster, "task": {"type": "worker", "index": i}})))
+                for i in range(2)]
+
+    # Run 1: one epoch of two steps; worker 1 is pointed at a folder of its own, which must stay
+    # empty (in a real cluster both name the same shared folder).
+    outputs = _run_all(commands([["--run-dir", str(shared), "--epochs", "1"],
+                                 ["--run-dir", str(own), "--epochs", "1"]]),
+                       program=("-m", "tfrcnn.cli"))
+    assert not own.exists() or not any(own.rglob("*"))
+    assert all(not os.listdir(d) for d in tmp_dirs)
+    written = sorted(p.name for p in shared.iterdir())
+    assert written == ["checkpoints", "config.json", "history.json", "metrics.json", "model.keras"]
+    assert json.loads((shared / "config.json").read_text())["run"]["strategy"] == "multi_worker"
+    assert latest_checkpoint(str(shared / "checkpoints"))[1] == 2
+    history = json.loads((shared / "history.json").read_text())
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    printed = [_metrics_printed(o) for o in outputs]
+    assert printed[0] == json.loads((shared / "metrics.json").read_text())
+    # Both workers hold the same weights, so their evaluations agree.
+    assert printed[0]["mAP"] == printed[1]["mAP"]
+    first_model = keras.models.load_model(str(shared / "model.keras"))
+
+    # Run 2: both resume from the shared folder and train a second epoch (steps 3 and 4).
+    outputs = _run_all(commands([["--resume", str(shared), "--epochs", "2"]] * 2),
+                       program=("-m", "tfrcnn.cli"))
+    assert all("resuming at optimizer step 2 of 4" in o for o in outputs), outputs[0][-3000:]
+    assert latest_checkpoint(str(shared / "checkpoints"))[1] == 4
+    history = json.loads((shared / "history.json").read_text())
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert json.loads((shared / "metrics.json").read_text())["epochs"] == 2
+    second_model = keras.models.load_model(str(shared / "model.keras"))
+    changed = [not np.array_equal(a, b) for a, b in zip(first_model.get_weights(),
+                                                        second_model.get_weights())]
+    assert any(changed)
+    assert all(not os.listdir(d) for d in tmp_dirs)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    from tfrcnn.training.run import train
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(str(tmp_path), resume=True)
+    (tmp_path / "config.json").write_text(json.dumps({"run": {"strategy": "multi_worker"}}))
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(str(tmp_path), resume=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ The run folder holds ``config.json`` (the resolved configuration), ``checkpoints
 after every epoch as ``.keras``, plus ``last.keras``), ``history.json`` / ``history.csv`` (every
 loss term and the validation mAP per epoch), ``model.keras`` (the final model) and
 ``metrics.json`` (the final mAP on the held-out split).
+
+Under ``strategy="multi_worker"`` every worker runs :func:`train` with the same ``run_dir`` (shared
+storage in a real cluster) and only the chief writes it: ``config.json``, the checkpoints (a
+``tf.train.Checkpoint`` of the model and optimizer, ``checkpoints/ckpt-<step>``, written by
+:func:`tfrcnn.training.distributed.distributed_fit`), ``model.keras``, ``history.json`` and
+``metrics.json``; ``resume=True`` restarts every worker from the chief's newest checkpoint.
 """
 
 import json
@@ -20,6 +26,8 @@ from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.models import FasterRCNN
 from tfrcnn.runtime import check_cpu_allocator
 from tfrcnn.training.callbacks import NaNGuard
+from tfrcnn.training.distributed import (distributed_fit, is_chief, latest_checkpoint,
+                                         make_strategy, resume as resume_checkpoint)
 from tfrcnn.training.precision import precision_scope, resolve_precision
 from tfrcnn.training.schemes import train_alternating
 
@@ -176,38 +184,46 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         >>> metrics["mAP"]
     """
     initial_epoch = 0
+    checkpoints = os.path.join(run_dir, "checkpoints")
     if resume:
         config_path = os.path.join(run_dir, "config.json")
-        state_path = os.path.join(run_dir, "checkpoints", "state.json")
-        if not (os.path.exists(config_path) and os.path.exists(state_path)):
+        state_path = os.path.join(checkpoints, "state.json")
+        saved = json.load(open(config_path))["run"] if os.path.exists(config_path) else None
+        multi_worker = saved is not None and saved.get("strategy") == "multi_worker"
+        if saved is None or not (multi_worker and latest_checkpoint(checkpoints)[0]
+                                 or not multi_worker and os.path.exists(state_path)):
             raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
-        saved = json.load(open(config_path))["run"]
         extra = dict(overrides or {})
         if set(extra) - {"epochs"}:
             raise ValueError("--resume continues the saved configuration; only epochs may change "
                              f"(got {sorted(set(extra) - {'epochs'})})")
         saved.update(extra)
         settings = resolve_settings(saved)
-        initial_epoch = int(json.load(open(state_path))["epochs_done"])
+        if multi_worker:   # the checkpoints are numbered by optimizer step
+            initial_epoch = latest_checkpoint(checkpoints)[1] // int(settings["steps_per_epoch"])
+        else:
+            initial_epoch = int(json.load(open(state_path))["epochs_done"])
     else:
         settings = resolve_settings(overrides)
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    strategy = make_strategy(settings["strategy"])
+    multi_worker = settings["strategy"] == "multi_worker"
+    chief = is_chief(strategy)
+    if chief:
+        os.makedirs(checkpoints, exist_ok=True)
     keras.utils.set_random_seed(int(settings["seed"]) + initial_epoch)
     train_records, val_records, class_names = load_data(settings, settings["model"])
-    from tfrcnn.training.distributed import make_strategy
-    strategy = make_strategy(settings["strategy"])
     check_cpu_allocator(log)
     # "auto" is resolved once and recorded, so a resumed run keeps the policy it started with.
     settings["precision"] = resolve_precision(settings["precision"])
     with strategy.scope(), precision_scope(settings["precision"]):
-        if resume:
-            model = keras.models.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
+        if resume and not multi_worker:
+            model = keras.models.load_model(os.path.join(checkpoints, "last.keras"))
         else:
             model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
                                            class_names=class_names, **settings["model"])
-    if not resume:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump({"run": settings, "model": model.get_config()}, f, indent=2, default=list)
+    if not resume and chief:
+        _write_json(os.path.join(run_dir, "config.json"),
+                    {"run": settings, "model": model.get_config()}, indent=2, default=list)
     train_ds, val_ds = _datasets(model, train_records, val_records, settings)
     epochs, steps = int(settings["epochs"]), int(settings["steps_per_epoch"])
     map_callback = MeanAveragePrecisionCallback(val_ds, len(class_names), class_names=class_names,
@@ -230,16 +246,16 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         for _, h in results:
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(v)
-    elif settings["strategy"] == "multi_worker":
+    elif multi_worker:
         # Keras fit cannot run dict batches under MultiWorkerMirroredStrategy (keras#20329): use
-        # the strategy's own loop, checkpointing on the chief only.
-        from tfrcnn.training.distributed import distributed_fit
+        # the strategy's own loop, checkpointing on the chief only (after every epoch's steps).
         with strategy.scope():
-            optimizer = _optimizer(settings, epochs * steps)
-        per_step = distributed_fit(model, train_ds, strategy, steps=epochs * steps,
-                                   optimizer=optimizer,
-                                   checkpoint_dir=os.path.join(run_dir, "checkpoints"),
-                                   checkpoint_every=steps)
+            model.compile(optimizer=_optimizer(settings, epochs * steps))
+        done = resume_checkpoint(model, checkpoints) if resume else 0
+        if done:
+            log.info("resuming at optimizer step %d of %d", done, epochs * steps)
+        per_step = distributed_fit(model, train_ds, strategy, steps=max(epochs * steps - done, 0),
+                                   checkpoint_dir=checkpoints, checkpoint_every=steps)
         history = {k: [float(v) for v in vals] for k, vals in per_step.items()}
     else:
         if not resume:
@@ -250,9 +266,6 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         history = _read_csv_history(os.path.join(run_dir, "history.csv"))
     train_seconds = time.time() - start
     result = evaluate_model(model, val_ds, len(class_names), class_names=class_names)
-    final = os.path.join(run_dir, "model.keras")
-    model.save(os.path.join(run_dir, ".model.tmp.keras"))
-    os.replace(os.path.join(run_dir, ".model.tmp.keras"), final)
     metrics = {
         "mAP": float(result["mAP"]),
         "per_class_ap": {k: float(v) for k, v in result["per_class"].items()},
@@ -260,8 +273,17 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         "seconds_per_image": float(result.get("seconds_per_image", float("nan"))),
         "epochs": epochs, "steps_per_epoch": steps,
     }
-    with open(os.path.join(run_dir, "history.json"), "w") as f:
-        json.dump({k: [float(x) for x in v] for k, v in history.items()}, f, indent=2)
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    if chief:
+        model.save(os.path.join(run_dir, ".model.tmp.keras"))
+        os.replace(os.path.join(run_dir, ".model.tmp.keras"), os.path.join(run_dir, "model.keras"))
+        _write_json(os.path.join(run_dir, "history.json"),
+                    {k: [float(x) for x in v] for k, v in history.items()}, indent=2)
+        _write_json(os.path.join(run_dir, "metrics.json"), metrics, indent=2)
     return metrics
+
+
+def _write_json(path, value, **kwargs):
+    """``json.dump`` to a temporary file moved into place: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, **kwargs)
+    os.replace(path + ".tmp", path)
