@@ -183,8 +183,10 @@ def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
                        program=("-m", "tfrcnn.cli"))
     assert all("resuming at optimizer step 2 of 4" in o for o in outputs), outputs[0][-3000:]
     assert latest_checkpoint(str(shared / "checkpoints"))[1] == 4
-    history = json.loads((shared / "history.json").read_text())
-    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    resumed = json.loads((shared / "history.json").read_text())
+    # The first run's steps are kept and the two new ones follow.
+    assert resumed["loss"][:2] == history["loss"] and len(resumed["loss"]) == 4
+    assert all(np.isfinite(resumed["loss"]))
     assert json.loads((shared / "metrics.json").read_text())["epochs"] == 2
     second_model = keras.models.load_model(str(shared / "model.keras"))
     changed = [not np.array_equal(a, b) for a, b in zip(first_model.get_weights(),

@@ -257,6 +257,11 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         per_step = distributed_fit(model, train_ds, strategy, steps=max(epochs * steps - done, 0),
                                    checkpoint_dir=checkpoints, checkpoint_every=steps)
         history = {k: [float(v) for v in vals] for k, vals in per_step.items()}
+        previous = os.path.join(run_dir, "history.json")
+        if resume and os.path.exists(previous):   # the steps before the checkpoint stay recorded
+            with open(previous) as f:
+                earlier = json.load(f)
+            history = {k: list(earlier.get(k, []))[:done] + v for k, v in history.items()}
     else:
         if not resume:
             with strategy.scope():
