@@ -23,6 +23,7 @@ import numpy as np
 from tfrcnn import config as presets
 from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLASS_NAMES
 from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
+from tfrcnn.export.atomic import atomic_file
 from tfrcnn.models import FasterRCNN
 from tfrcnn.runtime import check_cpu_allocator
 from tfrcnn.training.callbacks import NaNGuard
@@ -189,9 +190,10 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         config_path = os.path.join(run_dir, "config.json")
         state_path = os.path.join(checkpoints, "state.json")
         saved = json.load(open(config_path))["run"] if os.path.exists(config_path) else None
+        # multi_worker runs keep tf.train checkpoints numbered by optimizer step (no state.json)
         multi_worker = saved is not None and saved.get("strategy") == "multi_worker"
-        if saved is None or not (multi_worker and latest_checkpoint(checkpoints)[0]
-                                 or not multi_worker and os.path.exists(state_path)):
+        step = latest_checkpoint(checkpoints)[1] if multi_worker else 0
+        if saved is None or not (step if multi_worker else os.path.exists(state_path)):
             raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
         extra = dict(overrides or {})
         if set(extra) - {"epochs"}:
@@ -199,10 +201,8 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
                              f"(got {sorted(set(extra) - {'epochs'})})")
         saved.update(extra)
         settings = resolve_settings(saved)
-        if multi_worker:   # the checkpoints are numbered by optimizer step
-            initial_epoch = latest_checkpoint(checkpoints)[1] // int(settings["steps_per_epoch"])
-        else:
-            initial_epoch = int(json.load(open(state_path))["epochs_done"])
+        initial_epoch = (step // int(settings["steps_per_epoch"]) if multi_worker
+                         else int(json.load(open(state_path))["epochs_done"]))
     else:
         settings = resolve_settings(overrides)
     strategy = make_strategy(settings["strategy"])
@@ -288,7 +288,6 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
 
 
 def _write_json(path, value, **kwargs):
-    """``json.dump`` to a temporary file moved into place: a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
+    """``json.dump`` into a temporary sibling moved into place: a reader never sees half a file."""
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         json.dump(value, f, **kwargs)
-    os.replace(path + ".tmp", path)
