@@ -19,6 +19,7 @@ setup(
         "pyyaml",
         "matplotlib",
         "tensorboard",
+        "ai-edge-litert",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel",

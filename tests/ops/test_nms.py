@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from tfrcnn.ops.nms import (batched_class_aware_non_max_suppression_padded,
                             batched_non_max_suppression_padded,
@@ -165,7 +166,8 @@ def test_converts_to_tflite_builtins_and_gives_the_same_result():
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=converter.convert())
+        flatbuffer = converter.convert()
+    interpreter = Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
     for detail, value in zip(interpreter.get_input_details(), (boxes, scores, classes)):
         interpreter.set_tensor(detail["index"], value)

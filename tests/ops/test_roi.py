@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from tfrcnn.ops.roi import (
     assign_fpn_levels,
@@ -785,7 +786,6 @@ def test_auto_inference_gathers_from_the_levels_without_a_canvas():
 # TFLite
 
 
-@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_paths_convert_with_builtin_ops_only():
     """roi_pool and the gather RoIAlign paths convert without Flex and give the same numbers."""
     features, boxes, indices = random_case(13, batch=1, height=8, width=10, channels=3, n=4)
@@ -809,7 +809,7 @@ def test_tflite_paths_convert_with_builtin_ops_only():
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter = Interpreter(model_content=converter.convert())
     interpreter.allocate_tensors()
     inputs = {tuple(v.shape): v for v in (features, boxes, indices)}
     for detail in interpreter.get_input_details():

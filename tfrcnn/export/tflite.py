@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from tfrcnn.backbones.common import xla_disabled
 from tfrcnn.export.atomic import write_bytes_atomic
@@ -184,10 +185,12 @@ def run_tflite(model, images, num_threads=None):
 
 
 def _runner(model, num_threads=None):
+    """The ``serving_default`` signature runner of a .tflite (path or bytes), on LiteRT's
+    interpreter (``ai-edge-litert``; ``tf.lite.Interpreter`` is deprecated)."""
     if isinstance(model, (bytes, bytearray)):
-        interpreter = tf.lite.Interpreter(model_content=bytes(model), num_threads=num_threads)
+        interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
     else:
-        interpreter = tf.lite.Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+        interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
     return interpreter.get_signature_runner(SIGNATURE_KEY)
 
 
