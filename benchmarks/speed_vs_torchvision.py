@@ -289,8 +289,8 @@ class Contender:
 
 # (m, k, n) of the matrix products whose best speed is taken as the machine's peak: one large
 # square product, one that stays in cache, and the box head's own product (1000 ROIs x 12544 x
-# 1024). On session 3's AMD EPYC virtual machine the 4096^3 product ran at 83 GFLOP/s in
-# TensorFlow while the box head's ran at 140: one shape alone would understate the peak.
+# 1024). On an AVX2 AMD EPYC virtual machine the 4096^3 product ran at 83 GFLOP/s in TensorFlow
+# while the box head's ran at 140: one shape alone would understate the peak.
 PEAK_SHAPES = ((4096, 4096, 4096), (2048, 2048, 2048), (1000, 12544, 1024))
 
 
