@@ -34,6 +34,7 @@ import os
 import re
 import statistics
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -119,10 +120,14 @@ def _selective_int8(converter, model, height, width):
     float_ops = operator_names(convert(model, quantization="float32", input_size=(height, width)))
     denylisted = [op for op in float_ops if op not in INT8_OPS]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=denylisted)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset,
-        debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():
+        # TensorFlow's debugger builds a tf.lite.Interpreter of its own, which warns that it is
+        # deprecated; the exported model itself is run with LiteRT (_runner)
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=converter.representative_dataset,
+            debug_options=options)
+        return debugger.get_nondebug_quantized_model()
 
 
 def convert(model, *, quantization="float32", input_size=None, representative_images=None):
