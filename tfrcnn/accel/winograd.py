@@ -271,8 +271,18 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     return y
 
 
-#: :func:`winograd_conv3x3` compiled by XLA (once an input shape).
-winograd_conv3x3_xla = tf.function(winograd_conv3x3, jit_compile=True)
+# Two compiled functions: a trace for unknown map sizes (a serving signature) would otherwise
+# also serve later calls on static shapes, whose trace then loses its static shapes.
+_compiled_static = tf.function(winograd_conv3x3, jit_compile=True)
+_compiled_dynamic = tf.function(winograd_conv3x3, jit_compile=True)
+
+
+def winograd_conv3x3_xla(x, kernel, bias=None, relu=False):
+    """:func:`winograd_conv3x3` compiled by XLA (once an input shape; same arguments)."""
+    shape = tf.TensorShape(x.shape)
+    static = shape.rank == 4 and None not in shape[1:3]
+    compiled = _compiled_static if static else _compiled_dynamic
+    return compiled(x, kernel, bias, relu)
 
 
 def winograd_decision(x, filters):
