@@ -212,12 +212,29 @@ def _configure_process():
     runtime.choose_onednn()
 
 
+def _setup_logging():
+    """Progress (INFO) to standard output, warnings and errors to standard error, unless the
+    program already configured logging."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    form = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    progress = logging.StreamHandler(sys.stdout)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (progress, problems):
+        handler.setFormatter(form)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def main(argv=None):
     """Run the ``tfrcnn`` command; returns the exit status (2 for a user error)."""
     args = build_parser().parse_args(argv)
     quiet = quiet_tensorflow_log(tf_log=args.tf_log)
     _configure_process()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     if args.command != "presets":
         import_tensorflow_quietly(quiet)
     from tfrcnn.cli import commands

@@ -145,8 +145,8 @@ def cmd_train(args):
         if not os.path.isdir(run_dir):
             raise UserError(f"--resume: run folder not found: {run_dir}")
         if not os.path.isfile(os.path.join(run_dir, "config.json")):
-            raise UserError(f"--resume {run_dir}: no config.json, so not a run folder; give the "
-                            "folder of an earlier tfrcnn train")
+            raise UserError(f"nothing to resume in {run_dir}: no config.json, so not a run "
+                            "folder; give the folder of an earlier tfrcnn train")
         extra = sorted(set(overrides) - {"epochs"})
         if extra:
             raise UserError(f"--resume continues the saved configuration; only --epochs may "

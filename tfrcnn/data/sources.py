@@ -234,9 +234,12 @@ def read_source(kind, path, *, image_dir=None, split=None, class_names=None):
 
 
 def default_coco_image_dir(annotation_file):
-    """The folder a COCO JSON's images are assumed in when none is given: ``images/`` beside the
-    file when it exists, else the file's own folder."""
-    folder = os.path.dirname(os.path.abspath(annotation_file))
-    sibling = os.path.join(folder, "images")
-    return sibling if os.path.isdir(sibling) else folder
-
+    """The folder a COCO JSON's images are assumed in when none is given: ``<name>_images/``
+    beside ``<name>.json`` (where ``tfrcnn convert --to coco`` puts the images of TFRecords),
+    else ``images/`` beside it, else the JSON's own folder."""
+    path = os.path.abspath(annotation_file)
+    folder = os.path.dirname(path)
+    for candidate in (os.path.splitext(path)[0] + "_images", os.path.join(folder, "images")):
+        if os.path.isdir(candidate):
+            return candidate
+    return folder
