@@ -163,3 +163,18 @@ def test_bccd_through_coco_and_tfrecord_has_the_voc_counts(tmp_path):
                sum(len(r["boxes"]) for r in val), names) for train, val, names in (voc, coco, tfrecord)]
     assert counts[0] == counts[1] == counts[2]
     assert counts[0][4] == ["Platelets", "RBC", "WBC"]
+
+
+def test_without_validation_data_a_seeded_tenth_is_held_out(converted):
+    _, out = converted
+    settings = {"data": "tfrecord", "data_path": str(out / "trainval-*.tfrecord"), "seed": 5}
+    train, val, _ = load_data(resolve_settings(settings))
+    again_train, again_val, _ = load_data(resolve_settings(settings))
+    assert (len(train), len(val)) == (9, 1)
+    assert [r["image_id"] for r in val] == [r["image_id"] for r in again_val]
+    ids = [r["image_id"] for r in train + val]
+    assert len(set(ids)) == 10
+    half = load_data(resolve_settings({**settings, "val_fraction": 0.5}))
+    assert (len(half[0]), len(half[1])) == (5, 5)
+    with pytest.raises(ValueError, match="val_fraction must be between 0 and 1"):
+        load_data(resolve_settings({**settings, "val_fraction": 1.5}))

@@ -32,7 +32,7 @@ MISTAKES = [
     (["train", "--preset", "smal_fpn"], ["unknown preset 'smal_fpn'", "did you mean 'small_fpn'"]),
     (["train", "--set", "model.roi_op=roi_magic"] + SMALL, ["roi_op must be one of"]),
     (["train", "--preset", "mobilenet_v3_fpn", "--set", "model.backbone_weights=imagenet"] + SMALL,
-     ["weights='imagenet'", "not in the Keras cache", "pass its path"]),
+     ["weights='imagenet'", "is in the Keras cache", "pass its path"]),
     (["train", "--epochs", "0"], ["epochs must be a positive integer"]),
     (["train", "--precision", "float64"], ["invalid choice: 'float64'", "--help"]),
     (["train", "--config", "missing.yaml"], ["config file not found: missing.yaml"]),
