@@ -87,6 +87,7 @@ class DetectionImagesCallback(keras.callbacks.Callback):
         self.score_threshold = float(score_threshold)
         self.name = name
         self._inputs = None
+        self._call = None
         self._writer = None
 
     def _first_inputs(self):
@@ -105,9 +106,13 @@ class DetectionImagesCallback(keras.callbacks.Callback):
         """The drawn images, uint8 ``[N, Hp, Wp, 3]`` (the padded network input size)."""
         from tfrcnn.visualize import draw_boxes
 
+        import tensorflow as tf
+
         if self._inputs is None:
             self._inputs = self._first_inputs()
-        out = self.model(self._inputs, training=False)
+        if self._call is None:  # one graph for the fixed input shapes, traced once
+            self._call = tf.function(lambda x: self.model(x, training=False), autograph=False)
+        out = self._call(self._inputs)
         out = {k: np.asarray(v) for k, v in out.items()}
         images = np.clip(np.asarray(self._inputs["images"]), 0, 255).astype(np.uint8)
         scales = np.asarray(self._inputs["image_scale"])
