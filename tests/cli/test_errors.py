@@ -4,6 +4,7 @@ status 2, shows no traceback and leaves no run folder or output behind."""
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -43,6 +44,7 @@ MISTAKES = [
     (["evaluate", "nope.keras"], ["model not found: nope.keras"]),
     (["evaluate", "broken.keras"], ["cannot load broken.keras as a tfrcnn model"]),
     (["evaluate", "notes.txt"], ["is not a .keras file"]),
+    (["evaluate", "other.keras"], ["cannot load other.keras as a tfrcnn model", "tfrcnn train"]),
     (["evaluate", "broken.keras", "--out", "notes.txt"], ["--out notes.txt is a file"]),
     (["predict", "missing.jpg", "--model", "broken.keras"], ["image not found: missing.jpg"]),
     (["predict", "fake.jpg", "--model", "broken.keras"], ["fake.jpg"]),
@@ -77,6 +79,8 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "empty.json").write_text('{"images": [], "annotations": [], "categories": []}')
     (tmp_path / "bad.yaml").write_text("epochs: [3\nseed: 1\n")
     (tmp_path / "broken.keras").write_bytes(b"this is not a zip file")
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:  # a zip, but not a model
+        archive.writestr("readme.txt", "not a Keras model")
     (tmp_path / "fake.jpg").write_text("a text file named .jpg")
     (tmp_path / "old_run").mkdir()
     (tmp_path / "old_run" / "config.json").write_text("{}")

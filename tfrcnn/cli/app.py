@@ -8,7 +8,6 @@ import sys
 from tfrcnn import config as presets
 from tfrcnn.cli.common import (
     UserError,
-    import_tensorflow_quietly,
     one_line,
     quiet_tensorflow_log,
 )
@@ -232,11 +231,9 @@ def _setup_logging():
 def main(argv=None):
     """Run the ``tfrcnn`` command; returns the exit status (2 for a user error)."""
     args = build_parser().parse_args(argv)
-    quiet = quiet_tensorflow_log(tf_log=args.tf_log)
+    quiet_tensorflow_log(tf_log=args.tf_log)
     _configure_process()
     _setup_logging()
-    if args.command != "presets":
-        import_tensorflow_quietly(quiet)
     from tfrcnn.cli import commands
 
     try:

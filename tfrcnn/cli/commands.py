@@ -13,6 +13,7 @@ from tfrcnn import config as presets
 from tfrcnn.cli.common import (
     UserError,
     closest,
+    import_tensorflow_quietly,
     load_config_file,
     merge,
     one_line,
@@ -46,6 +47,12 @@ def _check_model_file(path, flag="model"):
 def load_model(path):
     """A ``FasterRCNN`` from a ``.keras`` file written by tfrcnn (one-line error otherwise)."""
     _check_model_file(path)
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot load {path} as a tfrcnn model: not a .keras archive (a zip "
+                        "file); give the model.keras of a run or a file saved by FasterRCNN.save")
+    import_tensorflow_quietly()
     import keras
 
     import tfrcnn.models  # noqa: F401  (registers the layers and the model)
@@ -138,6 +145,23 @@ def _check_numbers(settings):
         raise UserError(f"learning_rate must be a positive number, got {lr!r}")
 
 
+def _precheck_train(overrides):
+    """The checks that need no TensorFlow: run setting names, the preset, the data paths and the
+    numbers (model setting names are checked by ``resolve_settings``)."""
+    known = presets.RUN_DEFAULTS
+    for key in overrides:
+        if key not in known:
+            raise UserError(f"unknown run setting {key!r}; {closest(key, list(known))} "
+                            "(model settings go under 'model.<name>')")
+    preset = overrides.get("preset", known["preset"])
+    if preset not in presets.PRESETS:
+        raise UserError(f"unknown preset {preset!r}; {closest(preset, list(presets.PRESETS))}")
+    merged = {**known, **overrides}
+    resolve_data(merged, set(overrides))
+    overrides["data"] = merged["data"]
+    _check_numbers(merged)
+
+
 def cmd_train(args):
     overrides = _train_overrides(args)
     if args.resume:
@@ -155,17 +179,16 @@ def cmd_train(args):
             with open(os.path.join(run_dir, "config.json")) as f:
                 print(to_yaml(json.load(f)), end="")
             return 0
+    if not args.resume:
+        _precheck_train(overrides)
+    import_tensorflow_quietly()
     from tfrcnn.training import run
 
     if not args.resume:
-        given = set(overrides)
         try:
             settings = run.resolve_settings(overrides)
         except ValueError as e:
             raise UserError(one_line(e)) from None
-        resolve_data(settings, given)
-        overrides["data"] = settings["data"]
-        _check_numbers(settings)
         if args.print_config:
             model = presets.get_preset(settings["preset"])
             model.update(settings["model"])
@@ -204,12 +227,14 @@ def cmd_train(args):
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def _eval_records(args, model):
-    """(records, class names, COCO category ids or None) of the evaluation data."""
+def _eval_data_settings(args):
     settings = {"data": args.data or "synthetic", "data_path": args.data_path,
                 "image_dir": args.image_dir}
-    given = {k for k in ("data",) if getattr(args, k) is not None}
-    resolve_data(settings, given)
+    return resolve_data(settings, {"data"} if args.data is not None else set())
+
+
+def _eval_records(args, model, settings):
+    """(records, class names, COCO category ids or None) of the evaluation data."""
     kind = settings["data"]
     names = list(model.class_names) if model.class_names else None
     if kind == "synthetic":
@@ -248,8 +273,9 @@ def cmd_evaluate(args):
             raise UserError(f"{flag} {path}: give a .png file name")
     if args.selective_search and not args.proposals:
         raise UserError("--selective-search needs --proposals")
+    data_settings = _eval_data_settings(args)
     model = load_model(args.model)
-    records, names, category_ids = _eval_records(args, model)
+    records, names, category_ids = _eval_records(args, model, data_settings)
     import numpy as np
 
     from tfrcnn.data import make_dataset
@@ -375,6 +401,7 @@ def cmd_convert(args):
     if os.path.isdir(args.output):
         raise UserError(f"--output {args.output} is a folder; give a file "
                         + ("name" if args.to == "coco" else "prefix, e.g. out/train"))
+    import_tensorflow_quietly()
     from tfrcnn.data.sources import default_coco_image_dir, read_source
 
     try:
@@ -485,6 +512,7 @@ def load_predictor(path):
 
     if not os.path.exists(path):
         raise UserError(f"--model not found: {path}")
+    import_tensorflow_quietly()
     if os.path.isdir(path):
         from tfrcnn.export.saved_model import find_saved_model
 
@@ -535,11 +563,13 @@ def load_predictor(path):
 
 
 def cmd_predict(args):
-    from tfrcnn.data.images import ImageReadError, check_image
-
     for path in args.images:
         if not os.path.exists(path):
             raise UserError(f"image not found: {path}")
+    import_tensorflow_quietly()
+    from tfrcnn.data.images import ImageReadError, check_image
+
+    for path in args.images:
         try:
             check_image(path)
         except ImageReadError as e:

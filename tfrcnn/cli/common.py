@@ -13,6 +13,9 @@ import os
 QUIET_TF_LOG_LEVEL = "2"
 TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 
+# Whether this process chose the quiet level (then TensorFlow's import is also kept off stderr).
+_quiet = {"chosen": False}
+
 
 class UserError(Exception):
     """A mistake in the command line or its files: reported in one line, exit status 2."""
@@ -36,18 +39,22 @@ def quiet_tensorflow_log(tf_log=False, environ=None):
     if TF_LOG_VARIABLE in environ:
         return False
     environ[TF_LOG_VARIABLE] = QUIET_TF_LOG_LEVEL
+    if environ is os.environ:
+        _quiet["chosen"] = True
     return True
 
 
-def import_tensorflow_quietly(quiet=True):
+def import_tensorflow_quietly(quiet=None):
     """Import TensorFlow and start its devices with the process's standard error (file descriptor
-    2) sent to a temporary file, when ``quiet``: TensorFlow's C++ code prints some start-up lines
-    (CUDA driver probes, ``cuInit`` on a machine without a GPU) before its log level applies. If
-    the import fails, the captured text is written back to standard error before the exception
-    propagates."""
+    2) sent to a temporary file, when ``quiet`` (default: when :func:`quiet_tensorflow_log` chose
+    the quiet level): TensorFlow's C++ code prints some start-up lines (CUDA driver probes,
+    ``cuInit`` on a machine without a GPU) before its log level applies. If the import fails, the
+    captured text is written back to standard error before the exception propagates. Commands
+    call this once their arguments are checked, before anything that imports TensorFlow."""
     import sys
     import tempfile
 
+    quiet = _quiet["chosen"] if quiet is None else quiet
     if not quiet or "tensorflow" in sys.modules:
         import tensorflow  # noqa: F401
 

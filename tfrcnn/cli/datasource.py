@@ -3,7 +3,7 @@ there, and one line naming the flag to fix otherwise."""
 
 import os
 
-from tfrcnn.cli.common import UserError, closest
+from tfrcnn.cli.common import UserError, closest, import_tensorflow_quietly
 
 DATA_CHOICES = ("synthetic", "bccd", "voc", "coco", "tfrecord")
 
@@ -12,7 +12,7 @@ _WHAT = {"voc": "a Pascal VOC folder (with Annotations/)", "coco": "a COCO insta
 
 
 def _detect(path, flag):
-    from tfrcnn.data.sources import SourceError, detect_format
+    from tfrcnn.formats import SourceError, detect_format
 
     try:
         return detect_format(path)
@@ -57,6 +57,7 @@ def resolve_data(settings, given):
         if path is not None:
             check_path("voc", path, "--data-path")
         else:
+            import_tensorflow_quietly()
             from tfrcnn.training.run import default_bccd_path
 
             if not os.path.isdir(default_bccd_path()):

@@ -13,8 +13,8 @@ Every reader returns lazy records (``"path"`` for VOC / COCO, ``"encoded"`` imag
 TFRecords): the pipeline decodes the pixels when it needs them, so a large data set does not fill
 memory.
 
-:func:`detect_format` names the format of a path without reading it whole and without importing
-TensorFlow, so the command line can check a path before anything starts.
+:func:`detect_format` (from :mod:`tfrcnn.formats`) names the format of a path without reading it
+whole and without importing TensorFlow.
 
 Example::
 
@@ -23,90 +23,18 @@ Example::
 """
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import os
 
 import numpy as np
 
-FORMATS = ("voc", "coco", "tfrecord")
+from tfrcnn.formats import FORMATS, SourceError, detect_format, is_glob
+
+__all__ = ["FORMATS", "SourceError", "default_coco_image_dir", "detect_format", "read_source",
+           "tfrecord_lazy_records"]
 
 logger = logging.getLogger(__name__)
-
-
-class SourceError(ValueError):
-    """A data path that is missing or in no format tfrcnn reads; the message says what to pass."""
-
-
-def _is_glob(path):
-    return any(c in path for c in "*?[")
-
-
-def detect_format(path):
-    """``"voc"``, ``"coco"`` or ``"tfrecord"`` for a data path, judged from the path and a peek.
-
-    - a folder holding ``Annotations/`` -> ``"voc"``;
-    - a ``.json`` file (or any file starting with ``{``) -> ``"coco"``;
-    - a glob pattern or file matching ``*.tfrecord*`` / ``*.record*``, or a file that starts like a
-      TFRecord (an 8-byte length and a 4-byte CRC) -> ``"tfrecord"``.
-
-    Raises:
-      SourceError: the path does not exist, or is none of these (the message says what is accepted).
-    """
-    path = os.fspath(path)
-    if _is_glob(path):
-        matches = sorted(glob.glob(path))
-        if not matches:
-            raise SourceError(f"no files match {path}: give an existing TFRecord pattern, e.g. "
-                              "'data/train-*.tfrecord'")
-        if all(os.path.isfile(m) and _looks_like_tfrecord(m) for m in matches):
-            return "tfrecord"
-        raise SourceError(f"{path} matches files that are not TFRecords (e.g. {matches[0]})")
-    if not os.path.exists(path):
-        raise SourceError(f"data path not found: {path}")
-    if os.path.isdir(path):
-        if os.path.isdir(os.path.join(path, "Annotations")):
-            return "voc"
-        raise SourceError(f"{path} is a folder without Annotations/: a Pascal VOC folder holds "
-                          "Annotations/, ImageSets/Main/ and JPEGImages/ (for COCO pass the JSON "
-                          "file, for TFRecords a file pattern)")
-    if path.lower().endswith(".json") or _first_byte(path) == b"{":
-        return "coco"
-    if _looks_like_tfrecord(path):
-        return "tfrecord"
-    raise SourceError(f"{path} is neither a COCO JSON file nor a TFRecord file; pass a VOC folder, "
-                      "a COCO instances JSON or a TFRecord pattern")
-
-
-def _first_byte(path):
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip()
-    return head[:1]
-
-
-def _looks_like_tfrecord(path):
-    """True when the file starts with a TFRecord frame: a uint64 length whose masked CRC32C
-    follows (checked with TensorFlow's algorithm written out here: no TensorFlow import)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-    if len(head) < 12:
-        return False
-    return int.from_bytes(head[8:12], "little") == _masked_crc32c(head[:8])
-
-
-def _crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc32c(data):
-    crc = _crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def tfrecord_lazy_records(pattern_or_paths):
@@ -221,7 +149,7 @@ def read_source(kind, path, *, image_dir=None, split=None, class_names=None):
             raise SourceError(f"COCO annotation file not found: {path}")
         return read_coco(path, image_dir or default_coco_image_dir(path), class_names=class_names)
     if kind == "tfrecord":
-        if not _is_glob(path) and not os.path.exists(path):
+        if not is_glob(path) and not os.path.exists(path):
             raise SourceError(f"TFRecord file not found: {path}")
         records, names, report = tfrecord_lazy_records(path)
         if class_names is not None:

@@ -24,23 +24,15 @@ import keras
 import numpy as np
 
 from tfrcnn import config as presets
-from tfrcnn.data import SYNTHETIC_CLASS_NAMES, make_dataset, synthetic_splits
-from tfrcnn.evaluation import (
-    DetectionImagesCallback,
-    MeanAveragePrecisionCallback,
-    evaluate_model,
-)
+from tfrcnn.data import make_dataset, synthetic_splits, SYNTHETIC_CLASS_NAMES
+from tfrcnn.evaluation import (DetectionImagesCallback, MeanAveragePrecisionCallback,
+                               evaluate_model)
 from tfrcnn.export.atomic import atomic_file
 from tfrcnn.models import FasterRCNN
 from tfrcnn.runtime import check_cpu_allocator
 from tfrcnn.training.callbacks import BestCheckpoint, NaNGuard
-from tfrcnn.training.distributed import (
-    distributed_fit,
-    is_chief,
-    latest_checkpoint,
-    make_strategy,
-)
-from tfrcnn.training.distributed import resume as resume_checkpoint
+from tfrcnn.training.distributed import (distributed_fit, is_chief, latest_checkpoint,
+                                         make_strategy, resume as resume_checkpoint)
 from tfrcnn.training.precision import precision_scope, resolve_precision
 from tfrcnn.training.schemes import train_alternating
 
