@@ -32,6 +32,8 @@ MISTAKES = [
     (["train", "--set", "epoch=3"], ["unknown run setting 'epoch'", "did you mean 'epochs'"]),
     (["train", "--preset", "smal_fpn"], ["unknown preset 'smal_fpn'", "did you mean 'small_fpn'"]),
     (["train", "--set", "model.roi_op=roi_magic"] + SMALL, ["roi_op must be one of"]),
+    (["train", "--set", "model.anchor_scales=7"] + SMALL,
+     ["value of the wrong type", "model.anchor_scales", "--print-config"]),
     (["train", "--preset", "mobilenet_v3_fpn", "--set", "model.backbone_weights=imagenet"] + SMALL,
      ["weights='imagenet'", "is in the Keras cache", "pass its path"]),
     (["train", "--epochs", "0"], ["epochs must be a positive integer"]),

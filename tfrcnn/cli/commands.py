@@ -210,12 +210,17 @@ def cmd_train(args):
     existed = os.path.exists(run_dir)
     try:
         metrics = run.train(run_dir, overrides, verbose=args.verbose, resume=bool(args.resume))
-    except INPUT_ERRORS as e:
+    except (*INPUT_ERRORS, TypeError) as e:  # TypeError: a value of the wrong type
         # Raised while the settings, the data or the model were set up (config.json not yet
         # written): a mistake in the input, and nothing of the run may stay behind.
         if not args.resume and not os.path.exists(os.path.join(run_dir, "config.json")):
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(e, TypeError):
+                given = sorted(f"model.{k}" for k in overrides.get("model", {}))
+                raise UserError(f"a setting has a value of the wrong type ({one_line(e)}); check "
+                                + (", ".join(given) if given else "the --set / --config values")
+                                + " against tfrcnn train --print-config") from None
             raise UserError(one_line(e)) from None
         raise
     print(json.dumps(metrics, indent=2))
