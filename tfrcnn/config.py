@@ -169,6 +169,48 @@ PRESETS = {
 }
 
 
+# What each preset is for: shown by ``tfrcnn presets`` and the ``--preset`` help.
+PRESET_USES = {
+    "vgg16": "the paper's VGG16 model; large, slow on a CPU",
+    "zf": "the paper's fast ZF model",
+    "resnet50_c4": "Detectron's ResNet50-C4; accurate, heavy",
+    "resnet50_fpn": "the common modern setup (torchvision's); accurate, for a GPU",
+    "mobilenet_v3_fpn": "CPU, mobile and TFLite deployment",
+    "small_fpn": "real data trained from scratch on a CPU (e.g. BCCD)",
+    "tiny": "tests and the built-in synthetic demo",
+}
+
+# The settings of a training run (``tfrcnn train``, :func:`tfrcnn.training.run.train`), with the
+# values of the built-in demo (tiny preset, synthetic data). Model settings go under ``model``.
+RUN_DEFAULTS = dict(
+    preset="tiny",
+    data="synthetic",
+    data_path=None,
+    image_dir=None,
+    val_data_path=None,
+    val_image_dir=None,
+    val_fraction=0.1,
+    train_split="trainval",
+    val_split="test",
+    augment={},
+    strategy="default",
+    precision="float32",
+    num_train=1000,
+    num_val=200,
+    seed=0,
+    epochs=16,
+    steps_per_epoch=125,
+    batch_size=4,
+    optimizer="adamw",
+    learning_rate=2e-3,
+    weight_decay=1e-4,
+    warmup_steps=100,
+    clipnorm=10.0,
+    eval_every=4,
+    model={},
+)
+
+
 def preset_names():
     """The names of the built-in presets."""
     return tuple(PRESETS)

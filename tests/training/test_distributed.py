@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrcnn.models  # noqa: F401  (registers the model's classes for keras.models.load_model)
 from tfrcnn.training import distributed
 from tfrcnn.training.distributed import (ChiefCheckpoint, configure_cpu_devices, is_chief,
                                          latest_checkpoint, make_strategy, resume, save_checkpoint)

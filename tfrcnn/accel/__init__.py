@@ -12,7 +12,7 @@
 
 This package imports nothing of TensorFlow until :func:`apply` is called, so
 ``import tfrcnn.accel; tfrcnn.accel.configure_process()`` can come first in a program. What each
-technique buys, and how it is measured: docs/accel.md.
+technique buys, and how it is measured: docs/performance.md.
 
 Example:
     >>> import tfrcnn.accel

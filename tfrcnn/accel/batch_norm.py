@@ -15,7 +15,7 @@ the fused kernel, which computes in float32 inside.
 
 The fused kernel is used for 4-D channels-last inputs without a mask, renorm or synchronisation
 and with ``epsilon >= 1.001e-5`` (TensorFlow raises smaller ones to that); anything else runs
-Keras' own computation. Measurements: docs/accel.md, "Fused batch norm".
+Keras' own computation. Measurements: docs/performance.md, "Fused batch norm".
 """
 
 import keras

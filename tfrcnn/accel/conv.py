@@ -41,7 +41,7 @@ the dtypes of ``x`` and ``kernel``. So for half types every configuration has a 
 
 Second derivatives (a gradient of this gradient) are not supported and not tested.
 
-What these paths buy, and the command that measures them: docs/accel.md, "Convolution gradients".
+What these paths buy, and the command that measures them: docs/performance.md, "Convolution gradients".
 """
 
 import collections

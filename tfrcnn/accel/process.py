@@ -15,7 +15,7 @@ allocator one at its first host allocation, so :func:`configure_process` must ru
 - ``TF_ENABLE_ONEDNN_OPTS=1`` on x86-64: oneDNN's kernels also on CPUs where TensorFlow would pick
   its Eigen ones (those without AVX512-VNNI, AVX512-BF16 or AMX).
 
-A variable the user already set is left alone. docs/accel.md gives what each buys.
+A variable the user already set is left alone. docs/performance.md gives what each buys.
 """
 
 import os

@@ -26,7 +26,7 @@ Winograd convolution (of ``dy`` with the flipped kernel) and whose filter gradie
 the same transform (:func:`winograd_filter_gradient`): ``dU[p] = V[p]^T (A dY A^T)[p]`` at each of
 the 36 positions, one batched ``[C, tiles] @ [tiles, K]`` product, then ``dW = G^T dU G``.
 
-Measurements and their command: docs/accel.md, "Winograd convolutions".
+Measurements and their command: docs/performance.md, "Winograd convolutions".
 """
 
 import numpy as np

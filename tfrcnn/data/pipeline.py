@@ -4,7 +4,8 @@ Shapes: ``B`` images a batch, ``Hp x Wp`` padded size, ``M = max_boxes`` ground-
 
 A record is a dict ``{"image": uint8 [H, W, 3]`` (or ``"path"``: a file decoded lazily with
 :func:`tfrcnn.data.images.load_image`, which applies EXIF orientation and converts any mode to
-RGB), ``"boxes": float32 [N, 4]`` ``[y1, x1, y2, x2]`` pixels, ``"classes": int32 [N]``,
+RGB; or ``"encoded"``: the bytes of an upright JPEG / PNG, as a TFRecord stores them, decoded
+lazily to RGB), ``"boxes": float32 [N, 4]`` ``[y1, x1, y2, x2]`` pixels, ``"classes": int32 [N]``,
 ``"image_id": str``, optional ``"difficult"`` and ``"iscrowd"`` bool ``[N]``}.
 
 Each batch is a dict:
@@ -19,13 +20,15 @@ Each batch is a dict:
 - ``image_id`` string ``[B]``.
 """
 
+import io
 import logging
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from tfrcnn.data import augment as aug
-from tfrcnn.data.images import load_image
+from tfrcnn.data.images import ImageReadError, load_image
 
 log = logging.getLogger("tfrcnn.data")
 
@@ -60,6 +63,17 @@ def resize_image_and_boxes(image, boxes, min_side, max_side):
     return resized, tf.cast(boxes, tf.float32) * scale, scale, tf.stack([new_h, new_w])
 
 
+def decode_encoded(data, image_id=""):
+    """JPEG / PNG bytes -> uint8 ``[H, W, 3]`` RGB, the pixels TensorFlow's accurate decoder gives
+    (no EXIF orientation: TFRecords store upright pixels). Raises ImageReadError naming the image."""
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"), np.uint8)
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"cannot decode the encoded image of {image_id}: {e}") from None
+
+
 def _record_arrays(record):
     boxes = np.asarray(record.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
     n = len(boxes)
@@ -82,6 +96,8 @@ def _source_dataset(records):
         record = records[int(i)]
         if "image" in record:
             image = np.asarray(record["image"], np.uint8)
+        elif "encoded" in record:
+            image = decode_encoded(record["encoded"], record.get("image_id", i))
         else:
             image = load_image(record["path"])
         if image.ndim != 3 or image.shape[2] != 3:

@@ -136,7 +136,8 @@ def encode_record_image(record):
     """Returns ``(encoded bytes, format, height, width)`` for a record, as stored in image/encoded.
 
     The file's own bytes when TF decodes them as :func:`~tfrcnn.data.images.load_image` does (see the
-    module docstring), else a PNG of the upright RGB pixels. Raises ImageReadError for a bad file.
+    module docstring), else a PNG of the upright RGB pixels; a record read from a TFRecord
+    (``"encoded"``) keeps its JPEG / PNG bytes. Raises ImageReadError for a bad file.
     """
     if "image" in record:
         image = np.asarray(record["image"])
@@ -144,6 +145,17 @@ def encode_record_image(record):
             raise ValueError(f"record {record.get('image_id')!r}: 'image' must be uint8 [H, W, 3], "
                              f"got {image.dtype} {image.shape}")
         return _png_bytes(image), "png", image.shape[0], image.shape[1]
+    if "encoded" in record:  # a record read from a TFRecord: its upright JPEG / PNG bytes
+        data = bytes(record["encoded"])
+        fmt = "png" if data.startswith(_PNG_MAGIC) else "jpeg" if data.startswith(_JPEG_MAGIC) else None
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        if fmt is None:
+            from tfrcnn.data.pipeline import decode_encoded
+
+            image = decode_encoded(data, record.get("image_id"))
+            return _png_bytes(image), "png", image.shape[0], image.shape[1]
+        return data, fmt, height, width
     path = os.fspath(record["path"])
     height, width = check_image(path)  # header + end-of-file marker: a truncated file fails here
     with open(path, "rb") as f:
@@ -184,7 +196,7 @@ def record_to_example(record, class_names):
     if "path" in record:
         filename = os.path.basename(os.fspath(record["path"]))
     else:
-        filename = f"{image_id}.png"
+        filename = f"{image_id}.{'jpg' if fmt == 'jpeg' else fmt}"
     feature = {
         "image/encoded": _bytes([encoded]),
         "image/format": _bytes([fmt.encode()]),

@@ -26,16 +26,38 @@ def _to_xywh(boxes):
     return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
 
 
-def build_coco_objects(detections, ground_truths, class_names):
-    """The pycocotools ``COCO`` ground truth and detection objects for the lists above."""
-    from pycocotools.coco import COCO
+def coco_dicts(detections, ground_truths, class_names, image_ids=None, category_ids=None,
+               file_names=None):
+    """The ground truth as a COCO instances dict and the detections as a COCO results list.
 
+    Args:
+        detections, ground_truths: the per-image lists above (same length, same order).
+        class_names: names of the user classes ``0 .. C - 1``.
+        image_ids: the COCO image id of each image (default ``1 .. N``).
+        category_ids: the COCO category id of each class (default ``1 .. C``).
+        file_names: optional ``file_name`` of each image for the ground truth's ``images``.
+
+    Returns:
+        ``(ground_truth, results)``: ``ground_truth`` has ``images``, ``annotations`` (``bbox``
+        ``[x, y, w, h]``, ``area = w * h``, ``iscrowd`` 1 for crowd and VOC-difficult boxes) and
+        ``categories``; ``results`` is the detection results format (``image_id``,
+        ``category_id``, ``bbox`` ``[x, y, w, h]``, ``score``) that ``COCO.loadRes`` reads.
+    """
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} detection entries for {len(ground_truths)} images")
+    image_ids = list(range(1, len(ground_truths) + 1)) if image_ids is None else list(image_ids)
+    category_ids = (list(range(1, len(class_names) + 1)) if category_ids is None
+                    else [int(c) for c in category_ids])
+    if len(image_ids) != len(ground_truths) or len(set(image_ids)) != len(image_ids):
+        raise ValueError(f"image_ids must be {len(ground_truths)} unique ids")
+    if len(category_ids) != len(class_names) or len(set(category_ids)) != len(category_ids):
+        raise ValueError(f"category_ids must be {len(class_names)} unique ids")
     images, annotations, results = [], [], []
-    ann_id = 1
-    for image_id, (det, gt) in enumerate(zip(detections, ground_truths), start=1):
-        images.append({"id": image_id, "width": 0, "height": 0})
+    for i, (image_id, det, gt) in enumerate(zip(image_ids, detections, ground_truths)):
+        image = {"id": image_id, "width": 0, "height": 0}
+        if file_names is not None:
+            image["file_name"] = str(file_names[i])
+        images.append(image)
         gt_boxes = _to_xywh(gt["boxes"])
         gt_classes = np.asarray(gt["classes"]).reshape(-1)
         ignore = np.asarray(gt.get("difficult", np.zeros(len(gt_classes), bool)), bool).reshape(-1)
@@ -43,25 +65,35 @@ def build_coco_objects(detections, ground_truths, class_names):
         for box, cls, ign, isc in zip(gt_boxes, gt_classes, ignore, crowd):
             if cls < 0:
                 continue
-            annotations.append({"id": ann_id, "image_id": image_id, "category_id": int(cls) + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": category_ids[int(cls)],
                                 "bbox": [float(v) for v in box], "area": float(box[2] * box[3]),
                                 "iscrowd": int(isc or ign)})
-            ann_id += 1
         det_boxes = _to_xywh(det["boxes"])
         for box, cls, score in zip(det_boxes, np.asarray(det["classes"]).reshape(-1),
                                    np.asarray(det["scores"]).reshape(-1)):
             if cls < 0:
                 continue
-            results.append({"image_id": image_id, "category_id": int(cls) + 1,
+            results.append({"image_id": image_id, "category_id": category_ids[int(cls)],
                             "bbox": [float(v) for v in box], "score": float(score)})
-    categories = [{"id": i + 1, "name": str(name)} for i, name in enumerate(class_names)]
+    categories = [{"id": c, "name": str(name)} for c, name in zip(category_ids, class_names)]
+    ground_truth = {"images": images, "annotations": annotations, "categories": categories}
+    return ground_truth, results
+
+
+def build_coco_objects(detections, ground_truths, class_names):
+    """The pycocotools ``COCO`` ground truth and detection objects for the lists above."""
+    from pycocotools.coco import COCO
+
+    dataset, results = coco_dicts(detections, ground_truths, class_names)
     coco_gt = COCO()
-    coco_gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    coco_gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results) if results else COCO()
     if not results:
-        coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
+        coco_dt.dataset = {"images": dataset["images"], "annotations": [],
+                           "categories": dataset["categories"]}
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt.createIndex()
     return coco_gt, coco_dt

@@ -22,8 +22,11 @@ The SavedModel needs nothing of tfrcnn to load: ``tf.saved_model.load(path)`` in
 The same metadata is on the loaded object (``loaded.class_names``, ``loaded.config_json``: string
 variables) and in ``assets/class_names.txt`` (one name a line) and ``assets/config.json``.
 
-The write is atomic (:mod:`tfrcnn.export.atomic`): the folder is complete or absent.
-``FasterRCNN(accelerate="auto")`` models export their accelerated computation (docs/accel.md).
+The write is atomic (:mod:`tfrcnn.export.atomic`): the folder is complete or absent. With
+``version=N`` it goes to ``path/N/``, the layout TF Serving loads (``--model_base_path=path``);
+:func:`find_saved_model` finds the folder to load in either layout.
+``FasterRCNN(accelerate="auto")`` models export their accelerated computation
+(docs/performance.md, "Exports").
 """
 
 import json
@@ -159,8 +162,8 @@ class DetectionModule(tf.Module):
         }
 
 
-def saved_model(model, path, *, overwrite=True, class_names=None):
-    """Write ``model`` as a SavedModel folder at ``path`` (atomically) and return ``path``.
+def saved_model(model, path, *, overwrite=True, class_names=None, version=None):
+    """Write ``model`` as a SavedModel folder at ``path`` (atomically) and return its path.
 
     Args:
         model: a ``FasterRCNN`` (any ``roi_method``). The SavedModel computes what ``predict``
@@ -169,11 +172,14 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
             input size).
         path: the output folder (e.g. ``"savedmodels/tiny"``); parents are created.
         overwrite: replace an existing folder (the old one stays in place until the new one is
-            complete); ``False`` raises ``FileExistsError`` if ``path`` exists.
+            complete); ``False`` raises ``FileExistsError`` if it exists.
         class_names: optional names overriding ``model.class_names`` (default ``class_<i>``).
+        version: a positive integer: write the SavedModel into ``path/<version>/``, the layout
+            TF Serving expects (``tensorflow_model_server --model_base_path=path`` serves the
+            highest version); other versions already in ``path`` stay. ``None``: into ``path``.
 
     Returns:
-        the absolute path of the written folder.
+        the absolute path of the written SavedModel folder (``path/<version>`` with a version).
 
     Signatures (see the module docstring): ``serving_default`` (uint8 images), ``serve_encoded``
     (JPEG/PNG bytes), ``metadata``.
@@ -187,6 +193,11 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
     names = model_class_names(model, class_names)
     config_json = model_config_json(model)
     path = os.path.abspath(os.fspath(path))
+    if version is not None:
+        if isinstance(version, bool) or not str(version).isdigit() or int(version) < 1:
+            raise ValueError(f"version must be a positive integer (TF Serving's version folder), "
+                             f"got {version!r}")
+        path = os.path.join(path, str(int(version)))
     with tempfile.TemporaryDirectory(prefix="tfrcnn_assets_") as assets_dir:
         with open(os.path.join(assets_dir, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
             f.write("".join(name + "\n" for name in names))
@@ -203,3 +214,24 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
         with atomic_directory(path, overwrite=overwrite) as tmp:
             tf.saved_model.save(module, tmp, signatures=signatures)
     return path
+
+
+def find_saved_model(path):
+    """The SavedModel folder to load for ``path``: ``path`` itself when it holds
+    ``saved_model.pb``, else its highest numbered version folder (TF Serving's layout,
+    ``path/<version>/saved_model.pb``).
+
+    Raises FileNotFoundError when neither exists.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = []
+    if os.path.isdir(path):
+        versions = sorted((int(name), name) for name in os.listdir(path)
+                          if name.isdigit()
+                          and os.path.isfile(os.path.join(path, name, "saved_model.pb")))
+    if not versions:
+        raise FileNotFoundError(f"{path} holds no SavedModel: neither saved_model.pb nor a "
+                                "version folder <n>/saved_model.pb")
+    return os.path.join(path, versions[-1][1])

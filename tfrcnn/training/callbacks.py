@@ -1,6 +1,8 @@
-"""Training callbacks: stop on a non-finite loss, naming where it happened."""
+"""Training callbacks: stop on a non-finite loss, naming where it happened; keep the best model."""
 
+import json
 import math
+import os
 
 import keras
 
@@ -60,3 +62,42 @@ class TimeLimit(keras.callbacks.Callback):
         self.steps += 1
         if time.perf_counter() - self.start >= self.seconds:
             self.model.stop_training = True
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the model with the highest ``logs[monitor]`` (default the validation mAP) at ``path``.
+
+    After an epoch whose value beats every earlier one, the model is saved to ``path`` (a ``.keras``
+    file, written atomically) and the value and epoch to ``path`` + ``.json``; a resumed run reads
+    that file, so it only replaces the model with a better one. Epochs without the value (or with a
+    non-finite one) change nothing. Put it after the callback that logs the value.
+
+    Example:
+        >>> model.fit(train, epochs=10, callbacks=[MeanAveragePrecisionCallback(val, 3),
+        ...                                        BestCheckpoint("run/checkpoints/best.keras")])
+    """
+
+    def __init__(self, path, monitor="val_mAP"):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.best = -math.inf
+        self.best_epoch = None
+        state = self.path + ".json"
+        if os.path.exists(state):
+            with open(state) as f:
+                saved = json.load(f)
+            self.best, self.best_epoch = float(saved[monitor]), int(saved["epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
+            return
+        from tfrcnn.export.atomic import atomic_file
+
+        with atomic_file(self.path) as tmp:
+            self.model.save(tmp + ".keras")
+            os.replace(tmp + ".keras", tmp)
+        self.best, self.best_epoch = float(value), epoch + 1
+        with atomic_file(self.path + ".json") as tmp, open(tmp, "w") as f:
+            json.dump({self.monitor: self.best, "epoch": self.best_epoch}, f)

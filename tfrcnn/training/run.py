@@ -1,9 +1,12 @@
 """A training run: data, model, ``fit``, evaluation, and a run folder that keeps everything.
 
-The run folder holds ``config.json`` (the resolved configuration), ``checkpoints/`` (the model
-after every epoch as ``.keras``, plus ``last.keras``), ``history.json`` / ``history.csv`` (every
-loss term and the validation mAP per epoch), ``model.keras`` (the final model) and
-``metrics.json`` (the final mAP on the held-out split).
+The run folder holds ``config.json`` (the resolved configuration), ``checkpoints/``
+(``last.keras``, the model after the latest epoch, and ``best.keras``, the one with the highest
+validation mAP, with ``best.keras.json`` naming its epoch and mAP), ``history.json`` /
+``history.csv`` (every loss term and the validation mAP per epoch), ``logs/`` (TensorBoard: the
+losses, and detections drawn on a few validation images at each evaluation under ``images/``),
+``model.keras`` (the final model) and ``metrics.json`` (the final mAP on the held-out split).
+The folder is created only once the settings, the data and the model are set up.
 
 Under ``strategy="multi_worker"`` every worker runs :func:`train` with the same ``run_dir`` (shared
 storage in a real cluster) and only the chief writes it: ``config.json``, the checkpoints (a
@@ -21,12 +24,13 @@ import keras
 import numpy as np
 
 from tfrcnn import config as presets
-from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLASS_NAMES
-from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
+from tfrcnn.data import make_dataset, synthetic_splits, SYNTHETIC_CLASS_NAMES
+from tfrcnn.evaluation import (DetectionImagesCallback, MeanAveragePrecisionCallback,
+                               evaluate_model)
 from tfrcnn.export.atomic import atomic_file
 from tfrcnn.models import FasterRCNN
 from tfrcnn.accel import check_cpu_allocator
-from tfrcnn.training.callbacks import NaNGuard
+from tfrcnn.training.callbacks import BestCheckpoint, NaNGuard
 from tfrcnn.training.distributed import (distributed_fit, is_chief, latest_checkpoint,
                                          make_strategy, resume as resume_checkpoint)
 from tfrcnn.training.precision import precision_scope, resolve_precision
@@ -34,30 +38,7 @@ from tfrcnn.training.schemes import train_alternating
 
 log = logging.getLogger("tfrcnn")
 
-# The training settings of a run, with the values of the built-in demo (tiny preset, synthetic data).
-RUN_DEFAULTS = dict(
-    preset="tiny",
-    data="synthetic",
-    data_path=None,
-    train_split="trainval",
-    val_split="test",
-    augment={},
-    strategy="default",
-    precision="float32",
-    num_train=1000,
-    num_val=200,
-    seed=0,
-    epochs=16,
-    steps_per_epoch=125,
-    batch_size=4,
-    optimizer="adamw",
-    learning_rate=2e-3,
-    weight_decay=1e-4,
-    warmup_steps=100,
-    clipnorm=10.0,
-    eval_every=4,
-    model={},
-)
+RUN_DEFAULTS = presets.RUN_DEFAULTS
 
 
 def _optimizer(settings, total_steps):
@@ -84,10 +65,24 @@ def default_bccd_path():
     return os.environ.get("TFRCNN_BCCD", os.path.join(root, "..", "shared", "datasets", "bccd"))
 
 
+DATA_KINDS = ("synthetic", "voc", "bccd", "coco", "tfrecord")
+
+
 def load_data(settings, model_args=None):
-    """Training and validation records plus class names for the run's ``data`` setting:
-    ``"synthetic"`` (built in), ``"voc"`` (``data_path`` a VOC folder, ``train_split`` /
-    ``val_split``) or ``"bccd"`` (the shared BCCD dataset, VOC layout)."""
+    """Training and validation records plus class names for the run's ``data`` setting.
+
+    - ``"synthetic"``: the built-in shapes (``num_train``, ``num_val``);
+    - ``"voc"``: ``data_path`` a Pascal VOC folder, ``train_split`` / ``val_split``;
+    - ``"bccd"``: the shared BCCD dataset (VOC layout; ``data_path`` overrides where it is);
+    - ``"coco"``: ``data_path`` a COCO instances JSON, ``image_dir`` its images;
+    - ``"tfrecord"``: ``data_path`` a TFRecord file pattern (what ``tfrcnn convert`` writes).
+
+    For COCO and TFRecords the validation set is ``val_data_path`` (with ``val_image_dir`` for
+    COCO, default ``image_dir``); without it a seeded ``val_fraction`` of the training file is
+    held out.
+    """
+    from tfrcnn.data.sources import read_source
+
     kind = settings["data"]
     if kind == "synthetic":
         train, val = synthetic_splits(num_train=int(settings["num_train"]),
@@ -97,12 +92,62 @@ def load_data(settings, model_args=None):
         path = settings.get("data_path") or (default_bccd_path() if kind == "bccd" else None)
         if not path:
             raise ValueError("data='voc' needs data_path, the folder holding Annotations/")
-        train, names, report = read_voc(path, settings["train_split"])
+        train, names, report = read_source("voc", path, split=settings["train_split"])
         log.info("train split: %s", report.summary())
-        val, _, report = read_voc(path, settings["val_split"], class_names=names)
+        val, _, report = read_source("voc", path, split=settings["val_split"], class_names=names)
         log.info("validation split: %s", report.summary())
         return train, val, list(names)
-    raise ValueError(f"unknown data {kind!r}: use 'synthetic', 'voc' (with data_path) or 'bccd'")
+    if kind in ("coco", "tfrecord"):
+        path = settings.get("data_path")
+        if not path:
+            raise ValueError(f"data='{kind}' needs data_path: "
+                             + ("the COCO instances JSON" if kind == "coco" else
+                                "a TFRecord file pattern"))
+        train, names, report = read_source(kind, path, image_dir=settings.get("image_dir"))
+        log.info("training data %s: %s", path, report.summary())
+        val_path = settings.get("val_data_path")
+        if val_path:
+            val, _, report = read_source(kind, val_path, class_names=names,
+                                         image_dir=settings.get("val_image_dir")
+                                         or settings.get("image_dir"))
+            log.info("validation data %s: %s", val_path, report.summary())
+        else:
+            train, val = hold_out(train, float(settings["val_fraction"]), int(settings["seed"]))
+            log.info("no val_data_path: %d of the %d images of %s held out for validation",
+                     len(val), len(train) + len(val), path)
+        return train, val, list(names)
+    raise ValueError(f"unknown data {kind!r}: use {', '.join(DATA_KINDS)}")
+
+
+def hold_out(records, fraction, seed):
+    """``(train, val)``: a seeded random ``fraction`` of ``records`` (at least one) held out, both
+    parts in their original order."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
+    if len(records) < 2:
+        raise ValueError(f"{len(records)} image(s): too few to hold out a validation set; "
+                         "give val_data_path")
+    count = min(max(int(round(len(records) * fraction)), 1), len(records) - 1)
+    chosen = set(np.random.default_rng(seed).permutation(len(records))[:count].tolist())
+    return ([r for i, r in enumerate(records) if i not in chosen],
+            [r for i, r in enumerate(records) if i in chosen])
+
+
+def model_setting_names():
+    """The names ``model.<name>`` accepts: the keyword arguments of ``FasterRCNN``."""
+    import inspect
+
+    params = inspect.signature(FasterRCNN.__init__).parameters
+    return sorted(k for k, p in params.items()
+                  if k not in ("self", "num_classes", "class_names", "preset")
+                  and p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def _suggest(name, known):
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
 
 
 def resolve_settings(overrides=None):
@@ -116,9 +161,19 @@ def resolve_settings(overrides=None):
         elif key in settings:
             settings[key] = value
         else:
-            raise ValueError(f"unknown run setting {key!r}; known: {', '.join(sorted(settings))} "
+            raise ValueError(f"unknown run setting {key!r}; {_suggest(key, list(settings))} "
                              "(model settings go under 'model.<name>')")
-    presets.get_preset(settings["preset"])
+    if not isinstance(settings["model"], dict):
+        raise ValueError(f"the model settings must be a mapping, got {settings['model']!r}")
+    known = model_setting_names()
+    for key in settings["model"]:
+        if key not in known:
+            raise ValueError(f"unknown model setting {key!r}; {_suggest(key, known)}")
+    if settings["preset"] not in presets.PRESETS:
+        raise ValueError(f"unknown preset {settings['preset']!r}; "
+                         f"{_suggest(str(settings['preset']), list(presets.PRESETS))}")
+    if settings["data"] not in DATA_KINDS:
+        raise ValueError(f"unknown data {settings['data']!r}; use {', '.join(DATA_KINDS)}")
     resolve_precision(settings["precision"])  # a clear error for an unknown name
     return settings
 
@@ -202,8 +257,6 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     strategy = make_strategy(settings["strategy"])
     multi_worker = settings["strategy"] == "multi_worker"
     chief = is_chief(strategy)
-    if chief:
-        os.makedirs(checkpoints, exist_ok=True)
     keras.utils.set_random_seed(int(settings["seed"]) + initial_epoch)
     train_records, val_records, class_names = load_data(settings, settings["model"])
     check_cpu_allocator(log)
@@ -215,6 +268,10 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         else:
             model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
                                            class_names=class_names, **settings["model"])
+    # The folder is made once the settings, the data and the model are known to be good: a
+    # mistake in any of them leaves nothing behind.
+    if chief:
+        os.makedirs(checkpoints, exist_ok=True)
     if not resume and chief:
         _write_json(os.path.join(run_dir, "config.json"),
                     {"run": settings, "model": model.get_config()}, indent=2, default=list)
@@ -225,6 +282,9 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     callbacks = [
         NaNGuard(),
         map_callback,
+        BestCheckpoint(os.path.join(checkpoints, "best.keras")),
+        DetectionImagesCallback(val_ds, os.path.join(run_dir, "logs", "images"),
+                                class_names=class_names, every=int(settings["eval_every"])),
         RunCheckpoint(run_dir),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),

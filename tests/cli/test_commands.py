@@ -9,17 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfrcnn.cli import main, parse_overrides, UserError
-
-QUICK = ["--set", "num_train=16", "--set", "num_val=8", "--set", "eval_every=1",
-         "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--verbose", "0"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("run") / "demo")
-    assert main(["train", "--run-dir", run] + QUICK) == 0
-    return run
+from tfrcnn.cli import UserError, main, parse_overrides
 
 
 def test_train_writes_a_complete_run_folder(trained_run):
@@ -53,8 +43,9 @@ def test_evaluate_and_predict(trained_run, tmp_path, capsys):
     assert record["image"] == str(image)
     for det in record["detections"]:
         assert det["class_name"] in ("rectangle", "ellipse", "triangle")
-        y1, x1, y2, x2 = det["box_yxyx"]
+        x1, y1, x2, y2 = det["box"]  # the default --box-format xyxy
         assert 0 <= y1 <= y2 <= 120 and 0 <= x1 <= x2 <= 150
+    assert record["box_format"] == "xyxy" and (record["height"], record["width"]) == (120, 150)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -93,6 +84,7 @@ def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
                  "--score-threshold", "0.0"]) == 0
     saved = tmp_path / "saved"
     assert main(["export", model, "--format", "saved_model", "--output", str(saved)]) == 0
+    assert os.listdir(saved) == ["1"] and (saved / "1" / "saved_model.pb").is_file()
     sm_out = tmp_path / "sm"
     assert main(["predict", str(image), "--model", str(saved), "--out", str(sm_out),
                  "--score-threshold", "0.0"]) == 0
@@ -100,7 +92,7 @@ def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
     b = json.load(open(sm_out / "img.json"))["detections"]
     assert [d["class_name"] for d in a] == [d["class_name"] for d in b]
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x["box_yxyx"], y["box_yxyx"], atol=0.02)
+        np.testing.assert_allclose(x["box"], y["box"], atol=0.02)
         assert abs(x["score"] - y["score"]) < 1e-4
     lite = tmp_path / "model.tflite"
     assert main(["export", model, "--format", "tflite", "--output", str(lite),
@@ -111,7 +103,7 @@ def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
     record = json.load(open(lite_out / "img.json"))
     for det in record["detections"]:
         assert det["class_name"] in ("rectangle", "ellipse", "triangle")
-        assert 0 <= det["box_yxyx"][2] <= 150 + 1e-3 and 0 <= det["box_yxyx"][3] <= 130 + 1e-3
+        assert 0 <= det["box"][2] <= 130 + 1e-3 and 0 <= det["box"][3] <= 150 + 1e-3
 
 
 def test_evaluate_proposals_rpn_and_selective_search(trained_run, tmp_path, capsys):
