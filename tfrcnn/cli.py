@@ -111,6 +111,8 @@ def cmd_train(args):
           + (" (resuming)" if args.resume else ""))
     try:
         metrics = train(run_dir, overrides, verbose=args.verbose, resume=bool(args.resume))
+    except FloatingPointError as e:
+        return _training_stopped(e, run_dir)
     except (TypeError, ValueError) as e:
         message = str(e)
         if ("unexpected keyword" in message or "unknown" in message.lower()
@@ -120,6 +122,17 @@ def cmd_train(args):
     print(json.dumps(metrics, indent=2))
     print(f"final mAP@0.5 (VOC, all-point) on the held-out split: {metrics['mAP']:.4f}")
     return 0
+
+
+def _training_stopped(error, run_dir):
+    """One line for a run that NaNGuard stopped, naming the last good checkpoint; exit status 1."""
+    checkpoint = os.path.join(run_dir, "checkpoints", "last.keras")
+    kept = (f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint)
+            else "no checkpoint was written yet")
+    message = str(error).split(". Training stopped")[0]
+    print(f"tfrcnn train: stopped: {message}; {kept}",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_evaluate(args):

@@ -23,16 +23,22 @@ import tensorflow as tf
 PADDING_CLASS = -1
 
 
-def _fail_unless(ok, tensors, message):
+def _fail_unless(ok, tensors, message, stand_in=None):
     """``tensors`` unchanged if the scalar bool ``ok`` holds; else an InvalidArgumentError whose
-    text is ``message()`` (a scalar string tensor, built only on failure)."""
+    text is ``message()`` (a scalar string tensor, built only on failure).
+
+    On failure the cond yields harmless stand-ins (zeros, or ``stand_in()``) rather than the bad
+    values: ops downstream may start before the assertion stops the graph, and must not fail
+    first with an error of their own (an index out of range, an incompatible shape).
+    """
     def passed():
         return [tf.identity(t) for t in tensors]
 
     def failed():
         assertion = tf.raw_ops.Assert(condition=ok, data=[message()], summarize=1)
         with tf.control_dependencies([assertion]):
-            return [tf.identity(t) for t in tensors]
+            values = stand_in() if stand_in is not None else [tf.zeros_like(t) for t in tensors]
+            return [tf.identity(v) for v in values]
 
     result = tf.cond(ok, passed, failed)
     return result if isinstance(result, (list, tuple)) else [result]
@@ -117,7 +123,8 @@ def check_image_shape(image_shape, images, name="image_shape"):
             "] is not a valid region of the ", _values(size), " images: expected 1..",
             tf.strings.as_string(size[0]), ", 1..", tf.strings.as_string(size[1])])
 
-    return _fail_unless(tf.reduce_all(ok), [image_shape], message)[0]
+    stand_in = tf.tile(size[None, :], [tf.shape(image_shape)[0], 1])
+    return _fail_unless(tf.reduce_all(ok), [image_shape], message, stand_in=lambda: [stand_in])[0]
 
 
 def check_image_scale(image_scale, name="image_scale"):
@@ -132,7 +139,8 @@ def check_image_scale(image_scale, name="image_scale"):
         return tf.strings.join([name, "[", tf.strings.as_string(i), "] = ", _str(image_scale[i]),
                                 " is not a scale: expected a finite number > 0"])
 
-    return _fail_unless(tf.reduce_all(ok), [image_scale], message)[0]
+    return _fail_unless(tf.reduce_all(ok), [image_scale], message,
+                        stand_in=lambda: [tf.ones_like(image_scale)])[0]
 
 
 def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
@@ -169,7 +177,9 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
         return tf.strings.join(["gt_boxes [", _values(tf.shape(gt_boxes)), "] and gt_classes [",
                                 _values(tf.shape(gt_classes)), "] must have the same [B, M]"])
 
-    gt_boxes, gt_classes = _fail_unless(same, [gt_boxes, gt_classes], shape_message)
+    gt_boxes, gt_classes = _fail_unless(
+        same, [gt_boxes, gt_classes], shape_message,
+        stand_in=lambda: [tf.zeros_like(gt_boxes), tf.fill(tf.shape(gt_boxes)[:2], PADDING_CLASS)])
     valid_id = tf.logical_and(gt_classes >= 0, gt_classes < num_classes)
     class_ok = tf.logical_or(valid_id, tf.equal(gt_classes, PADDING_CLASS))
 
@@ -179,8 +189,9 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
             "gt_classes[", _index(first), "] = ", tf.strings.as_string(tf.gather_nd(gt_classes, first)),
             f" is not a class id: expected 0..{num_classes - 1}, or {PADDING_CLASS} for padding"])
 
-    gt_boxes, gt_classes = _fail_unless(tf.reduce_all(class_ok), [gt_boxes, gt_classes],
-                                        class_message)
+    gt_boxes, gt_classes = _fail_unless(
+        tf.reduce_all(class_ok), [gt_boxes, gt_classes], class_message,
+        stand_in=lambda: [gt_boxes, tf.fill(tf.shape(gt_classes), PADDING_CLASS)])
     y1, x1, y2, x2 = tf.unstack(gt_boxes, axis=-1)
     box_ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(gt_boxes), axis=-1),
                             tf.logical_and(y1 <= y2, x1 <= x2))
@@ -193,7 +204,9 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
             "] is not a box: expected finite [y1, x1, y2, x2] pixels with y1 <= y2 and x1 <= x2 "
             "(or class -1 in gt_classes for a padding slot)"])
 
-    gt_boxes, gt_classes = _fail_unless(tf.reduce_all(box_ok), [gt_boxes, gt_classes], box_message)
+    gt_boxes, gt_classes = _fail_unless(
+        tf.reduce_all(box_ok), [gt_boxes, gt_classes], box_message,
+        stand_in=lambda: [tf.zeros_like(gt_boxes), tf.fill(tf.shape(gt_classes), PADDING_CLASS)])
     return gt_boxes, gt_classes
 
 
@@ -212,3 +225,18 @@ def check_proposals(proposals, name="proposals"):
                                 "] is not a box: expected finite [y1, x1, y2, x2] pixels"])
 
     return _fail_unless(tf.reduce_all(ok), [proposals], message)[0]
+
+
+def check_image_layout(images, name="images"):
+    """``images`` unchanged if it is ``[B, H, W, 3]`` when the graph runs (for signatures whose
+    input spec does not enforce the shape, such as a SavedModel's concrete functions)."""
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    ok = tf.logical_and(tf.equal(tf.rank(images), 4), tf.equal(shape[-1], 3))
+
+    def message():
+        return tf.strings.join([name, " must be [B, H, W, 3] RGB pixels, got shape [",
+                                _values(shape), "]"])
+
+    return _fail_unless(ok, [images], message,
+                        stand_in=lambda: [tf.zeros([1, 1, 1, 3], images.dtype)])[0]
