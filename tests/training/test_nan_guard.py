@@ -93,7 +93,7 @@ class _PoisonedAdam(keras.optimizers.Adam):
     """Adam whose gradient for one variable is NaN from iteration ``start`` on."""
 
     def __init__(self, target, start, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(name="poisoned_adam", **kwargs)
         self.target, self.start = target, start
 
     def apply(self, grads, trainable_variables=None):

@@ -61,14 +61,14 @@ class InputChecks(keras.layers.Layer):
             if self.enabled:
                 out["image_shape"] = checks.check_image_shape(out["image_shape"], out["images"])
             else:
-                checks.static_shape("image_shape", out["image_shape"], 2, 2)
+                out["image_shape"] = checks.check_shape("image_shape", out["image_shape"], 2, 2)
         if out.get("image_scale") is not None and self.enabled:
             out["image_scale"] = checks.check_image_scale(out["image_scale"])
         if out.get("proposals") is not None:
             if self.enabled:
                 out["proposals"] = checks.check_proposals(out["proposals"])
             else:
-                checks.static_shape("proposals", out["proposals"], 3, 4)
+                out["proposals"] = checks.check_shape("proposals", out["proposals"], 3, 4)
         if out.get("gt_boxes") is not None and out.get("gt_classes") is not None:
             if self.enabled:
                 out["gt_boxes"], out["gt_classes"] = checks.check_ground_truth(
@@ -80,8 +80,8 @@ class InputChecks(keras.layers.Layer):
     def _images(self, images):
         if self.enabled:
             return checks.check_images(images)
-        checks.static_shape("images", images, 4, 3)
-        return images
+        checks.static_dtype("images", images, ("integer", "floating"))
+        return checks.check_shape("images", images, 4, 3)
 
     def compute_output_spec(self, inputs):
         return inputs

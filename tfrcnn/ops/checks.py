@@ -61,14 +61,44 @@ def _values(x):
     return tf.strings.reduce_join(_str(x), separator=", ")
 
 
+def _shape_text(shape):
+    return tf.strings.join(["(", _values(shape), ")"])
+
+
 def static_shape(name, x, rank, last=None, hint=""):
-    """Raise ValueError unless ``x`` has ``rank`` axes (and ``last`` entries on the last one)."""
+    """Raise ValueError unless ``x`` has ``rank`` axes (and ``last`` entries on the last one), as
+    far as its static shape tells; returns whether the static shape told everything."""
     shape = x.shape
     if shape.rank is not None and shape.rank != rank:
         raise ValueError(f"{name} must have {rank} axes{hint}, got shape {tuple(shape)}")
     if last is not None and shape.rank is not None and shape[-1] is not None and shape[-1] != last:
         raise ValueError(f"{name} must have {last} entries on its last axis{hint}, got shape "
                          f"{tuple(shape)}")
+    return shape.rank is not None and (last is None or shape[-1] is not None)
+
+
+def check_shape(name, x, rank, last=None, hint=""):
+    """``x`` unchanged if it has ``rank`` axes (and ``last`` entries on the last one): checked at
+    trace time when the static shape tells, else when the graph runs (a ``tf.function`` traced
+    with relaxed shapes can see an unknown rank). Same messages either way."""
+    x = tf.convert_to_tensor(x)
+    if static_shape(name, x, rank, last, hint):
+        return x
+    shape = tf.shape(x)
+    rank_ok = tf.equal(tf.rank(x), rank)
+    if last is None:
+        ok = rank_ok
+    else:
+        last_ok = tf.equal(tf.gather(shape, tf.maximum(tf.size(shape) - 1, 0)), last)
+        ok = tf.logical_and(rank_ok, tf.logical_and(tf.size(shape) > 0, last_ok))
+
+    def message():
+        what = tf.where(rank_ok, f"{last} entries on its last axis", f"{rank} axes")
+        return tf.strings.join([name, " must have ", what, hint, ", got shape ",
+                                _shape_text(shape)])
+
+    zeros = [0] * (rank - 1) + [last if last is not None else 0]
+    return _fail_unless(ok, [x], message, stand_in=lambda: [tf.zeros(zeros, x.dtype)])[0]
 
 
 def static_dtype(name, x, kinds, hint=""):
@@ -88,7 +118,7 @@ def check_images(images, name="images"):
     """
     images = tf.convert_to_tensor(images)
     static_dtype(name, images, ("integer", "floating"), " (RGB pixels 0..255)")
-    static_shape(name, images, 4, 3, " ([B, H, W, 3] RGB; add a batch axis for one image)")
+    images = check_shape(name, images, 4, 3, " ([B, H, W, 3] RGB; add a batch axis for one image)")
     if not images.dtype.is_floating:
         return images
     finite = tf.math.is_finite(images)
@@ -111,7 +141,7 @@ def check_image_shape(image_shape, images, name="image_shape"):
     """``image_shape`` int ``[B, 2]``: each valid region ``(h, w)`` within ``1..H``, ``1..W``."""
     image_shape = tf.convert_to_tensor(image_shape)
     static_dtype(name, image_shape, ("integer",), " (valid region (h, w) in pixels)")
-    static_shape(name, image_shape, 2, 2, " ([B, 2]: valid (height, width) an image)")
+    image_shape = check_shape(name, image_shape, 2, 2, " ([B, 2]: valid (height, width) an image)")
     image_shape = tf.cast(image_shape, tf.int32)
     size = tf.shape(images)[1:3]
     ok = tf.logical_and(image_shape >= 1, image_shape <= size[None, :])
@@ -160,13 +190,15 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
                  f" (class ids 0..{num_classes - 1}, -1 for padding; cast labels to int32 yourself "
                  "if they are whole numbers)")
     static_dtype("gt_boxes", gt_boxes, ("floating", "integer"), " ([y1, x1, y2, x2] pixels)")
-    static_shape("gt_classes", gt_classes, 2, hint=" ([B, M] class ids, -1 padded)")
-    static_shape("gt_boxes", gt_boxes, 3, 4, " ([B, M, 4] boxes [y1, x1, y2, x2], -1 padded)")
+    gt_classes = check_shape("gt_classes", gt_classes, 2, hint=" ([B, M] class ids, -1 padded)")
+    gt_boxes = check_shape("gt_boxes", gt_boxes, 3, 4,
+                           " ([B, M, 4] boxes [y1, x1, y2, x2], -1 padded)")
     b_shape, c_shape = gt_boxes.shape, gt_classes.shape
-    for axis, what in ((0, "batch size"), (1, "number of slots M")):
-        if b_shape[axis] is not None and c_shape[axis] is not None and b_shape[axis] != c_shape[axis]:
-            raise ValueError(f"gt_boxes {tuple(b_shape)} and gt_classes {tuple(c_shape)} differ in "
-                             f"their {what}")
+    if b_shape.rank == 3 and c_shape.rank == 2:
+        for axis in (0, 1):
+            if b_shape[axis] is not None and c_shape[axis] is not None and b_shape[axis] != c_shape[axis]:
+                raise ValueError(f"gt_boxes {tuple(b_shape)} and gt_classes {tuple(c_shape)} must "
+                                 "have the same [B, M]")
     if batch_size is not None and b_shape[0] is not None and batch_size != b_shape[0]:
         raise ValueError(f"gt_boxes holds {b_shape[0]} images but images holds {batch_size}")
     gt_classes = tf.cast(gt_classes, tf.int32)
@@ -174,8 +206,8 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
     same = tf.reduce_all(tf.equal(tf.shape(gt_boxes)[:2], tf.shape(gt_classes)))
 
     def shape_message():
-        return tf.strings.join(["gt_boxes [", _values(tf.shape(gt_boxes)), "] and gt_classes [",
-                                _values(tf.shape(gt_classes)), "] must have the same [B, M]"])
+        return tf.strings.join(["gt_boxes ", _shape_text(tf.shape(gt_boxes)), " and gt_classes ",
+                                _shape_text(tf.shape(gt_classes)), " must have the same [B, M]"])
 
     gt_boxes, gt_classes = _fail_unless(
         same, [gt_boxes, gt_classes], shape_message,
@@ -214,7 +246,7 @@ def check_proposals(proposals, name="proposals"):
     """External proposals ``[B, K, 4]``: finite (zero-area rows are padding)."""
     proposals = tf.convert_to_tensor(proposals)
     static_dtype(name, proposals, ("floating", "integer"))
-    static_shape(name, proposals, 3, 4, " ([B, K, 4] boxes [y1, x1, y2, x2])")
+    proposals = check_shape(name, proposals, 3, 4, " ([B, K, 4] boxes [y1, x1, y2, x2])")
     proposals = tf.cast(proposals, tf.float32)
     ok = tf.reduce_all(tf.math.is_finite(proposals), axis=-1)
 
