@@ -5,7 +5,8 @@ training step: the checks alone, and ``train_on_batch`` with the checks on and o
 
 Prints one JSON line: the median milliseconds of the checks alone (one compiled call of
 ``model.input_checker`` on the batch), of a training step with them and without them, and the
-checks' share of a step (checks alone / step without checks).
+checks' share of a step (checks alone / step without checks); also the time of NaNGuard's
+check of every variable (it runs twice a step: before and after).
 """
 import argparse
 import json
@@ -67,8 +68,13 @@ def main(argv=None):
     tensors = {k: tf.constant(v) for k, v in data.items()}
 
     checks = tf.function(lambda x: model.input_checker(x))
-    checks_ms, checks_all = _median_ms(
+    checks_ms, _ = _median_ms(
         lambda: [t.numpy() for t in tf.nest.flatten(checks(tensors))], 3, 50)
+    from tfrcnn.training import NaNGuard
+    guard = NaNGuard()
+    guard.set_model(model)
+    guard.on_train_begin()
+    guard_ms, _ = _median_ms(guard._bad_variables, 3, 20)
     with_ms, with_all = _median_ms(lambda: model.train_on_batch(data), args.warmup, args.steps)
     model.input_checker.enabled = False
     model.make_train_function(force=True)
@@ -79,6 +85,8 @@ def main(argv=None):
         "checks_ms": round(checks_ms, 3), "step_with_checks_ms": round(with_ms, 1),
         "step_without_checks_ms": round(without_ms, 1),
         "checks_share_of_step": round(checks_ms / without_ms, 5),
+        "nan_guard_weight_check_ms": round(guard_ms, 2),
+        "nan_guard_share_of_step": round(2 * guard_ms / without_ms, 5),
         "steps_with": with_all, "steps_without": without_all,
     }))
 

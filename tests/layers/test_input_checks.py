@@ -88,8 +88,8 @@ CASES = [
     ("boxes_as_strings", _replace("gt_boxes", lambda b: b.astype(str)),
      r"gt_boxes must hold floating or integer values .*got dtype string", None),
     ("image_all_nan", _set("images", 0, np.nan),
-     r"images\[0\] holds a non-finite pixel \(nan at y=0, x=0, channel 0; 12288 in this batch\): "
-     r"pixel values must be finite", SERVE_DTYPE),
+     (r"images\[0\] holds a non-finite pixel \(nan at y=0, x=0, channel 0; 12288 in this batch\): "
+      r"pixel values must be finite"), SERVE_DTYPE),
     ("image_one_inf_pixel", _set("images", (1, 5, 7, 2), np.inf),
      r"images\[1\] holds a non-finite pixel \(inf at y=5, x=7, channel 2; 1 in this batch\)",
      SERVE_DTYPE),
@@ -109,8 +109,8 @@ CASES = [
     ("image_shape_float", _set("image_shape", None, None, np.float32),
      r"image_shape must hold integer values .*got dtype float32", None),
     ("image_shape_beyond_the_image", _set("image_shape", (1, 0), 65),
-     r"image_shape\[1\] = \[65, 64\] is not a valid region of the 64, 64 images: expected "
-     r"1\.\.64, 1\.\.64", None),
+     (r"image_shape\[1\] = \[65, 64\] is not a valid region of the 64, 64 images: expected "
+      r"1\.\.64, 1\.\.64"), None),
     ("image_shape_zero", _set("image_shape", 0, 0),
      r"image_shape\[0\] = \[0, 0\] is not a valid region", None),
     ("image_scale_nan", _set("image_scale", 0, np.nan),
@@ -241,7 +241,7 @@ def test_ops_work_inside_tf_function_with_unknown_shapes():
     def run(boxes, classes):
         return checks.check_ground_truth(boxes, classes, num_classes=2)
 
-    boxes, classes = run(tf.constant([[[0.0, 0, 1, 1]]]), tf.constant([[1]]))
+    _, classes = run(tf.constant([[[0.0, 0, 1, 1]]]), tf.constant([[1]]))
     assert classes.numpy().tolist() == [[1]]
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"gt_classes\[0, 0\] = 2 is not a class id: expected 0\.\.1"):

@@ -2,8 +2,8 @@
 decoded-size limit shared by the serving signature and the file readers."""
 
 import io
-import os
-import sys
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -11,11 +11,27 @@ import tensorflow as tf
 from PIL import Image
 
 from tfrcnn.data.images import ImageReadError, check_image, image_size, load_image
-from tfrcnn.ops.image_header import (MAX_IMAGE_PIXELS, UNKNOWN_FORMAT, check_encoded_image,
-                                     encoded_image_size, too_large_message)
+from tfrcnn.ops.image_header import (
+    MAX_IMAGE_PIXELS,
+    UNKNOWN_FORMAT,
+    check_encoded_image,
+    encoded_image_size,
+    too_large_message,
+)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "export"))
-from test_serving_safety import bomb_png  # noqa: E402
+
+def bomb_png(height, width):
+    """An 8-bit grayscale PNG of zeros, compressed row by row (20,000 x 20,000 is about 400 KB)."""
+    def chunk(tag, data):
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (width + 1)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
 def _encode(fmt, size, mode="RGB", **options):

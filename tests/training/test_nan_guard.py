@@ -66,8 +66,9 @@ def _val_ds(model, num_val=4, seed=0):
                         max_side=side, pad_to=(side, side), size_divisor=model.size_divisor)
 
 
-def _check_checkpoint(run_dir, record):
-    loaded = keras.models.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
+def _check_checkpoint(run_dir, record, compile=True):
+    loaded = keras.models.load_model(os.path.join(run_dir, "checkpoints", "last.keras"),
+                                     compile=compile)
     for a, b in zip(record.weights, loaded.weights):
         np.testing.assert_array_equal(a, b.numpy())
     assert evaluate_model(loaded, record.val_ds, record.num_classes)["mAP"] == record.map
@@ -84,7 +85,8 @@ def test_a_nan_written_into_a_weight_stops_the_run_before_the_next_step(tmp_path
     assert error.variable == writer.path and (error.epoch, error.step) == (2, 2)
     assert str(error).startswith(f"non-finite weight before epoch 2, step 2: variable "
                                  f"{writer.path} is non-finite (changed between steps)")
-    assert json.load(open(os.path.join(run, "checkpoints", "state.json"))) == {"epochs_done": 1}
+    with open(os.path.join(run, "checkpoints", "state.json")) as f:
+        assert json.load(f) == {"epochs_done": 1}
     assert not os.path.exists(os.path.join(run, "model.keras"))
     _check_checkpoint(run, record)
 
@@ -125,7 +127,7 @@ def test_a_nan_gradient_stops_training_in_the_same_step(tmp_path):
     assert str(error).startswith(f"non-finite weight after epoch 2, step 2: variable {target} is "
                                  "non-finite (a non-finite gradient or update)")
     assert int(model.optimizer.iterations.numpy()) == 4
-    _check_checkpoint(run, record)
+    _check_checkpoint(run, record, compile=False)  # the test's optimizer is not registered
 
 
 def test_the_cli_reports_one_line_and_exit_status_1(tmp_path, capsys):

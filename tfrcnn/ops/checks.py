@@ -233,8 +233,8 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
         first = tf.where(tf.logical_not(box_ok))[0]
         return tf.strings.join([
             "gt_boxes[", _index(first), "] = [", _values(tf.gather_nd(gt_boxes, first)),
-            "] is not a box: expected finite [y1, x1, y2, x2] pixels with y1 <= y2 and x1 <= x2 "
-            "(or class -1 in gt_classes for a padding slot)"])
+            ("] is not a box: expected finite [y1, x1, y2, x2] pixels with y1 <= y2 and "
+             "x1 <= x2 (or class -1 in gt_classes for a padding slot)")])
 
     gt_boxes, gt_classes = _fail_unless(
         tf.reduce_all(box_ok), [gt_boxes, gt_classes], box_message,

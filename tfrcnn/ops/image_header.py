@@ -35,9 +35,9 @@ def _tf_too_large_message(height, width, limit):
     megapixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64) / 1e6
     return tf.strings.join([
         "image of ", tf.strings.as_string(height), " x ", tf.strings.as_string(width), " pixels (",
-        tf.strings.as_string(megapixels, precision=1), " megapixels) is above the decoded-size "
-        f"limit of {limit / 1e6:.1f} megapixels (max_image_pixels): resize it first, or raise "
-        "max_image_pixels"])
+        tf.strings.as_string(megapixels, precision=1),
+        (f" megapixels) is above the decoded-size limit of {limit / 1e6:.1f} megapixels "
+         "(max_image_pixels): resize it first, or raise max_image_pixels")])
 
 
 def _u(head, start, count, big_endian):

@@ -284,8 +284,10 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
             initial_epoch = step // int(settings["steps_per_epoch"])
         else:
             # the checkpoint holds its own epoch count and history (state.json may lag behind it)
-            run_state = read_run_state(last) or {
-                "epochs_done": int(json.load(open(state_path))["epochs_done"]), "history": None}
+            run_state = read_run_state(last)
+            if run_state is None:  # a checkpoint written without its run state
+                with open(state_path) as f:
+                    run_state = {"epochs_done": int(json.load(f)["epochs_done"]), "history": None}
             initial_epoch = int(run_state["epochs_done"])
             resumed_rows = run_state["history"]
     else:
