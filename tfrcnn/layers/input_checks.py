@@ -55,24 +55,30 @@ class InputChecks(keras.layers.Layer):
         out = dict(inputs)
         if out.get("images") is None:
             return out
-        out["images"] = self._images(out["images"])
+        if self.enabled:
+            out["images"], ok = checks.check_images(out["images"], with_ok=True)
+        else:
+            out["images"] = self._images(out["images"])
+            ok = True
         batch = out["images"].shape[0]
         if out.get("image_shape") is not None:
             if self.enabled:
-                out["image_shape"] = checks.check_image_shape(out["image_shape"], out["images"])
+                out["image_shape"] = checks.check_image_shape(out["image_shape"], out["images"],
+                                                              after=ok)
             else:
                 out["image_shape"] = checks.check_shape("image_shape", out["image_shape"], 2, 2)
         if out.get("image_scale") is not None and self.enabled:
-            out["image_scale"] = checks.check_image_scale(out["image_scale"])
+            out["image_scale"] = checks.check_image_scale(out["image_scale"], after=ok)
         if out.get("proposals") is not None:
             if self.enabled:
-                out["proposals"] = checks.check_proposals(out["proposals"])
+                out["proposals"] = checks.check_proposals(out["proposals"], after=ok)
             else:
                 out["proposals"] = checks.check_shape("proposals", out["proposals"], 3, 4)
         if out.get("gt_boxes") is not None and out.get("gt_classes") is not None:
             if self.enabled:
                 out["gt_boxes"], out["gt_classes"] = checks.check_ground_truth(
-                    out["gt_boxes"], out["gt_classes"], self.num_classes, batch_size=batch)
+                    out["gt_boxes"], out["gt_classes"], self.num_classes, batch_size=batch,
+                    after=ok)
             else:
                 checks.static_dtype("gt_classes", out["gt_classes"], ("integer",))
         return out

@@ -145,6 +145,12 @@ class FasterRCNN(keras.Model):
         - or a plain image batch ``[B, H, W, 3]`` of any size: resized to ``image_min_side`` /
           ``image_max_side`` and padded inside the model.
 
+        Every input is checked in the graph first (:class:`tfrcnn.layers.InputChecks`): a float
+        class id, an id outside ``0 .. num_classes - 1`` other than ``-1``, a non-finite or inverted
+        box, or a non-finite pixel raises an error naming the input, element and value; in
+        particular ``predict`` on an image holding NaN or an infinity raises
+        ``InvalidArgumentError`` instead of returning detections.
+
     Outputs (inference): ``detection_boxes [B, D, 4]`` (``[y1, x1, y2, x2]``, original image
     pixels), ``detection_scores [B, D]``, ``detection_classes`` int32 ``[B, D]`` (``-1`` padding),
     ``num_detections`` int32 ``[B]``.

@@ -77,13 +77,30 @@ def static_shape(name, x, rank, last=None, hint=""):
     return shape.rank is not None and (last is None or shape[-1] is not None)
 
 
-def check_shape(name, x, rank, last=None, hint=""):
+def _gate(ok, after):
+    """``ok``, or true when an earlier check (``after`` false) already failed: one bad input then
+    raises one error, not several racing ones."""
+    if after is None or after is True:
+        return ok
+    return tf.logical_or(tf.logical_not(after), ok)
+
+
+def _and(a, b):
+    if a is True or a is None:
+        return b
+    if b is True or b is None:
+        return a
+    return tf.logical_and(a, b)
+
+
+def check_shape(name, x, rank, last=None, hint="", with_ok=False):
     """``x`` unchanged if it has ``rank`` axes (and ``last`` entries on the last one): checked at
     trace time when the static shape tells, else when the graph runs (a ``tf.function`` traced
-    with relaxed shapes can see an unknown rank). Same messages either way."""
+    with relaxed shapes can see an unknown rank). Same messages either way. ``with_ok=True`` also
+    returns whether the shape is right (``True`` when known statically, else a bool tensor)."""
     x = tf.convert_to_tensor(x)
     if static_shape(name, x, rank, last, hint):
-        return x
+        return (x, True) if with_ok else x
     shape = tf.shape(x)
     rank_ok = tf.equal(tf.rank(x), rank)
     if last is None:
@@ -98,7 +115,9 @@ def check_shape(name, x, rank, last=None, hint=""):
                                 _shape_text(shape)])
 
     zeros = [0] * (rank - 1) + [last if last is not None else 0]
-    return _fail_unless(ok, [x], message, stand_in=lambda: [tf.zeros(zeros, x.dtype)])[0]
+    out = _fail_unless(ok, [x], message, stand_in=lambda: [tf.zeros(zeros, x.dtype)])[0]
+    out.set_shape([None] * (rank - 1) + [last])
+    return (out, ok) if with_ok else out
 
 
 def static_dtype(name, x, kinds, hint=""):
@@ -109,7 +128,7 @@ def static_dtype(name, x, kinds, hint=""):
         raise TypeError(f"{name} must hold {' or '.join(kinds)} values{hint}, got dtype {dtype.name}")
 
 
-def check_images(images, name="images"):
+def check_images(images, name="images", with_ok=False):
     """``images [B, H, W, 3]`` of an integer or float dtype; float pixels must be finite.
 
     Example:
@@ -118,9 +137,10 @@ def check_images(images, name="images"):
     """
     images = tf.convert_to_tensor(images)
     static_dtype(name, images, ("integer", "floating"), " (RGB pixels 0..255)")
-    images = check_shape(name, images, 4, 3, " ([B, H, W, 3] RGB; add a batch axis for one image)")
+    images, layout_ok = check_shape(name, images, 4, 3,
+                                    " ([B, H, W, 3] RGB; add a batch axis for one image)", True)
     if not images.dtype.is_floating:
-        return images
+        return (images, layout_ok) if with_ok else images
     finite = tf.math.is_finite(images)
 
     def message():
@@ -134,14 +154,18 @@ def check_images(images, name="images"):
             tf.strings.as_string(tf.shape(bad, out_type=tf.int64)[0]),
             " in this batch): pixel values must be finite numbers 0..255"])
 
-    return _fail_unless(tf.reduce_all(finite), [images], message)[0]
+    images = _fail_unless(tf.reduce_all(finite), [images], message)[0]
+    return (images, layout_ok) if with_ok else images
 
 
-def check_image_shape(image_shape, images, name="image_shape"):
-    """``image_shape`` int ``[B, 2]``: each valid region ``(h, w)`` within ``1..H``, ``1..W``."""
+def check_image_shape(image_shape, images, name="image_shape", after=None):
+    """``image_shape`` int ``[B, 2]``: each valid region ``(h, w)`` within ``1..H``, ``1..W``.
+    ``after``: whether the checks before passed (a bool tensor; skips this one if not)."""
     image_shape = tf.convert_to_tensor(image_shape)
     static_dtype(name, image_shape, ("integer",), " (valid region (h, w) in pixels)")
-    image_shape = check_shape(name, image_shape, 2, 2, " ([B, 2]: valid (height, width) an image)")
+    image_shape, shape_ok = check_shape(name, image_shape, 2, 2,
+                                        " ([B, 2]: valid (height, width) an image)", True)
+    after = _and(after, shape_ok)
     image_shape = tf.cast(image_shape, tf.int32)
     size = tf.shape(images)[1:3]
     ok = tf.logical_and(image_shape >= 1, image_shape <= size[None, :])
@@ -154,10 +178,11 @@ def check_image_shape(image_shape, images, name="image_shape"):
             tf.strings.as_string(size[0]), ", 1..", tf.strings.as_string(size[1])])
 
     stand_in = tf.tile(size[None, :], [tf.shape(image_shape)[0], 1])
-    return _fail_unless(tf.reduce_all(ok), [image_shape], message, stand_in=lambda: [stand_in])[0]
+    return _fail_unless(_gate(tf.reduce_all(ok), after), [image_shape], message,
+                        stand_in=lambda: [stand_in])[0]
 
 
-def check_image_scale(image_scale, name="image_scale"):
+def check_image_scale(image_scale, name="image_scale", after=None):
     """``image_scale [B]``: finite and positive (resized = original * scale)."""
     image_scale = tf.convert_to_tensor(image_scale)
     static_dtype(name, image_scale, ("integer", "floating"))
@@ -169,11 +194,11 @@ def check_image_scale(image_scale, name="image_scale"):
         return tf.strings.join([name, "[", tf.strings.as_string(i), "] = ", _str(image_scale[i]),
                                 " is not a scale: expected a finite number > 0"])
 
-    return _fail_unless(tf.reduce_all(ok), [image_scale], message,
+    return _fail_unless(_gate(tf.reduce_all(ok), after), [image_scale], message,
                         stand_in=lambda: [tf.ones_like(image_scale)])[0]
 
 
-def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
+def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None, after=None):
     """``gt_boxes [B, M, 4]`` and ``gt_classes [B, M]`` as the model trains on them.
 
     ``gt_classes`` must be an integer tensor (a float tensor is an error, never truncated) with
@@ -190,9 +215,13 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
                  f" (class ids 0..{num_classes - 1}, -1 for padding; cast labels to int32 yourself "
                  "if they are whole numbers)")
     static_dtype("gt_boxes", gt_boxes, ("floating", "integer"), " ([y1, x1, y2, x2] pixels)")
-    gt_classes = check_shape("gt_classes", gt_classes, 2, hint=" ([B, M] class ids, -1 padded)")
-    gt_boxes = check_shape("gt_boxes", gt_boxes, 3, 4,
-                           " ([B, M, 4] boxes [y1, x1, y2, x2], -1 padded)")
+    gt_classes, classes_ok = check_shape("gt_classes", gt_classes, 2,
+                                         hint=" ([B, M] class ids, -1 padded)", with_ok=True)
+    after = _and(after, classes_ok)
+    gt_boxes, boxes_ok = check_shape("gt_boxes", gt_boxes, 3, 4,
+                                     " ([B, M, 4] boxes [y1, x1, y2, x2], -1 padded)", True)
+    boxes_ok = _gate(boxes_ok, after) if boxes_ok is not True else True
+    after = _and(after, boxes_ok)
     b_shape, c_shape = gt_boxes.shape, gt_classes.shape
     if b_shape.rank == 3 and c_shape.rank == 2:
         for axis in (0, 1):
@@ -209,8 +238,10 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
         return tf.strings.join(["gt_boxes ", _shape_text(tf.shape(gt_boxes)), " and gt_classes ",
                                 _shape_text(tf.shape(gt_classes)), " must have the same [B, M]"])
 
+    after_layout = after
+    after = _and(after, same)
     gt_boxes, gt_classes = _fail_unless(
-        same, [gt_boxes, gt_classes], shape_message,
+        _gate(same, after_layout), [gt_boxes, gt_classes], shape_message,
         stand_in=lambda: [tf.zeros_like(gt_boxes), tf.fill(tf.shape(gt_boxes)[:2], PADDING_CLASS)])
     valid_id = tf.logical_and(gt_classes >= 0, gt_classes < num_classes)
     class_ok = tf.logical_or(valid_id, tf.equal(gt_classes, PADDING_CLASS))
@@ -221,8 +252,10 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
             "gt_classes[", _index(first), "] = ", tf.strings.as_string(tf.gather_nd(gt_classes, first)),
             f" is not a class id: expected 0..{num_classes - 1}, or {PADDING_CLASS} for padding"])
 
+    after_classes = after
+    after = _and(after, tf.reduce_all(class_ok))
     gt_boxes, gt_classes = _fail_unless(
-        tf.reduce_all(class_ok), [gt_boxes, gt_classes], class_message,
+        _gate(tf.reduce_all(class_ok), after_classes), [gt_boxes, gt_classes], class_message,
         stand_in=lambda: [gt_boxes, tf.fill(tf.shape(gt_classes), PADDING_CLASS)])
     y1, x1, y2, x2 = tf.unstack(gt_boxes, axis=-1)
     box_ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(gt_boxes), axis=-1),
@@ -237,16 +270,18 @@ def check_ground_truth(gt_boxes, gt_classes, num_classes, batch_size=None):
              "x1 <= x2 (or class -1 in gt_classes for a padding slot)")])
 
     gt_boxes, gt_classes = _fail_unless(
-        tf.reduce_all(box_ok), [gt_boxes, gt_classes], box_message,
+        _gate(tf.reduce_all(box_ok), after), [gt_boxes, gt_classes], box_message,
         stand_in=lambda: [tf.zeros_like(gt_boxes), tf.fill(tf.shape(gt_classes), PADDING_CLASS)])
     return gt_boxes, gt_classes
 
 
-def check_proposals(proposals, name="proposals"):
+def check_proposals(proposals, name="proposals", after=None):
     """External proposals ``[B, K, 4]``: finite (zero-area rows are padding)."""
     proposals = tf.convert_to_tensor(proposals)
     static_dtype(name, proposals, ("floating", "integer"))
-    proposals = check_shape(name, proposals, 3, 4, " ([B, K, 4] boxes [y1, x1, y2, x2])")
+    proposals, shape_ok = check_shape(name, proposals, 3, 4, " ([B, K, 4] boxes [y1, x1, y2, x2])",
+                                      True)
+    after = _and(after, shape_ok)
     proposals = tf.cast(proposals, tf.float32)
     ok = tf.reduce_all(tf.math.is_finite(proposals), axis=-1)
 
@@ -256,7 +291,7 @@ def check_proposals(proposals, name="proposals"):
                                 _values(tf.gather_nd(proposals, first)),
                                 "] is not a box: expected finite [y1, x1, y2, x2] pixels"])
 
-    return _fail_unless(tf.reduce_all(ok), [proposals], message)[0]
+    return _fail_unless(_gate(tf.reduce_all(ok), after), [proposals], message)[0]
 
 
 def check_image_layout(images, name="images"):
