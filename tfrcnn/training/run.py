@@ -318,7 +318,8 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     callbacks = [
         NaNGuard(),
         map_callback,
-        RunCheckpoint(run_dir, rows=_resumed_history(run_dir, resumed_rows, initial_epoch)),
+        RunCheckpoint(run_dir, rows=[] if multi_worker else
+                      _resumed_history(run_dir, resumed_rows, initial_epoch)),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
     ] + list(extra_callbacks)
     start = time.time()
