@@ -50,7 +50,7 @@ def test_header_size_matches_the_decoded_size(fmt, mode, options):
     for width, height in ((301, 123), (17, 4099), (1, 1)):
         data = _encode(fmt, (width, height), mode, **options)
         h, w = encoded_image_size(tf.constant(data))
-        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        decoded = tf.io.decode_image(data, expand_animations=False)
         assert (int(h), int(w)) == (height, width) == tuple(decoded.shape[:2])
 
 
