@@ -58,7 +58,7 @@ TRIGGERS = [
 ]
 
 
-def _run_cli(run, resume, trigger=None, timeout=600):
+def _run_cli(run, resume, trigger=None, timeout=1800):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
     cmd = [sys.executable, "-m", "tfrcnn.cli", "train"]
     cmd += ["--resume", run] if resume else ["--run-dir", run]
