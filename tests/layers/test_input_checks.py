@@ -1,5 +1,5 @@
-"""InputChecks / tfrcnn.ops.checks: a table of bad model inputs, each through fit (a user's tf.data
-pipeline), predict and the SavedModel: a clear error naming the input, element and value (or, where
+"""InputChecks / tfrcnn.ops.checks: a table of bad model inputs, each through fit and predict (a
+user's tf.data pipeline of whole batches) and the SavedModel: a clear error naming the input, element and value (or, where
 a route never reads that input, the clean result), never a silent drop or a wrong answer."""
 
 import numpy as np
@@ -181,7 +181,7 @@ def test_predict_refuses_or_ignores_ground_truth(model, clean_prediction, name, 
             np.testing.assert_array_equal(out[key], value)
         return
     with pytest.raises(MODEL_ERRORS, match=message):
-        model.predict(batch, verbose=0)
+        model.predict(tf.data.Dataset.from_tensors(batch), verbose=0)
 
 
 @pytest.mark.parametrize("name, change, message, serve_message", CASES, ids=[c[0] for c in CASES])
