@@ -194,8 +194,11 @@ def test_saved_model_refuses(serving, name, change, message, serve_message):
         with pytest.raises(TypeError, match=f"unexpected keyword argument '{key}'"):
             serving(images=tf.zeros([1, 64, 64, 3], tf.uint8), **{key: tf.constant(batch[key])})
         return
+    images = batch["images"]
+    if serve_message != SERVE_DTYPE:  # a layout row: the served model's own pixel type
+        images = np.clip(np.nan_to_num(images), 0, 255).astype(np.uint8)
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match=serve_message):
-        serving(images=tf.constant(batch["images"]))
+        serving(images=tf.constant(images))
 
 
 def test_train_on_batch_and_eager_calls_give_the_same_message(model):
