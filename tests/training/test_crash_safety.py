@@ -16,7 +16,7 @@ import pytest
 
 from tfrcnn.training.run import RUN_STATE_MEMBER, read_run_state, train
 
-EPOCHS, STEPS = 5, 2
+EPOCHS, STEPS = 12, 2  # enough epochs for every kill point to fire before the run ends
 ARGS = ["--preset", "tiny", "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS),
         "--batch-size", "2", "--seed", "0", "--verbose", "0", "--set", "num_train=8",
         "--set", "num_val=4", "--set", "eval_every=1", "--set", "warmup_steps=0"]
