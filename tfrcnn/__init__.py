@@ -49,17 +49,17 @@ def _register():
     importlib.import_module("tfrcnn.models")
 
 
-def load_model(path, **kwargs):
-    """``keras.saving.load_model(path, **kwargs)`` with tfrcnn's classes registered first: the
-    way to load a ``.keras`` file saved from a tfrcnn model.
+def load_model(path, compile=True):
+    """Load a ``FasterRCNN`` saved as ``.keras``, with Keras' ``safe_mode`` on (the model's config
+    holds no code); a file that is not a tfrcnn model raises
+    :class:`tfrcnn.models.ModelFileError` with one line naming it.
 
     Example:
         >>> model = tfrcnn.load_model("runs/tiny/model.keras")
     """
-    _register()
-    import keras
+    from tfrcnn.models.loading import load_model as _load_model
 
-    return keras.saving.load_model(path, **kwargs)
+    return _load_model(path, compile=compile)
 
 
 def __getattr__(name):

@@ -55,10 +55,12 @@ def load_model(path):
     import_tensorflow_quietly()
     import keras
 
-    import tfrcnn.models  # noqa: F401  (registers the layers and the model)
+    from tfrcnn.models.loading import ModelFileError, load_model as load_tfrcnn_model
 
     try:
-        model = keras.models.load_model(path)
+        model = load_tfrcnn_model(path)
+    except ModelFileError as e:
+        raise UserError(one_line(e)) from None
     except Exception as e:  # noqa: BLE001  (any failure to load: another model, a corrupt file)
         raise UserError(f"cannot load {path} as a tfrcnn model ({one_line(e)[:200]}); give a "
                         ".keras file written by tfrcnn train or FasterRCNN.save") from None
@@ -210,6 +212,8 @@ def cmd_train(args):
     existed = os.path.exists(run_dir)
     try:
         metrics = run.train(run_dir, overrides, verbose=args.verbose, resume=bool(args.resume))
+    except FloatingPointError as e:  # NaNGuard: a non-finite loss, gradient or weight
+        return _training_stopped(e, run_dir)
     except (*INPUT_ERRORS, TypeError) as e:  # TypeError: a value of the wrong type
         # Raised while the settings, the data or the model were set up (config.json not yet
         # written): a mistake in the input, and nothing of the run may stay behind.
@@ -227,6 +231,16 @@ def cmd_train(args):
     print(f"final mAP@0.5 (VOC, all-point) on the held-out split: {metrics['mAP']:.4f}")
     print(f"run folder: {run_dir} (model.keras, checkpoints/best.keras, logs/ for TensorBoard)")
     return 0
+
+
+def _training_stopped(error, run_dir):
+    """One line for a run that NaNGuard stopped, naming the last good checkpoint; exit status 1."""
+    checkpoint = os.path.join(run_dir, "checkpoints", "last.keras")
+    kept = (f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint)
+            else "no checkpoint was written yet")
+    message = str(error).split(". Training stopped")[0]
+    print(f"tfrcnn train: stopped: {message}; {kept}", file=sys.stderr)
+    return 1
 
 
 # ------------------------------------------------------------------------------------ evaluate

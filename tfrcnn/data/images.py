@@ -17,6 +17,9 @@ form: ``uint8 [H, W, 3]`` RGB, upright (EXIF orientation applied), whatever the 
   range of their own: values already within ``0..255`` are kept as they are, otherwise they are
   treated as 16-bit (clipped to ``0..65535``, divided by 257); float images within ``0..1`` are
   scaled by 255;
+- an image of more than ``max_pixels`` pixels (default :data:`MAX_IMAGE_PIXELS`, 40 megapixels,
+  the same limit and message as the SavedModel's ``serve_encoded``) raises :class:`ImageReadError`
+  from its header, before any pixel is decoded;
 - a missing, unidentifiable, corrupt or truncated file raises :class:`ImageReadError` naming the
   file. The decode is forced (``img.load()``) so a truncated file fails here, not later inside
   ``tf.data``. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay ``False`` (tfrcnn never sets it);
@@ -36,6 +39,8 @@ import os
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from tfrcnn.ops.image_header import MAX_IMAGE_PIXELS, too_large_message
 
 ORIENTATION_TAG = 0x0112
 """The EXIF tag holding the orientation (1 = upright, 2..8 = flips and rotations)."""
@@ -66,15 +71,37 @@ class ImageReadError(ValueError):
     """An image file is missing, not an image, corrupt or truncated. The message names the file."""
 
 
-def _open(path):
-    """Opens ``path`` lazily (header only); raises ImageReadError naming the file."""
+def _open(path, max_pixels=None):
+    """Opens ``path`` lazily (header only); raises ImageReadError naming the file, also for an
+    image above ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`)."""
     path = os.fspath(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     if not os.path.isfile(path):
         raise ImageReadError(f"image file not found: {path}")
     try:
-        return Image.open(path)
+        img = Image.open(path)
+    except Image.DecompressionBombError:
+        height, width = _header_size(path)
+        raise ImageReadError(f"cannot read image {path}: "
+                             f"{too_large_message(height, width, limit)}") from None
     except _PIL_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: not a readable image ({e})") from None
+    width, height = img.size
+    if width * height > limit:
+        img.close()
+        raise ImageReadError(f"cannot read image {path}: {too_large_message(height, width, limit)}")
+    return img
+
+
+def _header_size(path):
+    """``(height, width)`` from the file's header bytes (for images PIL refuses to open)."""
+    import tensorflow as tf
+
+    from tfrcnn.ops.image_header import encoded_image_size
+    with open(path, "rb") as f:
+        data = f.read()
+    height, width = encoded_image_size(tf.constant(data))
+    return int(height), int(width)
 
 
 def _orientation(img):
@@ -114,17 +141,18 @@ def image_size(path):
     return _oriented_size(height, width, orientation)
 
 
-def check_image(path, *, full=False):
+def check_image(path, *, full=False, max_pixels=None):
     """Checks that ``path`` is a complete, readable image; returns ``(height, width)`` upright.
 
     ``full=False`` (quick): reads the header and checks the end-of-image marker of JPEG (``FFD9``)
     and PNG (``IEND``) files; when the marker is missing, or for other formats, it falls back to a
     full decode, which decides. ``full=True`` always decodes the pixels (slow for large datasets, but
     it also catches corrupt data in the middle of a complete-looking file).
+    ``max_pixels``: the decoded-size limit (default :data:`MAX_IMAGE_PIXELS`).
     Raises ImageReadError naming the file.
     """
     path = os.fspath(path)
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         width, height = img.size
         orientation = _orientation(img)
         fmt = img.format
@@ -190,21 +218,24 @@ def orient_boxes(boxes, orientation, stored_height, stored_width):
     return np.stack(mapped[orientation], axis=-1).astype(np.float32)
 
 
-def load_image(path):
+def load_image(path, max_pixels=None):
     """Decodes an image file into an upright ``uint8 [H, W, 3]`` RGB array.
 
     See the module docstring for the conversions (grayscale, palette, CMYK, 16-bit, alpha
     composited on white) and the EXIF orientation. The format is detected from the content.
 
+    ``max_pixels``: the decoded-size limit (default :data:`MAX_IMAGE_PIXELS`, 40 megapixels).
+
     Raises:
-      ImageReadError: the file is missing, not an image, corrupt or truncated (names the file).
+      ImageReadError: the file is missing, not an image, corrupt or truncated, or above
+        ``max_pixels`` pixels (names the file).
 
     Example::
 
         load_image("photo.jpg").shape   # (H, W, 3), dtype uint8
     """
     path = os.fspath(path)
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         _force_decode(img, path)
         orientation = _orientation(img)
         try:

@@ -7,14 +7,20 @@ The SavedModel needs nothing of tfrcnn to load: ``tf.saved_model.load(path)`` in
 
 - ``serving_default``: ``images`` uint8 ``[B, H, W, 3]`` (RGB, any ``H x W``; every image of one
   batch has the same size; resized and padded inside the graph) ->
-- ``serve_encoded``: ``encoded_images`` string ``[B]`` (JPEG / PNG / BMP / GIF bytes; images of one
-  batch may differ in size: each is decoded to RGB and run on its own, one after the other, with
-  ``tf.map_fn`` and fixed output shapes) ->
+- ``serve_encoded``: ``encoded_images`` string ``[B]`` (JPEG / PNG / BMP / GIF / WebP bytes; images
+  of one batch may differ in size: each is decoded to RGB and run on its own, one after the other,
+  with ``tf.map_fn`` and fixed output shapes). Each image's size is read from its header first: an
+  image above the model's ``max_image_pixels`` (default 40 megapixels) or of an unknown format
+  fails the call with ``InvalidArgumentError`` (``encoded_images[i]: image of H x W pixels ... is
+  above the decoded-size limit ...``) before anything is decoded; the loaded model keeps serving ->
 
   both returning ``detection_boxes`` float32 ``[B, D, 4]`` (``[y1, x1, y2, x2]``, original image
   pixels), ``detection_boxes_normalized`` float32 ``[B, D, 4]`` (the same divided by the image
   height / width, in ``[0, 1]``), ``detection_scores`` float32 ``[B, D]``, ``detection_classes``
-  int32 ``[B, D]`` (``0 .. C-1``, ``-1`` padding), ``num_detections`` int32 ``[B]``;
+  int32 ``[B, D]`` (``0 .. C-1``, ``-1`` padding), ``num_detections`` int32 ``[B]``.
+  Both take 8-bit pixels, so a non-finite image cannot reach the model (a float tensor is refused
+  by the signature); an ``images`` tensor that is not ``[B, H, W, 3]`` fails with
+  ``InvalidArgumentError`` naming its shape;
 - ``metadata``: no inputs -> ``class_names`` string ``[C]``, ``config_json`` string ``[]`` (the
   model's ``get_config()`` as JSON: ``FasterRCNN.from_config(json.loads(...))`` rebuilds it),
   ``num_classes`` int32 ``[]``, ``max_detections`` int32 ``[]``.
@@ -36,6 +42,8 @@ import tempfile
 import tensorflow as tf
 
 from tfrcnn.export.atomic import atomic_directory
+from tfrcnn.ops.checks import check_image_layout
+from tfrcnn.ops.image_header import MAX_IMAGE_PIXELS, check_encoded_image
 
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_ENCODED = "serve_encoded"
@@ -105,6 +113,7 @@ class DetectionModule(tf.Module):
         object.__setattr__(self, "_model", model)  # not tracked: only its variables are saved
         self.model_variables = tf_variables(model)
         self.max_detections = int(model.max_detections)
+        self.max_image_pixels = int(getattr(model, "max_image_pixels", None) or MAX_IMAGE_PIXELS)
         self.class_names = tf.Variable(class_names, dtype=tf.string, trainable=False,
                                        name="class_names")
         self.config_json = tf.Variable(config_json, dtype=tf.string, trainable=False,
@@ -117,6 +126,7 @@ class DetectionModule(tf.Module):
 
     def _detect(self, images):
         """uint8 [B, H, W, 3] -> the output dict (boxes also normalised by the image size)."""
+        images = tf.ensure_shape(check_image_layout(images), [None, None, None, 3])
         outputs = self._model(images, training=False)
         shape = tf.cast(tf.shape(images)[1:3], tf.float32)
         size = tf.concat([shape, shape], axis=0)  # (h, w, h, w)
@@ -129,7 +139,9 @@ class DetectionModule(tf.Module):
             "num_detections": tf.cast(outputs["num_detections"], tf.int32),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    # The shape is left open in the signature: a signature does not enforce it when called, so the
+    # graph checks it (check_image_layout) instead of assuming [B, H, W, 3].
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
     def serve_images(self, images):
         return self._detect(images)
 
@@ -137,7 +149,10 @@ class DetectionModule(tf.Module):
     def serve_encoded(self, encoded_images):
         d = self.max_detections
 
-        def one_image(data):
+        def one_image(args):
+            data, index = args
+            # refuse an image above the pixel limit from its header, before decoding it
+            data = check_encoded_image(data, self.max_image_pixels, index=index)
             image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
             image.set_shape([None, None, 3])
             outputs = self._detect(image[None])
@@ -150,7 +165,8 @@ class DetectionModule(tf.Module):
             "detection_classes": tf.TensorSpec([d], tf.int32),
             "num_detections": tf.TensorSpec([], tf.int32),
         }
-        return tf.map_fn(one_image, encoded_images, fn_output_signature=signature)
+        indices = tf.range(tf.shape(encoded_images, out_type=tf.int64)[0])
+        return tf.map_fn(one_image, (encoded_images, indices), fn_output_signature=signature)
 
     @tf.function(input_signature=[])
     def metadata(self):

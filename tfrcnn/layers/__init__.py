@@ -3,6 +3,7 @@ from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.detection_decoder import DetectionDecoder
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.image_resizer import ImageResizer
+from tfrcnn.layers.input_checks import InputChecks
 from tfrcnn.layers.multilevel_roi_align import MultiLevelROIAlign
 from tfrcnn.layers.precise_roi_pooling import PreciseROIPooling
 from tfrcnn.layers.preprocessing import ImageNormalization
@@ -16,7 +17,7 @@ from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 
 __all__ = [
     "AnchorGenerator", "DetectionDecoder",
-    "FeaturePyramid", "ImageNormalization", "ImageResizer",
+    "FeaturePyramid", "ImageNormalization", "ImageResizer", "InputChecks",
     "MultiLevelROIAlign", "PreciseROIPooling", "ProposalLayer", "RCNNHead", "ROIAlign",
     "ROIPooling", "ROISampler", "RPNHead", "RPNTargetAssigner",
 ]

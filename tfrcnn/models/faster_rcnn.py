@@ -26,6 +26,7 @@ from tfrcnn.backbones import build_backbone, build_resnet50_c5_head
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.detection_decoder import DetectionDecoder
 from tfrcnn.layers.image_resizer import ImageResizer
+from tfrcnn.layers.input_checks import InputChecks
 from tfrcnn.layers.multilevel_roi_align import MultiLevelROIAlign
 from tfrcnn.layers.precise_roi_pooling import PreciseROIPooling
 from tfrcnn.layers.proposal_layer import ProposalLayer
@@ -57,11 +58,12 @@ _SETTINGS = (
     "rpn_box_loss_weight", "rpn_box_normalizer", "rcnn_box_loss_weight",
     "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
     "image_min_side", "image_max_side", "size_divisor", "proposal_source",
-    "num_external_proposals", "accelerate",
+    "num_external_proposals", "accelerate", "input_checks", "max_image_pixels",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="auto", head_conv_channels=(), head_dropout=0.0,
-                 proposal_source="rpn", num_external_proposals=2000, accelerate="auto")
+                 proposal_source="rpn", num_external_proposals=2000, accelerate="auto",
+                 input_checks=True, max_image_pixels=40_000_000)
 
 
 def _as_tuple(value):
@@ -108,6 +110,13 @@ class FasterRCNN(keras.Model):
         accelerate: ``"auto"`` (default) or ``False``: ``"auto"`` runs the CPU acceleration
             (:func:`tfrcnn.accel.apply`: the same function computed faster, in training,
             inference and the SavedModel export); ``False`` computes with the plain layers.
+        input_checks: ``True`` (default) checks the value of every input in the graph (class ids
+            in range or ``-1``, finite ordered boxes, finite pixels, valid regions) and raises an
+            error naming the input, element and value (:class:`tfrcnn.layers.InputChecks`;
+            docs/input_checks.md); ``False`` skips these value checks (dtype and rank checks stay).
+        max_image_pixels: the decoded-size limit (height x width, default 40 megapixels) of the
+            SavedModel's ``serve_encoded``: larger images are refused from their header, before
+            decoding (:mod:`tfrcnn.ops.image_header`).
         dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
             global policy). Coordinates, anchors, proposals and losses stay float32; the policy
             is saved with the model. See :mod:`tfrcnn.training.precision`.
@@ -120,6 +129,12 @@ class FasterRCNN(keras.Model):
           ``"gt_classes" [B, M]`` (``-1`` padding) for training;
         - or a plain image batch ``[B, H, W, 3]`` of any size: resized to ``image_min_side`` /
           ``image_max_side`` and padded inside the model.
+
+        Every input is checked in the graph first (:class:`tfrcnn.layers.InputChecks`): a float
+        class id, an id outside ``0 .. num_classes - 1`` other than ``-1``, a non-finite or inverted
+        box, or a non-finite pixel raises an error naming the input, element and value; in
+        particular ``predict`` on an image holding NaN or an infinity raises
+        ``InvalidArgumentError`` instead of returning detections.
 
     Outputs (inference): ``detection_boxes [B, D, 4]`` (``[y1, x1, y2, x2]``, original image
     pixels), ``detection_scores [B, D]``, ``detection_classes`` int32 ``[B, D]`` (``-1`` padding),
@@ -148,7 +163,8 @@ class FasterRCNN(keras.Model):
                  rpn_box_normalizer=None, rcnn_box_loss_weight=None, rpn_smooth_l1_beta=None,
                  rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
                  image_max_side=None, size_divisor=None, proposal_source=None,
-                 num_external_proposals=None, accelerate=None, **kwargs):
+                 num_external_proposals=None, accelerate=None, input_checks=None,
+                 max_image_pixels=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -174,6 +190,7 @@ class FasterRCNN(keras.Model):
         for key, value in settings.items():
             setattr(self, key, value)
         self._validate()
+        self.input_checker = InputChecks(self.num_classes, enabled=self.input_checks)
         # Multipliers of the four loss terms; alternating training switches terms off.
         self.loss_term_weights = {name: 1.0 for name in LOSS_TERMS}
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
@@ -372,7 +389,9 @@ class FasterRCNN(keras.Model):
 
     def standardize_inputs(self, inputs):
         """Inputs as the graphs take them: a dict with float32 images, int32 image_shape and
-        float32 image_scale (plus ground truth when given). A plain tensor is resized inside."""
+        float32 image_scale (plus ground truth when given). A plain tensor is resized inside.
+        Every input is checked first (:class:`tfrcnn.layers.InputChecks`)."""
+        inputs = self.input_checker(inputs)
         if not isinstance(inputs, dict):
             if self.proposal_source == "external":
                 raise ValueError("this model runs on external proposals (Fast R-CNN): pass a dict "

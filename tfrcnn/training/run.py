@@ -15,10 +15,13 @@ storage in a real cluster) and only the chief writes it: ``config.json``, the ch
 ``metrics.json``; ``resume=True`` restarts every worker from the chief's newest checkpoint.
 """
 
+import csv
 import json
 import logging
 import os
+import shutil
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -27,7 +30,7 @@ from tfrcnn import config as presets
 from tfrcnn.data import make_dataset, synthetic_splits, SYNTHETIC_CLASS_NAMES
 from tfrcnn.evaluation import (DetectionImagesCallback, MeanAveragePrecisionCallback,
                                evaluate_model)
-from tfrcnn.export.atomic import atomic_file
+from tfrcnn.export.atomic import OLD_TAG, TMP_TAG, atomic_file
 from tfrcnn.models import FasterRCNN
 from tfrcnn.accel import check_cpu_allocator
 from tfrcnn.training.callbacks import BestCheckpoint, NaNGuard
@@ -190,18 +193,98 @@ def _datasets(model, train, val, settings):
     return train_ds, val_ds
 
 
-class RunCheckpoint(keras.callbacks.Callback):
-    """After every epoch: the model with its optimizer state to ``checkpoints/last.keras`` and the
-    number of finished epochs to ``checkpoints/state.json``, each written to a temporary file and
-    moved into place, so an interruption leaves the previous complete checkpoint."""
+RUN_STATE_MEMBER = "tfrcnn_run_state.json"
+"""The member of ``checkpoints/last.keras`` (a zip) holding ``epochs_done`` and the history rows."""
 
-    def __init__(self, run_dir):
+
+def save_model_atomic(model, path, run_state=None):
+    """``model.save`` into a hidden temporary sibling, ``run_state`` (a JSON-able dict) added as the
+    zip member :data:`RUN_STATE_MEMBER`, then one ``os.replace``: ``path`` is the previous complete
+    file or the new complete one, whenever the process dies."""
+    with atomic_file(path) as tmp:
+        keras_tmp = tmp + ".keras"  # Keras wants the extension
+        try:
+            model.save(keras_tmp)
+            if run_state is not None:
+                with zipfile.ZipFile(keras_tmp, "a") as archive:
+                    archive.writestr(RUN_STATE_MEMBER, json.dumps(run_state))
+            os.replace(keras_tmp, tmp)
+        finally:
+            if os.path.exists(keras_tmp):
+                os.remove(keras_tmp)
+
+
+def read_run_state(path):
+    """The :data:`RUN_STATE_MEMBER` dict of a checkpoint written by :class:`RunCheckpoint`, or
+    ``None`` (no file, or a ``.keras`` file without it)."""
+    if not os.path.exists(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if RUN_STATE_MEMBER not in archive.namelist():
+            return None
+        return json.loads(archive.read(RUN_STATE_MEMBER))
+
+
+def remove_partial_files(run_dir):
+    """Delete the hidden temporary files an interrupted write leaves in ``run_dir`` and
+    ``run_dir/checkpoints`` (``.NAME.tmp-*``, ``.NAME.old-*``); returns their names."""
+    removed = []
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(".") and (TMP_TAG in name or OLD_TAG in name):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+                removed.append(name)
+    return removed
+
+
+def write_history_csv(path, rows):
+    """``rows`` (one dict of logged values an epoch) as ``history.csv`` (an ``epoch`` column, then
+    the sorted keys; ``NA`` where an epoch did not log a key), written atomically."""
+    keys = sorted({k for row in rows for k in row})
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch"] + keys)
+        for epoch, row in enumerate(rows):
+            writer.writerow([epoch] + [row.get(k, "NA") for k in keys])
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: ``checkpoints/last.keras`` (the model, its optimizer state, and as the zip
+    member :data:`RUN_STATE_MEMBER` the number of finished epochs with the logged values of every
+    epoch), then ``history.csv`` and ``checkpoints/state.json`` (``{"epochs_done": N}``) from the
+    same data. Each file is written to a hidden temporary sibling and moved into place; the
+    checkpoint is the commit point, so a process killed at any moment leaves a complete checkpoint
+    whose history matches its weights, and ``--resume`` rewrites the other two from it.
+
+    Args:
+        run_dir: the run folder.
+        rows: the history rows of the epochs already done (when resuming).
+    """
+
+    def __init__(self, run_dir, rows=()):
         super().__init__()
+        self.run_dir = run_dir
         self.folder = os.path.join(run_dir, "checkpoints")
+        self.rows = [dict(r) for r in rows]
 
     def on_epoch_end(self, epoch, logs=None):
-        with atomic_file(os.path.join(self.folder, "last.keras"), suffix=".keras") as tmp:
-            self.model.save(tmp)
+        os.makedirs(self.folder, exist_ok=True)
+        row = {}
+        for key, value in (logs or {}).items():
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        self.rows = self.rows[:epoch] + [row]
+        state = {"epochs_done": epoch + 1, "history": self.rows}
+        save_model_atomic(self.model, os.path.join(self.folder, "last.keras"), state)
+        write_history_csv(os.path.join(self.run_dir, "history.csv"), self.rows)
         _write_json(os.path.join(self.folder, "state.json"), {"epochs_done": epoch + 1})
 
 
@@ -209,7 +292,6 @@ def _read_csv_history(path):
     history = {}
     if not os.path.exists(path):
         return history
-    import csv
     with open(path) as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
@@ -234,7 +316,9 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         >>> metrics["mAP"]
     """
     initial_epoch = 0
+    resumed_rows = None
     checkpoints = os.path.join(run_dir, "checkpoints")
+    remove_partial_files(run_dir)  # hidden temporaries of writes a killed process never finished
     if resume:
         config_path = os.path.join(run_dir, "config.json")
         state_path = os.path.join(checkpoints, "state.json")
@@ -242,7 +326,8 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         # multi_worker runs keep tf.train checkpoints numbered by optimizer step (no state.json)
         multi_worker = saved is not None and saved.get("strategy") == "multi_worker"
         step = latest_checkpoint(checkpoints)[1] if multi_worker else 0
-        if saved is None or not (step if multi_worker else os.path.exists(state_path)):
+        last = os.path.join(checkpoints, "last.keras")
+        if saved is None or not (step if multi_worker else os.path.exists(last)):
             raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
         extra = dict(overrides or {})
         if set(extra) - {"epochs"}:
@@ -250,8 +335,16 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
                              f"(got {sorted(set(extra) - {'epochs'})})")
         saved.update(extra)
         settings = resolve_settings(saved)
-        initial_epoch = (step // int(settings["steps_per_epoch"]) if multi_worker
-                         else int(json.load(open(state_path))["epochs_done"]))
+        if multi_worker:
+            initial_epoch = step // int(settings["steps_per_epoch"])
+        else:
+            # the checkpoint holds its own epoch count and history (state.json may lag behind it)
+            run_state = read_run_state(last)
+            if run_state is None:  # a checkpoint written without its run state
+                with open(state_path) as f:
+                    run_state = {"epochs_done": int(json.load(f)["epochs_done"]), "history": None}
+            initial_epoch = int(run_state["epochs_done"])
+            resumed_rows = run_state["history"]
     else:
         settings = resolve_settings(overrides)
     strategy = make_strategy(settings["strategy"])
@@ -285,8 +378,8 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         BestCheckpoint(os.path.join(checkpoints, "best.keras")),
         DetectionImagesCallback(val_ds, os.path.join(run_dir, "logs", "images"),
                                 class_names=class_names, every=int(settings["eval_every"])),
-        RunCheckpoint(run_dir),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
+        RunCheckpoint(run_dir, rows=[] if multi_worker else
+                      _resumed_history(run_dir, resumed_rows, initial_epoch)),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
     ] + list(extra_callbacks)
     start = time.time()
@@ -333,12 +426,29 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         "epochs": epochs, "steps_per_epoch": steps,
     }
     if chief:
-        with atomic_file(os.path.join(run_dir, "model.keras"), suffix=".keras") as tmp:
-            model.save(tmp)
+        save_model_atomic(model, os.path.join(run_dir, "model.keras"))
         _write_json(os.path.join(run_dir, "history.json"),
                     {k: [float(x) for x in v] for k, v in history.items()}, indent=2)
         _write_json(os.path.join(run_dir, "metrics.json"), metrics, indent=2)
     return metrics
+
+
+def _resumed_history(run_dir, rows, epochs_done):
+    """The history rows of the first ``epochs_done`` epochs: from the checkpoint (``rows``), or
+    from ``history.csv`` for a checkpoint without them; ``history.csv`` is rewritten to match."""
+    if not epochs_done:
+        return []
+    if rows is None:
+        path = os.path.join(run_dir, "history.csv")
+        rows = []
+        if os.path.exists(path):
+            with open(path) as f:
+                for record in csv.DictReader(f):
+                    rows.append({k: float(v) for k, v in record.items()
+                                 if k != "epoch" and v not in (None, "", "NA")})
+    rows = rows[:epochs_done]
+    write_history_csv(os.path.join(run_dir, "history.csv"), rows)
+    return rows
 
 
 def _write_json(path, value, **kwargs):
