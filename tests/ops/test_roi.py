@@ -820,3 +820,40 @@ def test_tflite_paths_convert_with_builtin_ops_only():
     assert len(got) == 3
     for name, value in want.items():
         assert any(g.shape == value.shape and np.allclose(g, value.numpy(), atol=1e-5) for g in got), name
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("sr", [1, 2])
+def test_bilinear_scatter_equals_a_numpy_scatter_add(compiled, sr):
+    """The canvas gradient of the bilinear sampling (its terms added one at a time) equals a
+    numpy loop that sends every sample's share of the upstream bin to its four neighbours."""
+    from tfrcnn.ops.roi import _bilinear_scatter, _bilinear_scatter_xla
+
+    rng = np.random.default_rng(3)
+    k, oh, ow, channels, canvas_h, canvas_w, batch = 9, 3, 2, 4, 8, 7, 2
+    upstream = rng.normal(size=(k, oh, ow, channels)).astype(F32)
+    image = rng.integers(0, batch, k)
+    # ROIs that overlap and repeat cells, so several terms add into the same cell
+    ys = np.sort(rng.uniform(0, canvas_h - 1, (k, oh * sr)), 1).astype(F32)
+    xs = np.sort(rng.uniform(0, canvas_w - 1, (k, ow * sr)), 1).astype(F32)
+    y0, x0 = np.floor(ys), np.floor(xs)
+    y1, x1 = np.ceil(ys), np.ceil(xs)
+    wy = (rng.uniform(size=ys.shape) > 0.2).astype(F32)
+    wx = (rng.uniform(size=xs.shape) > 0.2).astype(F32)
+    row0 = ((image[:, None] * canvas_h + y0) * canvas_w).astype(np.int32)
+    row1 = ((image[:, None] * canvas_h + y1) * canvas_w).astype(np.int32)
+    cells = batch * canvas_h * canvas_w
+    expected = np.zeros((cells, channels), np.float64)
+    for r in range(k):
+        for i in range(oh * sr):
+            for j in range(ow * sr):
+                share = upstream[r, i // sr, j // sr] * wy[r, i] * wx[r, j] / sr ** 2
+                ly, lx = ys[r, i] - y0[r, i], xs[r, j] - x0[r, j]
+                for row, a in ((row0[r, i], 1 - ly), (row1[r, i], ly)):
+                    for col, b in ((int(x0[r, j]), 1 - lx), (int(x1[r, j]), lx)):
+                        np.add.at(expected, row + col, share * a * b)
+    scatter = _bilinear_scatter_xla if compiled else tf.function(_bilinear_scatter)
+    got = scatter(tf.constant(upstream), row0, row1, x0.astype(np.int32), x1.astype(np.int32),
+                  tf.constant(ys - y0), tf.constant(xs - x0), wy, wx, cells, sr).numpy()
+    assert np.abs(expected).max() > 0.5
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
