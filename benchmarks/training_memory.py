@@ -39,6 +39,21 @@ def resident_mb():
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
+def large_mapping_rss_mb(min_mb=64):
+    """Resident MB in anonymous mappings of at least ``min_mb`` (TensorFlow's BFC pool takes its
+    regions as such mappings; the C library's heap, code and small blocks are elsewhere)."""
+    total, size, anonymous = 0.0, 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                start, end = (int(v, 16) for v in fields[0].split("-"))
+                size, anonymous = end - start, len(fields) == 5
+            elif fields[0] == "Rss:" and anonymous and size >= min_mb * 2**20:
+                total += int(fields[1]) / 1024
+    return total
+
+
 def pool_mb(tf):
     """(in use, peak in use) of TensorFlow's host allocator in MB, or None without statistics."""
     try:
@@ -136,20 +151,21 @@ def main(argv=None):
     threading.Thread(target=sample, daemon=True).start()
     fw = bench.import_frameworks(torch=False)
     tf = fw["tf"]
-    from tfrcnn import runtime
+    from tfrcnn.accel import process
 
     def phase(name):
         current, peak = resident_mb()
         pool = pool_mb(tf)
         pool_text = "" if pool is None else f"   pool in use {pool[0]:7.0f}  pool peak {pool[1]:7.0f}"
-        print(f"{name:34s} RSS {current:7.0f}  peak RSS {peak:7.0f}{pool_text}  (MB)", flush=True)
+        print(f"{name:34s} RSS {current:7.0f}  peak RSS {peak:7.0f}{pool_text}  in large "
+              f"mappings {large_mapping_rss_mb():7.0f}  (MB)", flush=True)
 
     print(f"{args.model} training batch {args.batch} {args.size}x{args.size} {args.precision} "
-          f"xla {args.xla}; host allocator {runtime.cpu_allocator()}, oneDNN operations "
-          f"{runtime.onednn_enabled()}", flush=True)
+          f"accelerate {args.accelerate}; host allocator {process.cpu_allocator()}, oneDNN "
+          f"operations {process.onednn_enabled()}", flush=True)
     phase("imported")
     call, _ = bench.build_tfrcnn(fw, args.model, "training", args.batch, args.size,
-                                 args.precision, args.xla)
+                                 args.precision, args.accelerate)
     phase("built")
     for step in range(args.warmup):
         start = time.perf_counter()
