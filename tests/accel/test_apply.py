@@ -133,3 +133,32 @@ def test_saved_model_runs_the_accelerated_model_with_its_detections(tmp_path):
     served = {k: v.numpy() for k, v in
               loaded.signatures["serving_default"](images=tf.constant(image)).items()}
     _assert_same_detections(served, plain.predict(image, verbose=0))
+
+
+def test_fpn_training_loss_and_gradients_equal_the_plain_model():
+    """A pyramid model (multilevel ROI Align, whose accelerated feature gradient adds its terms in
+    place, and Winograd convolutions in the pyramid and RPN head, whose two gradients run one
+    after the other): the training loss and every gradient equal the plain model's."""
+    settings = dict(train_pre_nms_top_n=300, train_post_nms_top_n=64, rcnn_batch_size_per_image=32)
+    plain = FasterRCNN.from_preset("small_fpn", num_classes=3, accelerate=False, **settings)
+    fast = FasterRCNN.from_preset("small_fpn", num_classes=3, **settings)
+    fast.set_weights(plain.get_weights())
+    images = np.random.default_rng(2).uniform(0, 255, (2, 160, 224, 3)).astype("float32")
+    batch = {"images": tf.constant(images),
+             "gt_boxes": tf.constant([[[10, 20, 90, 120], [40, 100, 150, 200]],
+                                      [[30, 30, 100, 150], [-1, -1, -1, -1]]], tf.float32),
+             "gt_classes": tf.constant([[1, 0], [2, -1]], tf.int32)}
+
+    @tf.function
+    def gradients(model):
+        tf.random.set_seed(7)
+        with tf.GradientTape() as tape:
+            outputs = model(batch, training=True)
+            loss = model.compute_loss(batch, None, outputs)
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    (loss_fast, got), (loss_plain, want) = gradients(fast), gradients(plain)
+    _close(loss_fast, loss_plain, 1e-4)
+    assert max(float(tf.reduce_max(tf.abs(w))) for w in want) > 1e-3
+    for g, w in zip(got, want):
+        _close(g, w, 1e-3)

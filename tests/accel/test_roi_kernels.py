@@ -98,3 +98,42 @@ def test_pyramid_borders_match_the_numpy_reference():
     want = np.stack([ref_roi_align(m, boxes, indices, 7, 7, 1.0 / 2 ** (2 + i), 2, True)
                      for i, m in enumerate(maps)])[levels - 2, np.arange(len(boxes))]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "in place", "compiled"])
+@pytest.mark.parametrize("sr", [1, 2])
+def test_bilinear_scatter_equals_a_numpy_scatter_add(kernel, sr):
+    """The table gradient of the bilinear sampling, the reference's one scatter-add and the
+    accelerated one that adds its terms one at a time (plain and compiled), equals a numpy loop
+    that sends every sample's share of the upstream bin to its four neighbours."""
+
+    rng = np.random.default_rng(3)
+    k, oh, ow, channels, canvas_h, canvas_w, batch = 9, 3, 2, 4, 8, 7, 2
+    upstream = rng.normal(size=(k, oh, ow, channels)).astype(F32)
+    image = rng.integers(0, batch, k)
+    # ROIs that overlap and repeat cells, so several terms add into the same cell
+    ys = np.sort(rng.uniform(0, canvas_h - 1, (k, oh * sr)), 1).astype(F32)
+    xs = np.sort(rng.uniform(0, canvas_w - 1, (k, ow * sr)), 1).astype(F32)
+    y0, x0 = np.floor(ys), np.floor(xs)
+    y1, x1 = np.ceil(ys), np.ceil(xs)
+    wy = (rng.uniform(size=ys.shape) > 0.2).astype(F32)
+    wx = (rng.uniform(size=xs.shape) > 0.2).astype(F32)
+    row0 = ((image[:, None] * canvas_h + y0) * canvas_w).astype(np.int32)
+    row1 = ((image[:, None] * canvas_h + y1) * canvas_w).astype(np.int32)
+    cells = batch * canvas_h * canvas_w
+    expected = np.zeros((cells, channels), np.float64)
+    for r in range(k):
+        for i in range(oh * sr):
+            for j in range(ow * sr):
+                share = upstream[r, i // sr, j // sr] * wy[r, i] * wx[r, j] / sr ** 2
+                ly, lx = ys[r, i] - y0[r, i], xs[r, j] - x0[r, j]
+                for row, a in ((row0[r, i], 1 - ly), (row1[r, i], ly)):
+                    for col, b in ((int(x0[r, j]), 1 - lx), (int(x1[r, j]), lx)):
+                        np.add.at(expected, row + col, share * a * b)
+    scatter = {"reference": tf.function(reference._bilinear_scatter),
+               "in place": tf.function(accel_roi.bilinear_scatter_in_place),
+               "compiled": accel_roi.COMPILED_KERNELS.bilinear_scatter}[kernel]
+    got = scatter(tf.constant(upstream), row0, row1, x0.astype(np.int32), x1.astype(np.int32),
+                  tf.constant(ys - y0), tf.constant(xs - x0), wy, wx, cells, sr).numpy()
+    assert np.abs(expected).max() > 0.5
+    np.testing.assert_allclose(got, expected, **TOLERANCE)

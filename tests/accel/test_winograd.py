@@ -316,9 +316,11 @@ def test_layer_gradients_under_a_tape_equal_keras():
         _assert_close_to(got, expected)
 
 
-def test_winograd_conv2d_gradients_match_tensorflow():
+@pytest.mark.parametrize("graph", [False, True])
+def test_winograd_conv2d_gradients_match_tensorflow(graph):
     """Forward, input and filter gradients against tf.nn.conv2d's, float32, on a map of many tiles
-    and on one smaller than a tile."""
+    and on one smaller than a tile, eager and in a tf.function (where the two gradients are two
+    computations, one after the other)."""
     for shape in [(2, 30, 27, 8), (1, 6, 5, 8)]:
         x, kernel = _pair(shape, 6, seed=7, dtype=np.float32)
         x, kernel = tf.constant(x), tf.constant(kernel)
@@ -326,10 +328,13 @@ def test_winograd_conv2d_gradients_match_tensorflow():
                                      [*shape[:3], 6]))
         results = []
         for conv in (lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"), winograd_conv2d):
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                y = conv(x, kernel)
-            results.append([y, *tape.gradient(y, [x, kernel], output_gradients=upstream)])
+            def run(conv=conv):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, kernel])
+                    y = conv(x, kernel)
+                return [y, *tape.gradient(y, [x, kernel], output_gradients=upstream)]
+
+            results.append(tf.function(run)() if graph else run())
         for expected, got in zip(*results):
             np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4,
                                        atol=1e-4 * np.abs(expected.numpy()).max())

@@ -414,22 +414,18 @@ def _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sr):
 
 
 
-def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
-    """The gradient of the bilinear sampling with respect to the flat table ``[cells, C]``: each of the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four
-    neighbours with its bilinear weights (the weights are ``[K, oh, ow]``: one full-size product per
-    sample and corner, and one scatter-add over all of them).
-
-    upstream: ``[K, oh, ow, C]``; row0, row1: ``[K, oh * sr]`` flat offsets of the neighbouring
-    rows; col0, col1: ``[K, ow * sr]`` neighbouring columns; ly, lx: the fractional positions;
-    wy, wx: 0/1 validity weights (all as :func:`_neighbours` returns them); cells: table rows.
-    """
-    channels = tf.shape(upstream)[-1]
+def _scatter_terms(row0, row1, col0, col1, ly, lx, wy, wx, sr):
+    """The ``4 sr**2`` (sample, neighbour) terms of :func:`_bilinear_scatter`: ``weights [T, K, oh,
+    ow]`` (bilinear weight times validity, divided by ``sr**2`` for the bin average) and the table
+    rows they go to, ``indices [T, K, oh, ow]`` (``T = 4 sr**2``; arguments as
+    :func:`_bilinear_scatter`). Term ``t`` sends ``upstream * weights[t][..., None]`` to the rows
+    ``indices[t]``."""
     wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
 
     def per_offset(t, i):
         return _per_offset(t, i, sr)
 
-    values, indices = [], []
+    weights, indices = [], []
     for iy in range(sr):
         a_y, m_y = per_offset(ly, iy), per_offset(wy, iy)
         rows = ((per_offset(row0, iy), (1.0 - a_y) * m_y), (per_offset(row1, iy), a_y * m_y))
@@ -438,10 +434,26 @@ def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, s
             cols = ((per_offset(col0, ix), (1.0 - a_x) * m_x), (per_offset(col1, ix), a_x * m_x))
             for r, weight_y in rows:
                 for c, weight_x in cols:
-                    weight = weight_y[:, :, None] * weight_x[:, None, :]  # [K, oh, ow]
-                    values.append(tf.reshape(upstream * weight[..., None], [-1, channels]))
-                    indices.append(tf.reshape(r[:, :, None] + c[:, None, :], [-1]))
-    return tf.math.unsorted_segment_sum(tf.concat(values, 0), tf.concat(indices, 0), cells)
+                    weights.append(weight_y[:, :, None] * weight_x[:, None, :])
+                    indices.append(r[:, :, None] + c[:, None, :])
+    return tf.stack(weights), tf.stack(indices)
+
+
+def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
+    """The gradient of the bilinear sampling with respect to the flat table ``[cells, C]``: each of
+    the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four neighbours with its
+    bilinear weights (:func:`_scatter_terms`): the ``4 sr**2`` weighted copies of ``upstream``
+    and one scatter-add over all of them.
+
+    upstream: ``[K, oh, ow, C]``; row0, row1: ``[K, oh * sr]`` flat offsets of the neighbouring
+    rows; col0, col1: ``[K, ow * sr]`` neighbouring columns; ly, lx: the fractional positions;
+    wy, wx: 0/1 validity weights (all as :func:`_neighbours` returns them); cells: table rows.
+    """
+    channels = tf.shape(upstream)[-1]
+    weights, indices = _scatter_terms(row0, row1, col0, col1, ly, lx, wy, wx, sr)
+    values = upstream[None] * weights[..., None]  # [T, K, oh, ow, C]
+    return tf.math.unsorted_segment_sum(tf.reshape(values, [-1, channels]),
+                                        tf.reshape(indices, [-1]), cells)
 
 
 def _flat_levels(maps):
