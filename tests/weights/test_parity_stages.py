@@ -108,3 +108,91 @@ def test_proposals(reference):
         assert n == len(expected), f"image {i}: {n} proposals, torchvision {len(expected)}"
         assert_same_proposals(boxes[:n], scores[:n], expected, npz[f"img{i}_proposal_scores"],
                               f"{arch} image {i}")
+
+
+def test_second_stage_on_torchvisions_proposals(reference):
+    """ROI Align (torchvision's level mapping, aligned=False, sampling ratio 2), the two fc layers
+    over the channel-first flatten, the class logits and box deltas, on torchvision's proposals."""
+    from tfrcnn.layers.multilevel_roi_align import MultiLevelROIAlign
+    from tfrcnn.layers.rcnn_head import RCNNHead
+
+    arch, npz, modules = reference
+    levels = _levels(npz)
+    if "mobilenet" in arch:
+        roi_levels, min_level = levels[:1], 5  # both FPN outputs are stride 32: ROIs read "0"
+    else:
+        roi_levels, min_level = levels[:4], 2
+    pool = MultiLevelROIAlign((7, 7), sampling_ratio=2, aligned=False, min_level=min_level,
+                              method="gather")
+    num_classes = modules["roi_heads.box_predictor.cls_score"][0].shape[1] - 1
+    head = RCNNHead(num_classes, "fc", (1024, 1024))
+    head.build((None, 7, 7, 256))
+    head.fcs[0].set_weights(modules["roi_heads.box_head.fc6"])
+    head.fcs[1].set_weights(modules["roi_heads.box_head.fc7"])
+    head.classifier.set_weights(modules["roi_heads.box_predictor.cls_score"])
+    head.regressor.set_weights(modules["roi_heads.box_predictor.bbox_pred"])
+    for i in range(int(npz["num_images"])):
+        features = [npz[f"img{i}_features_{level}"] for level in roi_levels]
+        rois = npz[f"img{i}_proposals"][None, :, [1, 0, 3, 2]]
+        pooled = np.asarray(pool(features, rois))
+        kept = npz[f"img{i}_pooled"]
+        assert_close_relative(pooled[:len(kept)], kept, RTOL, f"{arch} image {i} pooled")
+        logits, deltas = head(pooled)
+        expected = npz[f"img{i}_class_logits"]
+        assert_close_relative(logits, expected, RTOL, f"{arch} image {i} class logits")
+        regression = npz[f"img{i}_box_regression"].reshape(len(expected), -1, 4)
+        expected = regression[:, 1:][..., [1, 0, 3, 2]]  # no background box; (dy, dx, dh, dw)
+        assert_close_relative(deltas, expected, RTOL, f"{arch} image {i} box deltas")
+
+
+def box_iou(a, b):
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (any corner order)."""
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def assert_same_detections(boxes, scores, classes, expected_boxes, expected_scores,
+                           expected_classes, what, iou=0.99, score_tol=1e-3):
+    """The same detections: each matched one to one with IoU > ``iou``, score within
+    ``score_tol``, the same class (boxes in the same corner order on both sides)."""
+    assert len(boxes) == len(expected_boxes), (
+        f"{what}: {len(boxes)} detections, torchvision {len(expected_boxes)}")
+    overlaps = box_iou(boxes, expected_boxes) if len(boxes) else np.zeros((0, 0))
+    unmatched = set(range(len(expected_boxes)))
+    for k in range(len(boxes)):
+        candidates = [j for j in unmatched if overlaps[k, j] > iou
+                      and expected_classes[j] == classes[k]
+                      and abs(expected_scores[j] - scores[k]) <= score_tol]
+        assert candidates, (f"{what}: detection {k} (class {classes[k]}, score {scores[k]:.4f}, "
+                            f"box {boxes[k]}) has no torchvision match")
+        unmatched.discard(max(candidates, key=lambda j: overlaps[k, j]))
+
+
+def test_detections_on_torchvisions_second_stage(reference):
+    """The decoder on torchvision's proposals, class logits and box regression: per-class decode
+    with weights (10, 10, 5, 5), clip, score > 0.05, sides >= 0.01, per-class NMS 0.5, top 100,
+    boxes mapped back with one ratio an axis."""
+    from tfrcnn.layers.detection_decoder import DetectionDecoder
+
+    arch, npz, modules = reference
+    num_classes = modules["roi_heads.box_predictor.cls_score"][0].shape[1] - 1
+    decoder = DetectionDecoder(num_classes, (10.0, 10.0, 5.0, 5.0), 0.05, 0.5, 100, min_size=1e-2)
+    for i in range(int(npz["num_images"])):
+        logits = npz[f"img{i}_class_logits"]
+        regression = npz[f"img{i}_box_regression"].reshape(len(logits), -1, 4)
+        deltas = regression[:, 1:][..., [1, 0, 3, 2]]
+        rois = npz[f"img{i}_proposals"][:, [1, 0, 3, 2]]
+        size = npz[f"img{i}_image_size"].astype(np.float32)
+        original = np.array(npz[f"img{i}_image"].shape[:2], np.float32)
+        out = decoder(logits[None], deltas[None], rois[None], np.ones((1, len(rois)), bool),
+                      size[None].astype(np.int32), (size / original)[None],
+                      original[None].astype(np.int32))
+        n = int(out["num_detections"][0])
+        assert_same_detections(
+            np.asarray(out["detection_boxes"])[0, :n][:, [1, 0, 3, 2]],
+            np.asarray(out["detection_scores"])[0, :n],
+            np.asarray(out["detection_classes"])[0, :n] + 1,  # user class c = torchvision row c + 1
+            npz[f"img{i}_boxes"], npz[f"img{i}_scores"], npz[f"img{i}_labels"], f"{arch} image {i}")
