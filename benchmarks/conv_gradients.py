@@ -1,9 +1,9 @@
-"""Forward + backward of a 2-D convolution: TensorFlow's own gradient vs ``tfrcnn.ops.conv.conv2d``.
+"""Forward + backward of a 2-D convolution: TensorFlow's own gradient vs ``tfrcnn.accel.conv.conv2d``.
 
 For each shape, one ``tf.function`` computes ``y = conv(x, kernel)`` and both gradients
 ``d(sum(y * upstream)) / d(x, kernel)`` (a fixed random ``upstream``), once with ``tf.nn.conv2d``
 (TensorFlow's ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``) and once with
-:func:`tfrcnn.ops.conv.conv2d` (forward convolutions and matmuls, see its module docstring).
+:func:`tfrcnn.accel.conv.conv2d` (forward convolutions and matmuls, see its module docstring).
 
 Shapes: the stride-1 3x3 convolutions of a ResNet50-FPN at an 800x800 input (stages 2-5 at strides
 4-32, the FPN output convolutions at stride 4), the bottleneck 1x1 convolutions, a 1x1 stride-2
@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfrcnn.ops.conv import conv2d, gradient_plan  # noqa: E402
+from tfrcnn.accel.conv import conv2d, gradient_plan  # noqa: E402
 
 #: (input [N, H, W, C], kernel size, output channels K, stride, padding, note)
 SHAPES = [

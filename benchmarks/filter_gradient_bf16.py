@@ -1,4 +1,4 @@
-"""The bfloat16 filter gradient of :func:`tfrcnn.ops.conv.conv2d`: shifted matmuls (1x1: one
+"""The bfloat16 filter gradient of :func:`tfrcnn.accel.conv.conv2d`: shifted matmuls (1x1: one
 matmul) run on bfloat16 operands against the same matmuls on operands cast to float32.
 
     python benchmarks/filter_gradient_bf16.py
@@ -11,10 +11,13 @@ import argparse
 
 import numpy as np
 
-import tfrcnn  # noqa: F401  (chooses the BFC host allocator before TensorFlow allocates)
-import tensorflow as tf
-from _timing import median_ms
-from tfrcnn.ops.conv import _filter_grad_matmul, _filter_grad_shifted_matmul
+import tfrcnn.accel
+
+tfrcnn.accel.configure_process()  # BFC host allocator and oneDNN, before TensorFlow starts
+
+import tensorflow as tf  # noqa: E402
+from _timing import median_ms  # noqa: E402
+from tfrcnn.accel.conv import _filter_grad_matmul, _filter_grad_shifted_matmul  # noqa: E402
 
 SHAPES = [  # N, H, W, C, K, kernel size
     (1, 200, 200, 64, 64, 3), (1, 100, 100, 128, 128, 3), (1, 50, 50, 256, 256, 3),

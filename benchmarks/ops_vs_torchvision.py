@@ -52,7 +52,9 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv_ops  # noqa: E402
 
-import tfrcnn  # noqa: E402,F401  (before any TensorFlow op: it chooses the BFC host allocator)
+import tfrcnn.accel  # noqa: E402
+
+tfrcnn.accel.configure_process()  # BFC host allocator and oneDNN, before TensorFlow starts
 import tensorflow as tf  # noqa: E402
 
 NO_PEER = "no peer"

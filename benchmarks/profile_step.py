@@ -61,7 +61,7 @@ def main(argv=None):
     fw = bench.import_frameworks(torch=False)
     tf = fw["tf"]
     call, flops = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                     args.precision, args.xla)
+                                     args.precision, args.accelerate)
     for _ in range(2):
         call()
     logdir = tempfile.mkdtemp(prefix="tfrcnn_profile_")
@@ -73,7 +73,7 @@ def main(argv=None):
     tf.profiler.experimental.stop()
     by_type, by_name = aggregate(logdir)
     total = sum(seconds for seconds, _ in by_type.values())
-    print(f"{args.model} {args.mode} batch {args.batch} {args.precision} xla {args.xla}: "
+    print(f"{args.model} {args.mode} batch {args.batch} {args.precision} accelerate {args.accelerate}: "
           f"{args.steps} calls, "
           f"wall {wall / args.steps:.3f} s a call, {flops * args.batch / 1e9:.0f} GFLOP a call, "
           f"op time {total / args.steps:.3f} s a call (ops on different threads overlap)")

@@ -17,10 +17,10 @@ the contenders take turns, one call each a round, for ``--repeats`` rounds, with
 between calls (OpenMP threads of torch keep spinning for a while after a call and would slow the
 next contender down). Quoted: the median seconds an image and the ratio tfrcnn / torchvision.
 
-FLOPs are those of the convolutions and matrix products (``tfrcnn.profiling.count_flops`` on the
+FLOPs are those of the convolutions and matrix products (``benchmarks/profiling.py``'s ``count_flops`` on the
 traced inference graph, and on the loss-and-gradient graph for training); they are counted
 with direct convolutions even where tfrcnn runs Winograd's F(4x4, 3x3), which does a quarter of
-the products (``tfrcnn.ops.winograd``), so a "FLOP-bound" fraction above what direct convolution
+the products (``tfrcnn.accel.winograd``), so a "FLOP-bound" fraction above what direct convolution
 could reach is possible there; the machine's peak is
 measured in the same run as the fastest of a few large matrix products (``PEAK_SHAPES``) in
 TensorFlow and in torch, in float32 (and bfloat16 when something runs in it), in every round of the timings (this machine's speed drifts over
@@ -31,8 +31,9 @@ Every contender runs in its own process with only its own framework imported (Te
 in a process slows torch's matrix products there, up to 2x in bfloat16 on this machine); the
 parent tells them in turn to run one call, so only one computes at a time. Peak memory is each
 process's peak resident set size at the end (framework, model, warm-up and timed calls).
-Each library runs with its own defaults: tfrcnn with the BFC host allocator that ``import
-tfrcnn`` chooses (``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment times the system one),
+Each library runs with its own defaults: tfrcnn with the BFC host allocator that
+``tfrcnn.accel.configure_process()`` chooses (``TF_CPU_ALLOCATOR_USE_BFC=false`` in the
+environment times the system one),
 torch with its own CPU allocator; ``--peer-malloc-tuned`` adds torchvision with the C library's
 malloc told to keep freed memory (``MALLOC_TUNABLES``), the peer's nearest equivalent.
 """
@@ -65,10 +66,12 @@ def import_frameworks(torch=True, tensorflow=True):
         modules["torch"], modules["torchvision"] = torch_module, torchvision
     if tensorflow:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # tfrcnn first: its import chooses TensorFlow's BFC host allocator (tfrcnn/runtime.py),
-        # which only takes effect before TensorFlow's first allocation. The peak-measuring
-        # TensorFlow process gets the same allocator as the model's.
-        import tfrcnn  # noqa: F401
+        # before TensorFlow starts: the BFC host allocator and oneDNN (tfrcnn/accel/process.py),
+        # which only take effect then. The peak-measuring TensorFlow process gets the same
+        # allocator as the model's.
+        import tfrcnn.accel
+
+        tfrcnn.accel.configure_process()
         import keras
         import tensorflow as tf
 
@@ -105,24 +108,26 @@ def add_tfrcnn_arguments(parser, mode="inference"):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--precision", default="float32")
-    parser.add_argument("--xla", default="auto", choices=["auto", "on", "off"],
-                        help="FasterRCNN(xla=...): XLA for the backbone at inference")
+    parser.add_argument("--accelerate", default="auto", choices=["auto", "off"],
+                        help="FasterRCNN(accelerate=...): the CPU acceleration (tfrcnn.accel)")
 
 
-def build_tfrcnn(fw, model_name, mode, batch, size, precision, xla="auto"):
+def build_tfrcnn(fw, model_name, mode, batch, size, precision, accelerate="auto"):
     """Returns (call, flops_an_image): ``call()`` runs one inference or training step.
 
-    ``xla``: ``"auto"`` (the model's default), ``"on"`` or ``"off"`` (``FasterRCNN(xla=...)``)."""
+    ``accelerate``: ``"auto"`` (the model's default) or ``"off"``
+    (``FasterRCNN(accelerate=False)``)."""
     keras, tf = fw["keras"], fw["tf"]
     from tfrcnn.models import FasterRCNN
-    from tfrcnn.profiling import count_flops
+    from profiling import count_flops
+    from tfrcnn import accel
     from tfrcnn.training.precision import precision_scope
 
     images, boxes, classes = make_inputs(batch, size)
     with precision_scope(precision):
         settings = tfrcnn_settings(size)
-        if xla != "auto":
-            settings["xla"] = xla == "on"
+        if accelerate != "auto":
+            settings["accelerate"] = False
         model = FasterRCNN.from_preset(model_name, num_classes=NUM_CLASSES, **settings)
     if mode == "inference":
         @tf.function
@@ -135,10 +140,9 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, xla="auto"):
             out = fn(x)
             return out["num_detections"].numpy()
 
-        # Counted on a separate trace without XLA: the model's arithmetic with direct
+        # Counted on a separate trace of the plain layers: the model's arithmetic with direct
         # convolutions, also where inference runs Winograd's F(4x4, 3x3) (fewer products).
-        from tfrcnn.layers.conv import xla_disabled
-        with xla_disabled():
+        with accel.disabled():
             flops = count_flops(lambda images: model(images, training=False),
                                 tf.TensorSpec(x.shape, tf.float32))
         return call, flops["total"] / batch
@@ -158,8 +162,7 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, xla="auto"):
         return tape.gradient(loss, model.trainable_variables)
 
     spec = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in x.items()}
-    from tfrcnn.layers.conv import xla_disabled
-    with xla_disabled():  # direct convolutions, as for inference above
+    with accel.disabled():  # direct convolutions, as for inference above
         flops = count_flops(loss_and_gradients, spec)
     return call, flops["total"] / batch
 
@@ -358,7 +361,7 @@ def machine_peak(threads, dtypes):
 # blocks from the heap rather than fresh mappings up to 32 MiB (glibc's ceiling), no trimming, and
 # 256 MiB of headroom a heap growth. torch's CPU allocator has no pool of its own, so by default its
 # steps fault their memory in again, as TensorFlow's default allocator does; tfrcnn avoids that
-# with TensorFlow's BFC allocator (tfrcnn/runtime.py), and this is the nearest the peer gets to it
+# with TensorFlow's BFC allocator (tfrcnn/accel/process.py), and this is the nearest the peer gets to it
 # without another allocator library.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:"
                    "glibc.malloc.top_pad=268435456")

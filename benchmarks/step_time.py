@@ -6,8 +6,8 @@ two checkouts, run alternately with each on ``PYTHONPATH``.
     python benchmarks/step_time.py --model resnet50_fpn --batch 1
 
 Same model, inputs and settings as ``speed_vs_torchvision.py``; prints which ``tfrcnn`` it
-imported, the median and every timed call. ``--xla on|off`` sets ``FasterRCNN(xla=...)`` (default:
-the model's ``"auto"``), for an A/B of XLA at inference in one checkout. It also prints the host
+imported, the median and every timed call. ``--accelerate off`` sets ``FasterRCNN(accelerate=False)``
+(default: the model's ``"auto"``), for an A/B of the acceleration in one checkout. It also prints the host
 allocator in effect and the minor page faults of a timed call; for an A/B of the allocator run it
 alternately with and without ``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment.
 """
@@ -35,7 +35,7 @@ def main(argv=None):
     import tfrcnn
 
     call, _ = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                 args.precision, args.xla)
+                                 args.precision, args.accelerate)
     for _ in range(args.warmup):
         call()
     times, faults = [], []
@@ -46,7 +46,7 @@ def main(argv=None):
         times.append(time.perf_counter() - start)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(f"{os.path.dirname(tfrcnn.__file__)} {args.model} {args.mode} batch {args.batch} "
-          f"{args.precision} xla {args.xla} allocator {tfrcnn.runtime.cpu_allocator()}: median "
+          f"{args.precision} accelerate {args.accelerate} allocator {tfrcnn.accel.cpu_allocator()}: median "
           f"{np.median(times):.3f} s a call, all {[round(t, 3) for t in times]}, "
           f"{int(np.median(faults))} page faults a call, peak RSS {bench.peak_rss_mb():.0f} MB",
           flush=True)

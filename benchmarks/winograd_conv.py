@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) (``tfrcnn.ops.winograd``) against the direct convolution, float32.
+"""Winograd F(4x4, 3x3) (``tfrcnn.accel.winograd``) against the direct convolution, float32.
 
     python benchmarks/winograd_conv.py
 
@@ -12,10 +12,14 @@ import argparse
 
 import numpy as np
 
-import tfrcnn  # noqa: F401  (chooses the BFC host allocator before TensorFlow allocates)
-import tensorflow as tf
-from _timing import median_ms
-from tfrcnn.ops.winograd import winograd_conv3x3, winograd_conv3x3_xla, winograd_pays_off
+import tfrcnn.accel
+
+tfrcnn.accel.configure_process()  # BFC host allocator and oneDNN, before TensorFlow starts
+
+import tensorflow as tf  # noqa: E402
+from _timing import median_ms  # noqa: E402
+from tfrcnn.accel.winograd import (  # noqa: E402
+    winograd_conv3x3, winograd_conv3x3_xla, winograd_pays_off)
 
 SHAPES = [  # N, H, W, C, K
     (1, 200, 200, 256, 256), (1, 100, 100, 256, 256), (1, 50, 50, 256, 256),

@@ -110,20 +110,3 @@ def plot_history(history, path, keys=None):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def plot_anchors(image, anchors, path, centre=None):
-    """Draw anchors ``[A, 4]`` (e.g. the A anchors of one location) on an image and save a PNG."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    ax.imshow(np.asarray(image, dtype=np.uint8))
-    for a, (y1, x1, y2, x2) in enumerate(np.asarray(anchors).reshape(-1, 4)):
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5,
-                                   color=np.array(class_color(a)) / 255.0))
-    if centre is not None:
-        ax.plot([centre[1]], [centre[0]], "w+", ms=12, mew=2)
-    ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -429,7 +429,7 @@ def test_roi_align_methods_agree_values_and_gradients():
 @pytest.mark.parametrize("method", ["auto", "crop_and_resize"])
 @pytest.mark.parametrize("op", ["roi_align", "multilevel_roi_align"])
 def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op, method):
-    """The crop_and_resize and auto paths' feature gradient (a scatter-add compiled by XLA) inside a
+    """The crop_and_resize and auto paths' feature gradient (the written-out scatter-add) inside a
     tf.function with unknown shapes: equal to the gather path's autodiff gradient, bitwise the
     same on a second call (TF's own CropAndResizeGradImage is not), zero for no ROIs."""
     features, boxes, indices = random_case(11, batch=2, height=12, width=9, channels=5, n=40)
@@ -462,46 +462,6 @@ def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op, meth
     none = fast(features, np.zeros((0, 4), F32), np.zeros((0,), np.int32),
                 np.zeros((0, 3, 2, 5), F32)).numpy()
     assert none.shape == features.shape and not none.any()
-
-
-def _graph_op_types(fn, *args):
-    """Op types of ``fn``'s graph and of the functions it calls (XLA-compiled ones included)."""
-    graph = tf.function(fn).get_concrete_function(*args).graph
-    types = {op.type for op in graph.get_operations()}
-    for function in graph.as_graph_def().library.function:
-        types |= {node.op for node in function.node_def}
-    return types
-
-
-@pytest.mark.parametrize("tape", [False, True])
-def test_roi_align_auto_runs_the_compiled_gather_and_crop_and_resize_where_xla_is_off(tape):
-    """``method="auto"`` computes its forward pass with the XLA-compiled gather on a CPU (no
-    CropAndResize in the graph), and with crop_and_resize inside xla_disabled (exports): both
-    give the gather reference's values and feature gradient."""
-    from tfrcnn.xla import xla_disabled
-
-    features, boxes, indices = random_case(5, batch=2, height=10, width=12, channels=3, n=20)
-    f, b = tf.constant(features), tf.constant(boxes)
-    upstream = tf.constant(np.cos(np.arange(len(boxes) * 12)).reshape(-1, 2, 2, 3).astype(F32))
-
-    def call(method):
-        if not tape:
-            return roi_align(f, b, indices, (2, 2), 0.5, 2, True, method)
-        with tf.GradientTape() as tape_:
-            tape_.watch(f)
-            out = roi_align(f, b, indices, (2, 2), 0.5, 2, True, method)
-        return out, tape_.gradient(out, f, output_gradients=upstream)
-
-    reference = call("gather")
-    compiled_types = _graph_op_types(lambda: call("auto"))
-    assert "CropAndResize" not in compiled_types and "GatherV2" in compiled_types
-    with xla_disabled():
-        exported_types = _graph_op_types(lambda: call("auto"))
-        exported = tf.function(lambda: call("auto"))()
-    assert "CropAndResize" in exported_types
-    for got in (tf.function(lambda: call("auto"))(), exported):
-        for a, c in zip(tf.nest.flatten(got), tf.nest.flatten(reference)):
-            np.testing.assert_allclose(a.numpy(), c.numpy(), atol=2e-5, rtol=1e-5)
 
 
 def away_from_kinks(boxes, scale, output_size, sampling_ratio, aligned, margin=0.02):
@@ -747,15 +707,10 @@ def test_multilevel_roi_align_equals_per_level_roi_align(method):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_auto_inference_gathers_from_the_levels_without_a_canvas():
-    """Without a tape, ``method="auto"`` gathers straight from the pyramid's levels with clamped
-    neighbours (no edge-padded canvas): the reference's values on every level, for boxes inside,
-    across and outside the borders, in two images, equal to the canvas computation."""
-    from tfrcnn.ops import roi
-
-    assert roi._levels_gather_applies("auto") and not roi._levels_gather_applies("gather")
-    with tf.GradientTape():
-        assert not roi._levels_gather_applies("auto")
+@pytest.mark.parametrize("method", METHODS)
+def test_multilevel_roi_align_borders_every_level_and_method(method):
+    """Boxes inside, across and outside the borders, in two images, on every level: the
+    reference's values, and a single-level roi_align with aligned=False too."""
     rng = np.random.default_rng(21)
     maps = [rng.normal(size=(2, 80 // 2**level, 112 // 2**level, 4)).astype(F32) for level in (2, 3, 4, 5)]
     centers = rng.uniform([-12, -12], [92, 124], (60, 2))
@@ -766,19 +721,14 @@ def test_auto_inference_gathers_from_the_levels_without_a_canvas():
     boxes = np.concatenate([boxes, extra]).astype(F32)
     indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
     levels = assign_fpn_levels(boxes, 2, 5).numpy()
-    got = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2).numpy()
+    got = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2, method=method).numpy()
     want = np.stack([
         ref_roi_align(m, boxes, indices, 7, 7, 1.0 / 2 ** (2 + i), 2, True) for i, m in enumerate(maps)
     ])[levels - 2, np.arange(len(boxes))]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    canvas = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2, method="gather").numpy()
-    np.testing.assert_allclose(got, canvas, atol=1e-5, rtol=0)
-    single = roi_align(maps[1], boxes, indices, (3, 5), 1.0 / 8, 2, False).numpy()
+    single = roi_align(maps[1], boxes, indices, (3, 5), 1.0 / 8, 2, False, method=method).numpy()
     np.testing.assert_allclose(single, ref_roi_align(maps[1], boxes, indices, 3, 5, 1.0 / 8, 2, False),
                                atol=1e-5, rtol=0)
-    # the compiled levels gather runs instead of the canvas (whose edge padding repeats the borders)
-    types = _graph_op_types(lambda: multilevel_roi_align([tf.constant(m) for m in maps], boxes, indices))
-    assert "Tile" not in types and "GatherV2" in types
 
 
 # --------------------------------------------------------------------------------------------------

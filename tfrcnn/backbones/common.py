@@ -8,19 +8,12 @@ Nothing here downloads. `weights` is one of:
     structure** and must come from the same backbone (e.g. `backbone.save_weights(path)`);
   - `"imagenet"`: only if the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`) already
     holds the keras.applications file; otherwise a `ValueError` explains how to pass a file.
-
-`BackboneModel` can run its inference calls as one XLA cluster (`jit_inference`, set from
-`FasterRCNN(xla=...)`); `xla_disabled()` turns that off while exports trace their graphs.
 """
 
 import os
 
 import keras
-import tensorflow as tf
 
-from tfrcnn.layers.folding import folding_scope, pair_conv_batch_norms
-from tfrcnn.xla import (  # noqa: F401  (xla_disabled: re-exported)
-    tape_is_recording, xla_disabled, xla_is_disabled)
 
 IMAGENET = "imagenet"
 LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
@@ -193,66 +186,17 @@ class BackboneModel(keras.Model):
 
     Shapes: input `[B, H, W, 3]`; output a list of `[B, H_i, W_i, C_i]`, fine to coarse.
 
-    `jit_inference` (default False): when True, a call in inference mode (`training` false, no
-    mask, no `tf.GradientTape` recording, TensorFlow backend, outside `xla_disabled()`) runs the
-    whole network as one XLA cluster (`tf.function(jit_compile=True)`), compiled once for each
-    input shape (a few seconds for ResNet50-FPN at 800x800) and cached. Training steps never use
-    it: XLA's CPU convolution gradients measured about 2x slower than TensorFlow's here.
-
-    In every inference call (the conditions above, XLA or not) the batch norms that follow a
-    convolution are folded into it (:mod:`tfrcnn.layers.folding`): the same function with one
-    pass over each feature map instead of three.
-
     Example:
         >>> inputs = keras.Input((None, None, 3))
         >>> model = BackboneModel(inputs, [keras.layers.Conv2D(8, 3, strides=2)(inputs)])
         >>> len(model(np.zeros((1, 32, 32, 3), "float32")))  # 1
     """
 
-    jit_inference = False
-
-    def _xla_applies(self, inputs, training, mask):
-        return (bool(self.jit_inference) and not xla_is_disabled()
-                and self._inference_call(inputs, training, mask))
-
-    def _inference_forward(self, inputs):
-        return super().call(inputs, training=False)
-
-    def _inference_call(self, inputs, training, mask):
-        """Whether this is an inference call on real tensors (batch norms then fold)."""
-        return (keras.backend.backend() == "tensorflow"
-                and not training
-                and mask is None
-                and tf.is_tensor(inputs)
-                and not isinstance(inputs, keras.KerasTensor)
-                and not tape_is_recording())
-
     def call(self, inputs, training=None, mask=None):
-        if self._inference_call(inputs, training, mask):
-            plan = self.__dict__.get("_fold_plan")
-            if plan is None:
-                plan = pair_conv_batch_norms(self)
-                # Stored past Keras' attribute tracking: references to layers, not state.
-                object.__setattr__(self, "_fold_plan", plan)
-            with folding_scope(plan):
-                outputs = self._call_inference(inputs, training, mask)
-        else:
-            outputs = super().call(inputs, training=training, mask=mask)
+        outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, (list, tuple)):
             return list(outputs)
         return [outputs]
-
-    def _call_inference(self, inputs, training, mask):
-        if self._xla_applies(inputs, training, mask):
-            compiled = self.__dict__.get("_xla_inference")
-            if compiled is None:
-                compiled = tf.function(self._inference_forward, jit_compile=True)
-                # Stored past Keras' attribute tracking: a compiled function is no state.
-                object.__setattr__(self, "_xla_inference", compiled)
-            outputs = compiled(inputs)
-        else:
-            outputs = super().call(inputs, training=training, mask=mask)
-        return outputs
 
 
 def weighted_layer_names(model, exclude=()):

@@ -19,8 +19,6 @@ intended.)
 import keras
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.batch_norm import BatchNormalization
-from tfrcnn.layers.conv import Conv2D, DepthwiseConv2D
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -72,28 +70,20 @@ def build_mobilenet_v3_fpn(weights=None, trainable=True, fpn_channels=256, name_
 
 
 def _same_padding_clone(layer):
-    """Clones `layer`; stride-2 depthwise convs pad "same" at run time (see the body's doc), and
-    batch norm runs on the fused kernel (`tfrcnn.layers.BatchNormalization`), convolutions take
-    `tfrcnn.layers.Conv2D`'s faster gradient and depthwise ones are `tfrcnn.layers.DepthwiseConv2D`
-    (both fold the batch norm after them at inference; same weights and config).
+    """Clones `layer`; stride-2 depthwise convs pad "same" at run time (see the body's doc).
 
     Under ``mixed_bfloat16`` the depthwise convolutions compute in float32: oneDNN's bfloat16
-    depthwise backward is slow on CPUs (measured: this backbone's forward+backward at batch 2,
-    800x800, took 1.6-1.8 s with bf16 depthwise layers and 1.1-1.2 s with float32 ones).
+    depthwise backward is slow on CPUs (docs/performance.md).
     """
     config = layer.get_config()
     if isinstance(layer, keras.layers.ZeroPadding2D):
         return keras.layers.Identity(name=layer.name)
-    if type(layer) is keras.layers.BatchNormalization:
-        return BatchNormalization.from_config(config)
-    if type(layer) is keras.layers.Conv2D:
-        return Conv2D.from_config(config)
     if type(layer) is keras.layers.DepthwiseConv2D:
         if tuple(config["strides"]) != (1, 1):
             config["padding"] = "same"
         if keras.mixed_precision.global_policy().name == "mixed_bfloat16":
             config["dtype"] = "float32"
-        return DepthwiseConv2D.from_config(config)
+        return keras.layers.DepthwiseConv2D.from_config(config)
     return layer.__class__.from_config(config)
 
 

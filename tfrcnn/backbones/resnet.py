@@ -18,10 +18,9 @@ against keras.applications.
 """
 
 import keras
+from keras.layers import BatchNormalization, Conv2D
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.batch_norm import BatchNormalization
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 
@@ -39,7 +38,6 @@ C4_STRIDES = (16,)
 C4_CHANNELS = (1024,)
 FPN_NAME = "resnet50_fpn"
 FPN_STRIDES = (4, 8, 16, 32, 64)
-C5_HEAD_CHANNELS = 2048
 
 
 def _bottleneck(x, filters, stride, conv_shortcut, name):

@@ -16,10 +16,9 @@ About 1.2 GMAC for a 480x640 image: it trains from scratch on a CPU in minutes.
 """
 
 import keras
+from keras.layers import BatchNormalization, Conv2D
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.batch_norm import BatchNormalization
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.preprocessing import ImageNormalization
 

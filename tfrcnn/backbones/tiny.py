@@ -10,10 +10,9 @@ up to about 40-80 px are what it sees well. About 0.24 GMAC for a 160x160 image.
 """
 
 import keras
+from keras.layers import BatchNormalization, Conv2D
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.batch_norm import BatchNormalization
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "tiny"

@@ -11,9 +11,9 @@ names and weight shapes are those of `keras.applications.VGG16` (`block1_conv1` 
 """
 
 import keras
+from keras.layers import Conv2D
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "vgg16"

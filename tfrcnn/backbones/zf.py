@@ -18,9 +18,9 @@ backbones is what the anchor grid expects).
 
 import keras
 from keras import ops
+from keras.layers import Conv2D
 
 from tfrcnn.backbones import common
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.preprocessing import ImageNormalization
 
 NAME = "zf"

@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 
 import numpy as np
 
@@ -75,6 +74,7 @@ from tfrcnn.data.validation import (
     validate_record,
 )
 from tfrcnn.data.voc import CHECK_IMAGES, DatasetNotFoundError, _fit_to_image
+from tfrcnn.export.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -473,14 +473,6 @@ def write_coco(records, class_names, annotation_file, *, image_dir=None, categor
             "categories": [{"id": c, "name": n, "supercategory": ""}
                            for c, n in sorted(zip(category_ids, names))]}
     path = os.path.abspath(os.fspath(annotation_file))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
     return path

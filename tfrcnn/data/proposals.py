@@ -25,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from tfrcnn.data.images import load_image
+from tfrcnn.export.atomic import atomic_file
 
 SELECTIVE_SEARCH_MODES = ("fast", "quality")
 """OpenCV's two presets: ``fast`` (HSV and Lab colour spaces, k = 50, 100) and ``quality`` (more
@@ -249,20 +249,10 @@ def atomic_write(path, write):
     Example:
         >>> atomic_write("out.bin", lambda f: f.write(b"data"))
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_file(os.fspath(path)) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_proposals(path, proposals_by_image_id):

@@ -46,11 +46,11 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import re
-import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +58,7 @@ from PIL import Image
 
 from tfrcnn.data.images import check_image, image_orientation, load_image
 from tfrcnn.data.validation import STRICT, validate_record
+from tfrcnn.export.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -256,21 +257,14 @@ def write_tfrecords(records, class_names, output_prefix, num_shards=1):
     finals = [os.path.abspath(p) for p in shard_paths(output_prefix, num_shards)]
     folder = os.path.dirname(finals[0])
     os.makedirs(folder, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    temps = [os.path.join(folder, f".{os.path.basename(p)}.tmp-{tag}") for p in finals]
     bounds = np.linspace(0, len(records), num_shards + 1).round().astype(int)
-    try:
-        for shard, tmp in enumerate(temps):
+    # every shard goes to a temporary sibling; all are moved into place once all are written
+    with contextlib.ExitStack() as stack:
+        for shard, final in enumerate(finals):
+            tmp = stack.enter_context(atomic_file(final))
             with tf.io.TFRecordWriter(tmp) as writer:
                 for record in records[bounds[shard]:bounds[shard + 1]]:
                     writer.write(record_to_example(record, names).SerializeToString())
-        for tmp, final in zip(temps, finals):
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        raise
     for stale in _stale_shards(output_prefix, finals):
         logger.info("removing %s: an earlier shard of %s with another shard count", stale, output_prefix)
         os.remove(stale)

@@ -86,8 +86,10 @@ def replace_directory(src, dst):
 
 
 @contextlib.contextmanager
-def atomic_file(path, overwrite=True):
+def atomic_file(path, overwrite=True, suffix=""):
     """Yield a temporary sibling file path of ``path``; on success ``os.replace`` it into place.
+
+    ``suffix`` ends the temporary name (e.g. ``".keras"``, which ``keras.Model.save`` requires).
 
     Example:
         >>> with atomic_file("model.tflite") as tmp:
@@ -96,7 +98,7 @@ def atomic_file(path, overwrite=True):
     path = os.path.abspath(os.fspath(path))
     _check_target(path, overwrite, want_dir=False)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _sibling(path, TMP_TAG)
+    tmp = _sibling(path, TMP_TAG) + suffix
     try:
         yield tmp
         if not os.path.exists(tmp):

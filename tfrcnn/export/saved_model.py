@@ -23,6 +23,7 @@ The same metadata is on the loaded object (``loaded.class_names``, ``loaded.conf
 variables) and in ``assets/class_names.txt`` (one name a line) and ``assets/config.json``.
 
 The write is atomic (:mod:`tfrcnn.export.atomic`): the folder is complete or absent.
+``FasterRCNN(accelerate="auto")`` models export their accelerated computation (docs/accel.md).
 """
 
 import json
@@ -31,7 +32,6 @@ import tempfile
 
 import tensorflow as tf
 
-from tfrcnn.backbones.common import xla_disabled
 from tfrcnn.export.atomic import atomic_directory
 
 SIGNATURE_IMAGES = "serving_default"
@@ -163,8 +163,10 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
     """Write ``model`` as a SavedModel folder at ``path`` (atomically) and return ``path``.
 
     Args:
-        model: a ``FasterRCNN`` (any ``roi_method``; the SavedModel runs TF ops, so
-            ``crop_and_resize`` is fine).
+        model: a ``FasterRCNN`` (any ``roi_method``). The SavedModel computes what ``predict``
+            computes, with the model's acceleration where it has it (its XLA-compiled functions
+            are compiled by the TensorFlow that loads the SavedModel, on the first call of each
+            input size).
         path: the output folder (e.g. ``"savedmodels/tiny"``); parents are created.
         overwrite: replace an existing folder (the old one stays in place until the new one is
             complete); ``False`` raises ``FileExistsError`` if ``path`` exists.
@@ -191,13 +193,13 @@ def saved_model(model, path, *, overwrite=True, class_names=None):
         with open(os.path.join(assets_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
         module = DetectionModule(model, names, config_json, assets_dir)
-        # Plain TF ops only: the served graph must not need an XLA compiler.
-        with xla_disabled():
-            signatures = {
-                SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
-                SIGNATURE_ENCODED: module.serve_encoded.get_concrete_function(),
-                SIGNATURE_METADATA: module.metadata.get_concrete_function(),
-            }
-            with atomic_directory(path, overwrite=overwrite) as tmp:
-                tf.saved_model.save(module, tmp, signatures=signatures)
+        # Traced as predict runs: the model's accelerated computation, where it has one (its
+        # XLA-compiled functions are saved with the graph and compiled when the SavedModel runs).
+        signatures = {
+            SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
+            SIGNATURE_ENCODED: module.serve_encoded.get_concrete_function(),
+            SIGNATURE_METADATA: module.metadata.get_concrete_function(),
+        }
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            tf.saved_model.save(module, tmp, signatures=signatures)
     return path

@@ -38,7 +38,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfrcnn.backbones.common import xla_disabled
+from tfrcnn import accel
 from tfrcnn.export.atomic import write_bytes_atomic
 from tfrcnn.export.saved_model import tf_variables
 
@@ -137,7 +137,7 @@ def convert(model, *, quantization="float32", input_size=None, representative_im
                          "(a list of uint8 [H, W, 3] images like the ones the model will see)")
     height, width = _input_size(model, input_size)
     module = _FixedSizeModule(tflite_ready_model(model), height, width)
-    with xla_disabled():  # builtin TFLite ops only: no XLA cluster in the traced graph
+    with accel.disabled():  # builtin TFLite ops only: the plain layers, no XLA computation
         concrete = module.serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

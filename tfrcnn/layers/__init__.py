@@ -1,7 +1,5 @@
 """Keras layers, one a file, each a thin wrapper over :mod:`tfrcnn.ops`."""
 from tfrcnn.layers.anchor_generator import AnchorGenerator
-from tfrcnn.layers.batch_norm import BatchNormalization
-from tfrcnn.layers.conv import Conv2D, DepthwiseConv2D
 from tfrcnn.layers.detection_decoder import DetectionDecoder
 from tfrcnn.layers.fpn import FeaturePyramid
 from tfrcnn.layers.image_resizer import ImageResizer
@@ -17,7 +15,7 @@ from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 
 __all__ = [
-    "AnchorGenerator", "BatchNormalization", "Conv2D", "DepthwiseConv2D", "DetectionDecoder",
+    "AnchorGenerator", "DetectionDecoder",
     "FeaturePyramid", "ImageNormalization", "ImageResizer",
     "MultiLevelROIAlign", "PreciseROIPooling", "ProposalLayer", "RCNNHead", "ROIAlign",
     "ROIPooling", "ROISampler", "RPNHead", "RPNTargetAssigner",

@@ -7,9 +7,8 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.ops.boxes import clip_boxes, decode_boxes, valid_box_mask
+from tfrcnn.ops.matching import PADDING_CLASS  # also the detection_classes of empty slots
 from tfrcnn.ops.nms import batched_class_aware_non_max_suppression_padded
-
-PADDING_CLASS = -1  # detection_classes value of padded (empty) detection slots
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")

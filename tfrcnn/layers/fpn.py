@@ -7,8 +7,7 @@ every backbone in `tfrcnn.backbones` produces for any input size, odd sizes incl
 
 import keras
 from keras import ops
-
-from tfrcnn.layers.conv import Conv2D
+from keras.layers import Conv2D
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")

@@ -5,8 +5,7 @@ Shapes: ``K`` ROIs (all images), ``oh x ow x C`` pooled features, ``num_classes`
 
 import keras
 import tensorflow as tf
-
-from tfrcnn.layers.conv import Conv2D
+from keras.layers import Conv2D
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")

@@ -11,17 +11,15 @@ from tfrcnn.ops.roi import roi_align
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
 class ROIAlign(BatchedROILayer):
-    """RoIAlign on ``tf.image.crop_and_resize``, or on gathers (compiled by XLA on CPUs, plain
-    for TFLite).
+    """RoIAlign on ``tf.image.crop_and_resize``, or on gathers (TFLite builtin operators).
 
     Args:
         output_size: ``(oh, ow)`` bins.
         spatial_scale: feature pixels per input pixel.
         sampling_ratio: bilinear samples a bin side (averaged), a positive int.
         aligned: the half-pixel convention of Detectron2 / torchvision ``aligned=True``.
-        method: ``"auto"`` (default: XLA-compiled gather on a CPU, ``crop_and_resize`` on a GPU
-            and in exports), ``"crop_and_resize"`` or ``"gather"`` (TFLite builtin ops only);
-            see :func:`tfrcnn.ops.roi_align`.
+        method: ``"auto"`` (default), ``"crop_and_resize"`` or ``"gather"`` (TFLite builtin ops
+            only); see :func:`tfrcnn.ops.roi_align`.
 
     Call:
         ``layer(features [B, H, W, C], rois [B, R, 4])`` -> ``[B * R, oh, ow, C]``; differentiable

@@ -5,8 +5,7 @@ Shapes: ``B`` images, ``h x w`` feature map, ``C`` channels, ``A`` anchors a loc
 
 import keras
 import tensorflow as tf
-
-from tfrcnn.layers.conv import Conv2D
+from keras.layers import Conv2D
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")

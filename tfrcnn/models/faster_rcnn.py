@@ -15,17 +15,15 @@ The graph is two functional Keras models built from the same layer instances:
 detections. It also accepts a plain image tensor of any size (resized and padded inside).
 """
 
-import logging
 import math
 
 import keras
 import tensorflow as tf
 
+from tfrcnn import accel
 from tfrcnn import config as presets
-from tfrcnn import runtime
 from tfrcnn.backbones import build_backbone, build_resnet50_c5_head
 from tfrcnn.layers.anchor_generator import AnchorGenerator
-from tfrcnn.layers.conv import Conv2D
 from tfrcnn.layers.detection_decoder import DetectionDecoder
 from tfrcnn.layers.image_resizer import ImageResizer
 from tfrcnn.layers.multilevel_roi_align import MultiLevelROIAlign
@@ -43,12 +41,6 @@ TRAINING_SCHEMES = ("approximate_joint", "non_approximate_joint", "alternating")
 ROI_OPS = ("roi_pool", "roi_align", "precise_roi_pool", "multilevel_roi_align")
 LOSS_TERMS = ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 INPUT_KEYS = ("images", "image_shape", "image_scale", "original_shape")
-GT_KEYS = ("gt_boxes", "gt_classes")
-
-# Backbones whose inference measured faster as one XLA cluster in float32 on a 2-core AVX2 CPU
-# (backbone alone, batch 1, 800x800; README, "XLA"). Depthwise convolutions (mobilenet_v3_fpn)
-# are several times slower under XLA on CPUs, so "auto" leaves it off there.
-XLA_BACKBONES = ("resnet50_fpn", "resnet50_c4")
 
 # Every setting a preset provides; ``None`` in the constructor means "the preset's value".
 _SETTINGS = (
@@ -65,11 +57,11 @@ _SETTINGS = (
     "rpn_box_loss_weight", "rpn_box_normalizer", "rcnn_box_loss_weight",
     "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
     "image_min_side", "image_max_side", "size_divisor", "proposal_source",
-    "num_external_proposals", "xla",
+    "num_external_proposals", "accelerate",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="auto", head_conv_channels=(), head_dropout=0.0,
-                 proposal_source="rpn", num_external_proposals=2000, xla="auto")
+                 proposal_source="rpn", num_external_proposals=2000, accelerate="auto")
 
 
 def _as_tuple(value):
@@ -97,9 +89,8 @@ class FasterRCNN(keras.Model):
             proposals before / after NMS in training and at test time.
         roi_op: ``"roi_pool"``, ``"roi_align"``, ``"precise_roi_pool"`` or
             ``"multilevel_roi_align"`` (FPN backbones); roi_output_size, roi_sampling_ratio,
-            roi_aligned, roi_method (``"auto"``: ROI Align as an XLA-compiled gather on CPUs and
-            ``crop_and_resize`` on GPUs and in exports; ``"crop_and_resize"``; ``"gather"`` for
-            TFLite-friendly ROI Align).
+            roi_aligned, roi_method (``"auto"``: the fastest computation of ROI Align here;
+            ``"crop_and_resize"``; ``"gather"`` for TFLite-friendly ROI Align).
         head_type, head_units, head_conv_channels, head_dropout: the detection head
             (``"fc"``, ``"conv"``, or ``"resnet_c5"`` for the C4 preset).
         rcnn_*: ROI sampling (S an image, foreground fraction and IoU ranges), delta weights,
@@ -114,15 +105,9 @@ class FasterRCNN(keras.Model):
             runs on proposals given as an input ``"proposals" [B, num_external_proposals, 4]`` in
             original-image pixels, zero-padded; e.g. from selective search).
         num_external_proposals: the fixed number of external proposals an image.
-        xla: ``"auto"`` (default), ``True`` or ``False``: run the backbone of inference calls
-            (``predict``, ``evaluate``, ``model(x)`` without a tape) as one XLA cluster, compiled
-            once an input shape. ``"auto"`` turns it on for float32 compute on the TensorFlow
-            backend with the backbones in ``XLA_BACKBONES``, where it measured faster on a CPU;
-            training steps and exports never use it. See ``BackboneModel.jit_inference``. The
-            same setting (``"auto"``: for every backbone) lets the wide 3x3 convolutions of the
-            backbone, FPN and RPN head run Winograd's F(4x4, 3x3) under XLA in float32 on a CPU,
-            at inference and in training (``uses_winograd``, ``Conv2D.winograd``,
-            :mod:`tfrcnn.ops.winograd`).
+        accelerate: ``"auto"`` (default) or ``False``: ``"auto"`` runs the CPU acceleration
+            (:func:`tfrcnn.accel.apply`: the same function computed faster, in training,
+            inference and the SavedModel export); ``False`` computes with the plain layers.
         dtype: the Keras dtype policy of every sub-layer, e.g. ``"mixed_bfloat16"`` (default: the
             global policy). Coordinates, anchors, proposals and losses stay float32; the policy
             is saved with the model. See :mod:`tfrcnn.training.precision`.
@@ -163,7 +148,7 @@ class FasterRCNN(keras.Model):
                  rpn_box_normalizer=None, rcnn_box_loss_weight=None, rpn_smooth_l1_beta=None,
                  rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
                  image_max_side=None, size_divisor=None, proposal_source=None,
-                 num_external_proposals=None, xla=None, **kwargs):
+                 num_external_proposals=None, accelerate=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -202,14 +187,14 @@ class FasterRCNN(keras.Model):
             self.inference_graph = self._build_graph(training=False)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        # once a process: a warning when TensorFlow started before tfrcnn chose its allocator
-        runtime.check_cpu_allocator(logging.getLogger("tfrcnn"), once=True)
+        if self.accelerate == "auto":
+            accel.apply(self)
 
     # ----------------------------------------------------------------------------------------
     # construction
     def _validate(self):
-        if not (self.xla is True or self.xla is False or self.xla == "auto"):
-            raise ValueError(f"xla must be 'auto', True or False, got {self.xla!r}")
+        if self.accelerate not in ("auto", False):
+            raise ValueError(f"accelerate must be 'auto' or False, got {self.accelerate!r}")
         if self.training_scheme not in TRAINING_SCHEMES:
             raise ValueError(f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}")
         if self.roi_op not in ROI_OPS:
@@ -222,34 +207,6 @@ class FasterRCNN(keras.Model):
                 "to the box coordinates: use roi_op='roi_align', 'precise_roi_pool' or "
                 "'multilevel_roi_align' (ROI pooling rounds coordinates, so its box gradient is 0)")
 
-    @property
-    def uses_xla(self):
-        """Whether inference calls run the backbone as one XLA cluster (the ``xla`` setting with
-        ``"auto"`` resolved)."""
-        if self.xla != "auto":
-            return bool(self.xla)
-        return (keras.backend.backend() == "tensorflow"
-                and self.dtype_policy.compute_dtype == "float32"
-                and self.backbone in XLA_BACKBONES)
-
-    @property
-    def uses_winograd(self):
-        """Whether the wide 3x3 convolutions of the backbone, FPN and RPN head may run Winograd's
-        F(4x4, 3x3) compiled by XLA (``Conv2D.winograd``): ``xla=True``, or ``"auto"`` with float32
-        compute on the TensorFlow backend, for every backbone (the compiled convolution is self-
-        contained, so it does not need the backbone's XLA cluster)."""
-        if self.xla != "auto":
-            return bool(self.xla)
-        return (keras.backend.backend() == "tensorflow"
-                and self.dtype_policy.compute_dtype == "float32")
-
-    def _set_winograd(self, layer):
-        """Sets ``Conv2D.winograd`` on the 3x3 convolutions of ``layer`` (the backbone with its FPN,
-        the RPN head), for inference and training steps: see ``tfrcnn.ops.winograd``."""
-        for sublayer in layer._flatten_layers(include_self=True):
-            if isinstance(sublayer, Conv2D):
-                sublayer.winograd = self.uses_winograd
-
     def _build_layers(self):
         self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
                                     name="image_resizer")
@@ -257,8 +214,6 @@ class FasterRCNN(keras.Model):
             self.backbone, weights=self.backbone_weights, trainable=self.trainable_backbone,
             fpn_channels=self.fpn_channels)
         self.strides = tuple(int(s) for s in strides)
-        self.backbone_model.jit_inference = self.uses_xla
-        self._set_winograd(self.backbone_model)
         levels = len(self.strides)
         scales = self.anchor_scales
         if not isinstance(scales[0], (list, tuple)):
@@ -275,7 +230,6 @@ class FasterRCNN(keras.Model):
                              f"(the RPN head is shared); got {sorted(counts)}")
         self.num_anchors = counts.pop()
         self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, name="rpn_head")
-        self._set_winograd(self.rpn_head)
         self.rpn_targets = RPNTargetAssigner(
             self.rpn_positive_iou, self.rpn_negative_iou, self.rpn_batch_size_per_image,
             self.rpn_positive_fraction, self.rpn_allowed_border, self.rpn_box_weights,
@@ -548,4 +502,6 @@ class FasterRCNN(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if "xla" in config:  # the setting's earlier name: False turned the acceleration off
+            config.setdefault("accelerate", False if config.pop("xla") is False else "auto")
         return cls(**config)

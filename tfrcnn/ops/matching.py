@@ -17,7 +17,7 @@ NEGATIVE = 0
 #: Label of a box that takes no part in the loss (also the label of padded sample slots).
 IGNORE = -1
 
-#: Marks padding rows in ``gt_classes``.
+#: Marks padding: rows of ``gt_classes``, and empty slots of ``detection_classes``.
 PADDING_CLASS = -1
 
 

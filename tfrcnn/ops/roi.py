@@ -24,13 +24,15 @@ Common contract of the pooling functions:
 
 Only core TensorFlow ops are used. :func:`roi_pool` and ``roi_align(..., method="gather")`` use only
 ops that TFLite has as builtins (slicing, gather, max, where, arithmetic, a while loop), so they
-convert without Flex; ``method="auto"`` (the default: an XLA-compiled gather on CPUs,
-``crop_and_resize`` on GPUs and in exports) is the fast path.
+convert without Flex. ROI Align's interpolation kernels (:data:`REFERENCE_KERNELS`) can be
+replaced by compiled versions of the same functions (``kernels=``; :mod:`tfrcnn.accel` does that).
 """
+
+import collections
 
 import tensorflow as tf
 
-from tfrcnn.xla import sees_a_gpu, tape_is_recording, xla_is_disabled
+from tfrcnn.ops.gradients import tape_is_recording
 
 __all__ = [
     "roi_pool",
@@ -38,6 +40,8 @@ __all__ = [
     "precise_roi_pool",
     "assign_fpn_levels",
     "multilevel_roi_align",
+    "ROIAlignKernels",
+    "REFERENCE_KERNELS",
 ]
 
 ROI_ALIGN_METHODS = ("auto", "crop_and_resize", "gather")
@@ -408,84 +412,16 @@ def _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sr):
     return total / float(sr * sr)
 
 
-#: :func:`_bilinear_gather` compiled by XLA: the ``4 sr**2`` gathers and their weighted sum become
-#: one loop that writes only the ``[K, oh, ow, C]`` bins, where ``crop_and_resize`` writes all
-#: ``[K, oh * sr, ow * sr, C]`` samples, masks them and average-pools them (three passes over 4x
-#: the output). ``multilevel_roi_align`` forward, 1000 ROIs of 256 channels, AVX2 CPU, 2 cores
-#: (session 9): 55 -> 21 ms on a [1,50,50] + [1,25,25] pyramid, 74 -> 40 ms on the four levels
-#: of ResNet50-FPN at 800x800.
-_bilinear_gather_xla = tf.function(_bilinear_gather, jit_compile=True)
-
-
-def _gather_from_levels(maps, image_index, ys, xs, level, sampling_ratio):
-    """RoIAlign's bins straight from the pyramid's maps, without the edge-padded canvas: the
-    levels are flattened into one ``[cells, C]`` table and each sample's neighbours are clamped
-    into its ROI's level, which gives the reference's border rule (and the same numbers as
-    :func:`_align_from_canvas`) without writing padded copies of the maps.
-
-    maps: list of ``[B, H_l, W_l, C]`` float32. image_index: ``[K]``. ys, xs: ``[K, oh * sr]``,
-    ``[K, ow * sr]`` sample coordinates in level cells. level: ``[K]`` index into ``maps``.
-    Returns ``[K, oh, ow, C]``. Forward only (the training path keeps the canvas, whose gradient
-    is written out in :func:`_align_from_canvas`); compiled as :func:`_gather_from_levels_xla`.
-    """
-    shapes = [tf.shape(m) for m in maps]
-    channels = maps[0].shape[-1] if maps[0].shape[-1] is not None else shapes[0][3]
-    heights = tf.stack([s[1] for s in shapes])
-    widths = tf.stack([s[2] for s in shapes])
-    bases = tf.cumsum(tf.stack([s[0] * s[1] * s[2] for s in shapes]), exclusive=True)
-    flat = tf.concat([tf.reshape(m, [-1, channels]) for m in maps], 0)
-    lim_h = tf.gather(heights, level)[:, None]
-    lim_w = tf.gather(widths, level)[:, None]
-    lim_hf = tf.cast(lim_h, tf.float32)
-    lim_wf = tf.cast(lim_w, tf.float32)
-    cy = tf.clip_by_value(ys, -1.0, lim_hf)
-    cx = tf.clip_by_value(xs, -1.0, lim_wf)
-    y0, x0 = tf.floor(cy), tf.floor(cx)
-    ly, lx = cy - y0, cx - x0
-
-    def clamp(t, limit):
-        return tf.clip_by_value(tf.cast(t, tf.int32), 0, limit - 1)
-
-    first_row = tf.gather(bases, level)[:, None] + image_index[:, None] * lim_h * lim_w
-    row0 = first_row + clamp(y0, lim_h) * lim_w
-    row1 = first_row + clamp(tf.math.ceil(cy), lim_h) * lim_w
-    col0 = clamp(x0, lim_w)
-    col1 = clamp(tf.math.ceil(cx), lim_w)
-    wy = tf.where((ys >= -1.0) & (ys <= lim_hf), 1.0, 0.0)
-    wx = tf.where((xs >= -1.0) & (xs <= lim_wf), 1.0, 0.0)
-    return _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sampling_ratio)
-
-
-#: :func:`_gather_from_levels` compiled by XLA: ``method="auto"``'s forward pass where no gradient
-#: can be asked for (inference). The canvas of :func:`_align_canvas` costs four copies of the
-#: largest map (edge padding, placement); here XLA writes one flat table. ResNet50-FPN at 800x800,
-#: 1000 ROIs an image, AVX2 CPU, 2 cores (session 11, min of 11): 35.2 -> 27.5 ms at batch 1,
-#: 82.2 -> 56.4 ms at batch 2.
-_gather_from_levels_xla = tf.function(_gather_from_levels, jit_compile=True)
-
-
-def compiled_gather_applies():
-    """Whether ``method="auto"`` computes RoIAlign's forward pass with :func:`_bilinear_gather_xla`
-    here: on a machine without a GPU (whose ``crop_and_resize`` kernel is fast) and outside
-    :func:`tfrcnn.xla.xla_disabled` (exports trace there and get ``crop_and_resize``)."""
-    return not xla_is_disabled() and not sees_a_gpu()
-
-
-def _levels_gather_applies(method):
-    """Whether a RoIAlign call takes :func:`_gather_from_levels_xla`: ``method="auto"`` where
-    the compiled gather applies and no gradient tape is recording."""
-    return method == "auto" and compiled_gather_applies() and not tape_is_recording()
 
 
 def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
-    """The gradient of the bilinear sampling with respect to the flattened canvas
-    ``[cells, C]``: each of the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four
+    """The gradient of the bilinear sampling with respect to the flat table ``[cells, C]``: each of the ``sr * sr`` samples of a bin sends ``upstream / sr**2`` to its four
     neighbours with its bilinear weights (the weights are ``[K, oh, ow]``: one full-size product per
     sample and corner, and one scatter-add over all of them).
 
     upstream: ``[K, oh, ow, C]``; row0, row1: ``[K, oh * sr]`` flat offsets of the neighbouring
     rows; col0, col1: ``[K, ow * sr]`` neighbouring columns; ly, lx: the fractional positions;
-    wy, wx: 0/1 validity weights (all as :func:`_align_from_canvas`'s ``neighbours``).
+    wy, wx: 0/1 validity weights (all as :func:`_neighbours` returns them); cells: table rows.
     """
     channels = tf.shape(upstream)[-1]
     wy = wy / float(sr * sr)  # the bin average, on the small [K, N] weights
@@ -508,137 +444,166 @@ def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, s
     return tf.math.unsorted_segment_sum(tf.concat(values, 0), tf.concat(indices, 0), cells)
 
 
-#: :func:`_bilinear_scatter` compiled by XLA, which fuses the ``4 sr**2`` weighted copies of the
-#: upstream gradient into the scatter-add instead of writing them out (16 copies of ``[K, 7, 7,
-#: C]``, 411 MB for 512 ROIs of 256 channels) and concatenating them: the backward pass of
-#: ``multilevel_roi_align`` for 512 ROIs on a [1,50,50,256] + [1,25,25,256] pyramid went from
-#: 113 to 54 ms (session 8, AVX2 CPU, 2 cores), with the same float32 result.
-_bilinear_scatter_xla = tf.function(_bilinear_scatter, jit_compile=True)
+def _flat_levels(maps):
+    """The maps as one ``[cells, C]`` table (level after level, each ``[B * H_l * W_l, C]``), with
+    ``heights [L]``, ``widths [L]`` and the first row of each level ``bases [L]``."""
+    shapes = [tf.shape(m) for m in maps]
+    channels = maps[0].shape[-1] if maps[0].shape[-1] is not None else shapes[0][3]
+    heights = tf.stack([s[1] for s in shapes])
+    widths = tf.stack([s[2] for s in shapes])
+    bases = tf.cumsum(tf.stack([s[0] * s[1] * s[2] for s in shapes]), exclusive=True)
+    flat = tf.concat([tf.reshape(m, [-1, channels]) for m in maps], 0)
+    return flat, heights, widths, bases
 
 
-def _align_from_canvas(
-    canvas, image_index, ys, xs, lim_h, lim_w, off_y, off_x, pooled, sampling_ratio, method
-):
-    """Bilinear RoIAlign samples from a packed canvas, with the reference border rule.
+def _neighbours(heights, widths, bases, image_index, ys, xs, level):
+    """Where each sample's four bilinear neighbours are in the table of :func:`_flat_levels`.
 
-    canvas: [B, Hc, Wc, C] (levels edge-padded by _ALIGN_PAD). image_index: [K]. ys, xs: [K, N], [K,
-    M] sample coordinates in the ROI's level cells (N = oh * sr, M = ow * sr). lim_h, lim_w, off_y,
-    off_x:
-    [K] the level's unpadded size and its padded block's offset in the canvas.
-    A sample with y < -1 or y > H (x likewise) contributes 0; otherwise the edge replication gives
-    the reference's clamping. Returns [K, oh, ow, C] float32.
+    image_index, level: ``[K]``; ys, xs: ``[K, N]``, ``[K, M]`` sample coordinates in level cells
+    (``N = oh * sr``, ``M = ow * sr``). Returns ``row0, row1 [K, N]`` (table rows of the two
+    neighbouring map rows), ``col0, col1 [K, M]`` (the two neighbouring columns), ``ly [K, N]``,
+    ``lx [K, M]`` (the fractional positions, which carry the gradient with respect to the box) and
+    ``wy, wx`` (0/1 validity weights). Reference border rule: a sample with ``y < -1`` or
+    ``y > H`` (x likewise) gets weight 0; otherwise the neighbours are clamped into the ROI's map.
+    The neighbours are ``floor(c)`` and ``ceil(c)``, as ``crop_and_resize`` takes them, so a sample
+    exactly on a cell centre has the same zero slope with respect to its position in every method.
     """
+    lim_h = tf.gather(heights, level)[:, None]
+    lim_w = tf.gather(widths, level)[:, None]
+    lim_hf = tf.cast(lim_h, tf.float32)
+    lim_wf = tf.cast(lim_w, tf.float32)
+    cy = tf.clip_by_value(ys, -1.0, lim_hf)
+    cx = tf.clip_by_value(xs, -1.0, lim_wf)
+    y0, x0 = tf.floor(cy), tf.floor(cx)
+    ly, lx = cy - y0, cx - x0
+
+    def clamp(t, limit):
+        return tf.clip_by_value(tf.cast(t, tf.int32), 0, limit - 1)
+
+    first_row = tf.gather(bases, level)[:, None] + image_index[:, None] * lim_h * lim_w
+    row0 = first_row + clamp(y0, lim_h) * lim_w
+    row1 = first_row + clamp(tf.math.ceil(cy), lim_h) * lim_w
+    col0 = clamp(x0, lim_w)
+    col1 = clamp(tf.math.ceil(cx), lim_w)
+    wy = tf.where((ys >= -1.0) & (ys <= lim_hf), 1.0, 0.0)
+    wx = tf.where((xs >= -1.0) & (xs <= lim_wf), 1.0, 0.0)
+    return row0, row1, col0, col1, ly, lx, wy, wx
+
+
+def _gather_from_levels(maps, image_index, ys, xs, level, sampling_ratio):
+    """RoIAlign's bins by explicit bilinear interpolation from the maps: ``[K, oh, ow, C]``.
+
+    maps: list of ``[B, H_l, W_l, C]`` float32. image_index, level: ``[K]``. ys, xs: ``[K, oh * sr]``,
+    ``[K, ow * sr]`` sample coordinates in level cells (as :func:`_neighbours`).
+    """
+    flat, heights, widths, bases = _flat_levels(maps)
+    neighbours = _neighbours(heights, widths, bases, image_index, ys, xs, level)
+    return _bilinear_gather(flat, *neighbours, sampling_ratio)
+
+
+def _scatter_to_levels(maps, upstream, image_index, ys, xs, level, sampling_ratio,
+                       scatter=_bilinear_scatter):
+    """The gradient of :func:`_gather_from_levels` with respect to each map (a list like
+    ``maps``), written out with ``scatter`` (:func:`_bilinear_scatter` or a compiled version)."""
+    flat, heights, widths, bases = _flat_levels(maps)
+    neighbours = _neighbours(heights, widths, bases, image_index, ys, xs, level)
+    gradient = scatter(tf.cast(upstream, tf.float32), *neighbours, tf.shape(flat)[0],
+                       sampling_ratio)
+    sizes = [tf.reduce_prod(tf.shape(m)[:3]) for m in maps]
+    return [tf.reshape(g, tf.shape(m)) for g, m in zip(tf.split(gradient, tf.stack(sizes)), maps)]
+
+
+#: The replaceable kernels of ROI Align: ``gather_from_levels(maps, image_index, ys, xs, level,
+#: sampling_ratio)`` (the forward bins, :func:`_gather_from_levels`) and ``bilinear_scatter``
+#: (its gradient on the flat table, :func:`_bilinear_scatter`). :mod:`tfrcnn.accel` passes
+#: XLA-compiled versions of the same functions.
+ROIAlignKernels = collections.namedtuple("ROIAlignKernels",
+                                         ["gather_from_levels", "bilinear_scatter"])
+REFERENCE_KERNELS = ROIAlignKernels(_gather_from_levels, _bilinear_scatter)
+
+
+def _crop_and_resize_bins(maps, image_index, ys, xs, level, pooled, sr):
+    """RoIAlign's bins by ``tf.image.crop_and_resize`` on the edge-padded canvas of
+    :func:`_align_canvas`, masked with the reference border rule and average-pooled: the same
+    numbers as :func:`_gather_from_levels` up to float rounding. Returns ``[K, oh, ow, C]``."""
     oh, ow = pooled
-    sr = sampling_ratio
-    lim_hf = tf.cast(lim_h, tf.float32)[:, None]
-    lim_wf = tf.cast(lim_w, tf.float32)[:, None]
+    canvas, heights, widths, offset_y, offset_x = _align_canvas(maps)
+    lim_hf = tf.cast(tf.gather(heights, level), tf.float32)[:, None]
+    lim_wf = tf.cast(tf.gather(widths, level), tf.float32)[:, None]
     valid_y = (ys >= -1.0) & (ys <= lim_hf)  # [K, N]
     valid_x = (xs >= -1.0) & (xs <= lim_wf)  # [K, M]
-    shift_y = float(_ALIGN_PAD) + tf.cast(off_y, tf.float32)[:, None]  # level cells -> canvas cells
-    shift_x = float(_ALIGN_PAD) + tf.cast(off_x, tf.float32)[:, None]
+    # level cells -> canvas cells
+    cy = ys + float(_ALIGN_PAD) + tf.cast(tf.gather(offset_y, level), tf.float32)[:, None]
+    cx = xs + float(_ALIGN_PAD) + tf.cast(tf.gather(offset_x, level), tf.float32)[:, None]
     shape = tf.shape(canvas)
-    canvas_h, canvas_w, channels = shape[1], shape[2], shape[3]
-
-    def crop(canvas, ys, xs):
-        # crop_and_resize places N evenly spaced samples from the first to the last one
-        cy = ys + shift_y
-        cx = xs + shift_x
-        scale_h = tf.cast(canvas_h - 1, tf.float32)
-        scale_w = tf.cast(canvas_w - 1, tf.float32)
-        crop_boxes = tf.stack(
-            [cy[:, 0] / scale_h, cx[:, 0] / scale_w, cy[:, -1] / scale_h, cx[:, -1] / scale_w], 1
-        )
-        samples = tf.image.crop_and_resize(
-            canvas,
-            crop_boxes,
-            image_index,
-            [oh * sr, ow * sr],
-            method="bilinear",
-            extrapolation_value=0.0,
-        )  # [K, N, M, C]
-        mask = tf.cast(valid_y[:, :, None] & valid_x[:, None, :], tf.float32)
-        samples = samples * mask[..., None]
-        if sr == 1:
-            return samples
-        # average each sr x sr block of samples (avg_pool is far faster than a 6-D reduce_mean)
-        return tf.nn.avg_pool2d(samples, sr, sr, "VALID")
+    scale_h = tf.cast(shape[1] - 1, tf.float32)
+    scale_w = tf.cast(shape[2] - 1, tf.float32)
+    # crop_and_resize places N evenly spaced samples from the first to the last one
+    crop_boxes = tf.stack(
+        [cy[:, 0] / scale_h, cx[:, 0] / scale_w, cy[:, -1] / scale_h, cx[:, -1] / scale_w], 1
+    )
+    samples = tf.image.crop_and_resize(canvas, crop_boxes, image_index, [oh * sr, ow * sr],
+                                       method="bilinear", extrapolation_value=0.0)  # [K, N, M, C]
+    mask = tf.cast(valid_y[:, :, None] & valid_x[:, None, :], tf.float32)
+    samples = samples * mask[..., None]
+    if sr == 1:
+        return samples
+    # average each sr x sr block of samples (avg_pool is far faster than a 6-D reduce_mean)
+    return tf.nn.avg_pool2d(samples, sr, sr, "VALID")
 
 
-    def neighbours(ys, xs):
-        """Flat row offsets of the two neighbouring rows, column indices of the two neighbouring
-        columns, the fractional positions and the validity weights of every sample."""
-        # invalid samples are clamped into their level block (and masked by the weights)
-        cy = tf.clip_by_value(ys, -1.0, lim_hf) + shift_y
-        cx = tf.clip_by_value(xs, -1.0, lim_wf) + shift_x
-        # Neighbours floor(c) and ceil(c), as crop_and_resize takes them: a sample exactly on a cell
-        # centre (a kink of the bilinear surface) then gets a zero slope w.r.t. its position in both
-        # methods. The clamped coordinates keep both inside the ROI's padded level block.
-        y0 = tf.floor(cy)
-        x0 = tf.floor(cx)
-        ly = cy - y0  # in [0, 1); carries the gradient w.r.t. the box
-        lx = cx - x0
-        wy = tf.where(valid_y, 1.0, 0.0)
-        wx = tf.where(valid_x, 1.0, 0.0)
-        image_rows = image_index[:, None] * canvas_h
-        row0 = (image_rows + tf.cast(y0, tf.int32)) * canvas_w  # [K, N]
-        row1 = (image_rows + tf.cast(tf.math.ceil(cy), tf.int32)) * canvas_w
-        col0 = tf.cast(x0, tf.int32)
-        col1 = tf.cast(tf.math.ceil(cx), tf.int32)
-        return row0, row1, col0, col1, ly, lx, wy, wx
-
-    def gather(canvas, ys, xs, compiled=False):
-        # explicit bilinear interpolation from the flat [B * Hc * Wc, C] canvas
-        flat = tf.reshape(canvas, [-1, channels])
-        interpolate = _bilinear_gather_xla if compiled else _bilinear_gather
-        return interpolate(flat, *neighbours(ys, xs), sr)
-
-    def features_gradient(upstream):
-        """The gather path's gradient w.r.t. the canvas (:func:`_bilinear_scatter_xla`)."""
-        row0, row1, col0, col1, ly, lx, wy, wx = neighbours(ys, xs)
-        # compiled, except where a SavedModel saves this gradient (tfrcnn.xla.xla_disabled)
-        scatter = _bilinear_scatter if xla_is_disabled() else _bilinear_scatter_xla
-        flat = scatter(tf.cast(upstream, tf.float32), row0, row1, col0, col1, ly, lx, wy, wx,
-                       tf.shape(canvas)[0] * canvas_h * canvas_w, sr)
-        return tf.reshape(flat, tf.shape(canvas))
-
+def _align(maps, image_index, ys, xs, level, pooled, sampling_ratio, method, kernels):
+    """RoIAlign's bins ``[K, oh, ow, C]`` float32 of the ROIs with sample coordinates ``ys``,
+    ``xs`` (``[K, oh * sr]``, ``[K, ow * sr]``, level cells) on ``maps[level]`` of image
+    ``image_index``, by ``method`` (see :func:`roi_align`) with ``kernels`` (None: the reference)."""
+    sr = sampling_ratio
     if method == "gather":
-        return gather(canvas, ys, xs)
-    compiled = method == "auto" and compiled_gather_applies()
+        return _gather_from_levels(maps, image_index, ys, xs, level, sr)
+    compiled = kernels is not None and method == "auto"
+    kernels = kernels or REFERENCE_KERNELS
+
+    def forward(maps, ys, xs):
+        if compiled:
+            return kernels.gather_from_levels(maps, image_index, ys, xs, level, sr)
+        return _crop_and_resize_bins(maps, image_index, ys, xs, level, pooled, sr)
+
     if not tape_is_recording():  # no gradient can be asked for: the forward value alone
-        return gather(canvas, ys, xs, compiled=True) if compiled else crop(canvas, ys, xs)
+        return forward(maps, ys, xs)
 
     # TF's CPU kernel of CropAndResizeGradImage accumulates into the image gradient from several
     # threads without synchronisation: two identical calls can return feature gradients that
-    # differ by O(1) (seen on TF 2.21 with 2 intra-op threads). The forward pass stays on
-    # crop_and_resize; the backward pass is the exact gradient of the gather path, which computes
-    # the same function. It comes in two terms so that each is computed only when asked for:
-    # the features' gradient, and the sample coordinates' gradient (needed only when the boxes
-    # get a gradient, i.e. non-approximate joint training). With boxes behind a stop_gradient
-    # (approximate joint training) TensorFlow never calls the second term's gradient, which is
-    # the costlier one (it gathers every corner again and reduces over the channels). The
-    # features' gradient is written out (features_gradient) rather than taken by autodiff of the
-    # gather path, which would redo the 4 sr^2 gathers and about 4x the full-size products.
-    @tf.custom_gradient
-    def features_term(canvas, ys, xs):
-        def grad(upstream):
-            return features_gradient(upstream), None, None
+    # differ by O(1) (seen on TF 2.21 with 2 intra-op threads). The backward pass is therefore the
+    # exact gradient of the gather computation, which computes the same function. It comes in two
+    # terms so that each is computed only when asked for: the features' gradient, and the sample
+    # coordinates' gradient (needed only when the boxes get a gradient, i.e. non-approximate
+    # joint training). With boxes behind a stop_gradient (approximate joint training) TensorFlow
+    # never calls the second term's gradient, which is the costlier one. The features' gradient
+    # is written out (_bilinear_scatter) rather than taken by autodiff of the gather, which would
+    # redo the 4 sr^2 gathers and about 4x the full-size products.
+    sample_ys, sample_xs = tf.stop_gradient(ys), tf.stop_gradient(xs)
 
-        forward = gather(canvas, ys, xs, compiled=True) if compiled else crop(canvas, ys, xs)
-        return forward, grad
+    @tf.custom_gradient
+    def features_term(*maps):
+        def grad(upstream):
+            return _scatter_to_levels(list(maps), upstream, image_index, sample_ys, sample_xs,
+                                      level, sr, kernels.bilinear_scatter)
+
+        return forward(list(maps), sample_ys, sample_xs), grad
 
     @tf.custom_gradient
     def coordinates_term(ys, xs):
         def grad(upstream):
             with tf.GradientTape() as tape:
                 tape.watch([ys, xs])
-                reference = gather(tf.stop_gradient(canvas), ys, xs)
+                reference = _gather_from_levels([tf.stop_gradient(m) for m in maps], image_index,
+                                                ys, xs, level, sr)
             return tape.gradient(reference, [ys, xs], output_gradients=upstream)
 
         # forward value 0: the term only carries the coordinates' gradient
-        return tf.zeros([tf.shape(ys)[0], oh, ow, channels], canvas.dtype), grad
+        oh, ow = pooled
+        return tf.zeros([tf.shape(ys)[0], oh, ow, tf.shape(maps[0])[-1]], tf.float32), grad
 
-    sample_ys, sample_xs = tf.stop_gradient(ys), tf.stop_gradient(xs)
-    return features_term(canvas, sample_ys, sample_xs) + coordinates_term(ys, xs)
+    return features_term(*maps) + coordinates_term(ys, xs)
 
 
 def roi_align(
@@ -650,6 +615,7 @@ def roi_align(
     sampling_ratio=2,
     aligned=True,
     method="auto",
+    kernels=None,
 ):
     """RoIAlign (He et al., 2017), equal to torchvision.ops.roi_align / Detectron2 ROIAlign.
 
@@ -677,9 +643,11 @@ def roi_align(
         the same numbers (up to float rounding): ``"crop_and_resize"`` samples the edge-padded
         map with ``tf.image.crop_and_resize`` and average-pools the samples; ``"gather"``
         interpolates explicitly from gathered neighbours (TFLite builtin ops only); ``"auto"``
-        runs the gather computation compiled by XLA on a machine without a GPU (2.6x faster than
-        ``crop_and_resize`` there) and ``crop_and_resize`` on a GPU or inside
-        :func:`tfrcnn.xla.xla_disabled` (exports). Every method has the same gradients.
+        is ``"crop_and_resize"``, or ``kernels.gather_from_levels`` where ``kernels`` is given.
+        ``"auto"`` and ``"crop_and_resize"`` have the gradient of the gather computation,
+        written out (``kernels.bilinear_scatter``).
+      kernels: None (the reference functions) or a :data:`ROIAlignKernels` of compiled
+        versions of them (:mod:`tfrcnn.accel` passes XLA-compiled ones on CPUs).
 
     Returns:
       ``[K, oh, ow, C]`` in ``features.dtype``.
@@ -698,26 +666,8 @@ def roi_align(
     scale = tf.constant(spatial_scale, tf.float32)
     ys = _align_sample_coords(y1, y2, scale, oh, sampling_ratio, aligned)
     xs = _align_sample_coords(x1, x2, scale, ow, sampling_ratio, aligned)
-    k = tf.shape(boxes)[0]
-    if _levels_gather_applies(method):
-        out = _gather_from_levels_xla([f], box_indices, ys, xs,
-                                      tf.zeros([k], tf.int32), sampling_ratio)
-        return tf.cast(out, dtype)
-    canvas, heights, widths, _, _ = _align_canvas([f])
-    zeros = tf.zeros([k], tf.int32)
-    out = _align_from_canvas(
-        canvas,
-        box_indices,
-        ys,
-        xs,
-        tf.fill([k], heights[0]),
-        tf.fill([k], widths[0]),
-        zeros,
-        zeros,
-        (oh, ow),
-        sampling_ratio,
-        method,
-    )
+    level = tf.zeros([tf.shape(boxes)[0]], tf.int32)
+    out = _align([f], box_indices, ys, xs, level, (oh, ow), sampling_ratio, method, kernels)
     return tf.cast(out, dtype)
 
 
@@ -773,20 +723,21 @@ def multilevel_roi_align(
     canonical_scale=224.0,
     canonical_level=4,
     method="auto",
+    kernels=None,
 ):
     """RoIAlign on an FPN pyramid, each ROI pooled from its :func:`assign_fpn_levels` level.
 
     ``features`` lists the maps of levels ``min_level, min_level + 1, ...`` (level ``l`` has stride
     ``2**l``, i.e. ``spatial_scale = 1 / 2**l``); ``max_level = min_level + len(features) - 1``.
     Each ROI gets exactly the numbers :func:`roi_align` gives on its level. All levels are
-    edge-padded and packed into one canvas per image, so a single crop_and_resize (or gather) serves
-    every ROI and no level is computed for ROIs that do not use it.
+    edge-padded and packed into one canvas per image (or flattened into one table for the gather),
+    so a single crop_and_resize (or gather) serves every ROI and no level is computed for ROIs that do not use it.
 
     Args:
       features: list of ``[B, H_l, W_l, C]`` maps, finest first.
       boxes: ``[K, 4]`` float ``[y1, x1, y2, x2]``, input-image pixels.
       box_indices: ``[K]`` int, which image each ROI comes from.
-      output_size, sampling_ratio, aligned, method: as :func:`roi_align`.
+      output_size, sampling_ratio, aligned, method, kernels: as :func:`roi_align`.
       min_level: the level of ``features[0]``; default 2.
       canonical_scale, canonical_level: as :func:`assign_fpn_levels`; default 224 and 4.
 
@@ -820,23 +771,7 @@ def multilevel_roi_align(
     y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=1)
     ys = _align_sample_coords(y1, y2, scale, oh, sampling_ratio, aligned)
     xs = _align_sample_coords(x1, x2, scale, ow, sampling_ratio, aligned)
-    if _levels_gather_applies(method):
-        out = _gather_from_levels_xla(maps, box_indices, ys, xs, level, sampling_ratio)
-        return tf.cast(out, dtype)
-    canvas, heights, widths, offset_y, offset_x = _align_canvas(maps)
-    out = _align_from_canvas(
-        canvas,
-        box_indices,
-        ys,
-        xs,
-        tf.gather(heights, level),
-        tf.gather(widths, level),
-        tf.gather(offset_y, level),
-        tf.gather(offset_x, level),
-        (oh, ow),
-        sampling_ratio,
-        method,
-    )
+    out = _align(maps, box_indices, ys, xs, level, (oh, ow), sampling_ratio, method, kernels)
     return tf.cast(out, dtype)
 
 

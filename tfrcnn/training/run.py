@@ -25,7 +25,7 @@ from tfrcnn.data import make_dataset, read_voc, synthetic_splits, SYNTHETIC_CLAS
 from tfrcnn.evaluation import MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.export.atomic import atomic_file
 from tfrcnn.models import FasterRCNN
-from tfrcnn.runtime import check_cpu_allocator
+from tfrcnn.accel import check_cpu_allocator
 from tfrcnn.training.callbacks import NaNGuard
 from tfrcnn.training.distributed import (distributed_fit, is_chief, latest_checkpoint,
                                          make_strategy, resume as resume_checkpoint)
@@ -145,15 +145,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.folder = os.path.join(run_dir, "checkpoints")
 
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.folder, exist_ok=True)
-        target = os.path.join(self.folder, "last.keras")
-        tmp = os.path.join(self.folder, ".last.tmp.keras")
-        self.model.save(tmp)
-        os.replace(tmp, target)
-        state = os.path.join(self.folder, "state.json")
-        with open(state + ".tmp", "w") as f:
-            json.dump({"epochs_done": epoch + 1}, f)
-        os.replace(state + ".tmp", state)
+        with atomic_file(os.path.join(self.folder, "last.keras"), suffix=".keras") as tmp:
+            self.model.save(tmp)
+        _write_json(os.path.join(self.folder, "state.json"), {"epochs_done": epoch + 1})
 
 
 def _read_csv_history(path):
@@ -279,8 +273,8 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         "epochs": epochs, "steps_per_epoch": steps,
     }
     if chief:
-        model.save(os.path.join(run_dir, ".model.tmp.keras"))
-        os.replace(os.path.join(run_dir, ".model.tmp.keras"), os.path.join(run_dir, "model.keras"))
+        with atomic_file(os.path.join(run_dir, "model.keras"), suffix=".keras") as tmp:
+            model.save(tmp)
         _write_json(os.path.join(run_dir, "history.json"),
                     {k: [float(x) for x in v] for k, v in history.items()}, indent=2)
         _write_json(os.path.join(run_dir, "metrics.json"), metrics, indent=2)

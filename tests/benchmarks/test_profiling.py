@@ -1,10 +1,16 @@
-"""FLOP counting: hand-computed convolutions, matrix products and their gradients."""
+"""FLOP counting (benchmarks/profiling.py): hand-computed convolutions, matrix products and their
+gradients."""
+
+import os
+import sys
 
 import keras
 import pytest
 import tensorflow as tf
 
-from tfrcnn.profiling import count_flops
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "benchmarks"))
+from profiling import count_flops  # noqa: E402
 
 
 def test_matmul_and_transposes():
@@ -59,8 +65,8 @@ def test_gradient_counts_both_backward_products():
 
 
 def test_model_flops_scale_with_batch():
+    from tfrcnn import accel
     from tfrcnn.models import FasterRCNN
-    from tfrcnn.xla import xla_disabled
 
     model = FasterRCNN.from_preset("tiny", num_classes=3)
 
@@ -75,7 +81,7 @@ def test_model_flops_scale_with_batch():
 
     # direct convolutions (as the benchmarks count): at batch 2 the tiny preset's 64-channel 3x3
     # convolutions have enough tiles for Winograd, which does fewer products
-    with xla_disabled():
+    with accel.disabled():
         one = count_flops(infer, spec(1))
         two = count_flops(infer, spec(2))
     assert one["total"] > 0 and two["total"] == 2 * one["total"]

@@ -3,22 +3,18 @@
 At inference a batch norm is the per-channel affine map ``y = x * a + b`` with
 ``a = gamma / sqrt(moving_variance + epsilon)`` and ``b = beta - moving_mean * a``. After a
 convolution ``x = conv(u, K) + c`` that is ``conv(u, K * a) + (c * a + b)``: one convolution with a
-rescaled kernel and a bias, which TensorFlow fuses into a single kernel (with the activation after
-it), instead of a convolution, a multiply and an add over the whole feature map. On
-``mobilenet_v3_fpn`` at 800x800 (46 convolution + batch-norm pairs, graph mode with oneDNN, 2 AVX2
-cores) the backbone's inference call went from 0.157 to 0.131 s at batch 1 and from 0.342 to
-0.250 s at batch 2 (session 9, folded against unfolded, alternating in one process).
+rescaled kernel and a bias, which TensorFlow fuses with the activation after it, instead of a
+convolution, a multiply and an add over the whole feature map.
 
-:func:`pair_conv_batch_norms` finds the pairs of a functional model: a ``tfrcnn`` ``Conv2D`` or
-``DepthwiseConv2D`` without activation, called once, whose output goes to exactly one layer, a
-``tfrcnn`` ``BatchNormalization`` over the channel axis, and is not also a model output. The
-pairs fold only inside :func:`folding_scope` with that model's plan, which
-:class:`tfrcnn.backbones.common.BackboneModel` opens around its own inference calls
-(``training`` false, no gradient tape recording) and only where both layers compute in float32:
-there the convolution computes the normalised output and the batch norm passes it through.
-Anywhere else (training, a gradient tape, another model built from the same layers, mixed
-precision) both layers compute exactly what they would unpaired, so a convolution's output is
-never silently normalised.
+:func:`pair_conv_batch_norms` finds the pairs of a functional model: an accelerated
+``Conv2D`` or ``DepthwiseConv2D`` without activation, called once, whose output goes to exactly
+one layer, an accelerated ``BatchNormalization`` over the channel axis, and is not also a model
+output. The pairs fold only inside :func:`folding_scope` with that model's plan, which the
+accelerated backbone opens around its own inference calls (``training`` false, no gradient tape
+recording) and only where both layers compute in float32: there the convolution computes the
+normalised output and the batch norm passes it through. Anywhere else (training, a gradient
+tape, another model built from the same layers, mixed precision) both layers compute exactly
+what they would unpaired.
 """
 
 import contextlib
@@ -27,7 +23,8 @@ import threading
 import keras
 import tensorflow as tf
 
-__all__ = ["FoldPlan", "folding_scope", "pair_conv_batch_norms", "folded_batch_norm", "is_folded"]
+__all__ = ["FoldPlan", "folding_scope", "pair_conv_batch_norms", "folded_batch_norm", "is_folded",
+           "folds_as_affine", "inference_affine", "fold"]
 
 _STATE = threading.local()
 
@@ -96,24 +93,47 @@ def _output_ids(model):
     return ids
 
 
+def _accelerated(layer):
+    """Whether ``layer`` runs an accelerated call (:func:`tfrcnn.accel.apply`)."""
+    return layer.__dict__.get("_tfrcnn_accelerated", False)
+
+
+def folds_as_affine(batch_norm, inputs):
+    """Whether the inference of ``batch_norm`` on ``inputs`` (a tensor or Keras tensor) is the
+    channel affine map of :func:`inference_affine`, which a convolution before it can absorb."""
+    axis = batch_norm.axis if batch_norm.axis >= 0 else batch_norm.axis + len(inputs.shape)
+    return (len(inputs.shape) == 4 and axis == 3 and not batch_norm.renorm
+            and not batch_norm.synchronized)
+
+
+def inference_affine(batch_norm):
+    """``(a, b)``, float32 ``[C]``: the inference of ``batch_norm`` maps ``x`` to ``x * a + b``."""
+    channels = batch_norm.moving_mean.shape[-1]
+    gamma = (tf.cast(batch_norm.gamma, tf.float32) if batch_norm.scale
+             else tf.ones([channels]))
+    beta = tf.cast(batch_norm.beta, tf.float32) if batch_norm.center else tf.zeros([channels])
+    scale = gamma * tf.math.rsqrt(tf.cast(batch_norm.moving_variance, tf.float32)
+                                  + batch_norm.epsilon)
+    return scale, beta - tf.cast(batch_norm.moving_mean, tf.float32) * scale
+
+
 def pair_conv_batch_norms(model):
     """The :class:`FoldPlan` of ``model`` (a functional model; nested models included): every
-    ``tfrcnn`` ``Conv2D`` / ``DepthwiseConv2D`` without activation, called once, whose output goes
-    only to a ``tfrcnn`` ``BatchNormalization`` over the channel axis (not also to a model
+    accelerated ``Conv2D`` / ``DepthwiseConv2D`` without activation, called once, whose output
+    goes only to an accelerated ``BatchNormalization`` over the channel axis (not also to a model
     output), paired with that batch norm."""
-    from tfrcnn.layers.batch_norm import BatchNormalization
-    from tfrcnn.layers.conv import Conv2D, DepthwiseConv2D
-
     plan = FoldPlan()
     outputs = _output_ids(model)
     for layer in model._flatten_layers(include_self=False):
-        if not isinstance(layer, BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if (not isinstance(layer, keras.layers.BatchNormalization) or not _accelerated(layer)
+                or len(layer._inbound_nodes) != 1):
             continue
         node = layer._inbound_nodes[0]
-        if len(node.input_tensors) != 1 or not layer.folds_as_affine(node.input_tensors[0]):
+        if len(node.input_tensors) != 1 or not folds_as_affine(layer, node.input_tensors[0]):
             continue
         conv = _producer(node.input_tensors[0])
-        if (isinstance(conv, (Conv2D, DepthwiseConv2D))
+        if (isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+                and _accelerated(conv)
                 and len(conv._inbound_nodes) == 1 and len(conv._outbound_nodes) == 1
                 and id(node.input_tensors[0]) not in outputs
                 and conv.data_format == "channels_last"
@@ -125,7 +145,7 @@ def pair_conv_batch_norms(model):
 def fold(kernel, bias, batch_norm, depthwise=False):
     """``(kernel * a, bias * a + b)`` for the batch norm's ``a``, ``b`` (module docstring); the
     kernel is ``[kh, kw, in, out]``, or ``[kh, kw, in, multiplier]`` when ``depthwise``."""
-    scale, offset = batch_norm.inference_affine()
+    scale, offset = inference_affine(batch_norm)
     kernel = tf.convert_to_tensor(kernel)
     if depthwise:
         scaled = kernel * tf.reshape(scale, [kernel.shape[2], kernel.shape[3]])

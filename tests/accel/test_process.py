@@ -1,6 +1,7 @@
-"""tfrcnn.runtime: the BFC host allocator chosen at import, the user's choice kept, and what it buys
-(page faults of a repeated op), each checked in a fresh interpreter: TensorFlow reads the setting
-once, at its first host allocation."""
+"""tfrcnn.accel.configure_process: the BFC host allocator and oneDNN chosen before TensorFlow
+starts, the user's choice kept, and what the allocator buys (page faults of a repeated op), each
+checked in a fresh interpreter: TensorFlow reads the settings once. And ``import tfrcnn`` changes
+no environment variable and no TensorFlow setting."""
 import json
 import os
 import subprocess
@@ -8,11 +9,11 @@ import sys
 
 import pytest
 
-from tfrcnn import runtime
+from tfrcnn.accel import process as runtime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Runs in a fresh interpreter: optionally one TensorFlow op before tfrcnn is imported, then a
+# Runs in a fresh interpreter: optionally one TensorFlow op before configure_process, then a
 # 64 MiB op repeated, and prints the allocator, the environment and the page faults of the repeats.
 PROBE = r"""
 import json, logging, os, resource, sys
@@ -20,7 +21,8 @@ order = sys.argv[1]
 if order == "tensorflow_first":
     import tensorflow as tf
     tf.zeros([1024]).numpy()
-import tfrcnn
+import tfrcnn.accel
+tfrcnn.accel.configure_process()
 import tensorflow as tf
 
 records = []
@@ -29,10 +31,10 @@ handler.emit = lambda record: records.append((record.name, record.levelname, rec
 for name in ("probe", "tfrcnn"):
     logging.getLogger(name).addHandler(handler)
     logging.getLogger(name).setLevel(logging.INFO)
-if "models" in sys.argv[2:]:  # the models check once a process: one record from the two
+if "once" in sys.argv[2:]:  # checks with once=True: one record from the two
     for _ in range(2):
-        tfrcnn.FasterRCNN.from_preset("tiny", num_classes=2)
-allocator = tfrcnn.runtime.check_cpu_allocator(logging.getLogger("probe"))
+        tfrcnn.accel.check_cpu_allocator(logging.getLogger("tfrcnn"), once=True)
+allocator = tfrcnn.accel.check_cpu_allocator(logging.getLogger("probe"))
 
 step = tf.function(lambda x: tf.reduce_sum(x * 2.0 + 1.0))
 x = tf.ones([4096, 4096])
@@ -88,7 +90,7 @@ def test_bfc_requested_reads_the_variable_as_tensorflow_does(value, expected):
     assert runtime.bfc_requested({}) is False
 
 
-def test_import_tfrcnn_gives_the_bfc_allocator_and_no_page_faults_per_step():
+def test_configure_process_gives_the_bfc_allocator_and_no_page_faults_per_step():
     bfc = probe()
     system = probe(TF_CPU_ALLOCATOR_USE_BFC="false")
     assert bfc["allocator"] == "bfc" and bfc["variable"] == "true"
@@ -102,11 +104,11 @@ def test_import_tfrcnn_gives_the_bfc_allocator_and_no_page_faults_per_step():
     assert system["log"] == [["probe", "INFO", "TensorFlow CPU allocator: system" + off]]
 
 
-def test_tensorflow_started_first_is_reported_with_a_warning_once_by_the_models():
-    late = probe("tensorflow_first", "models")
+def test_tensorflow_started_first_is_reported_with_a_warning_once():
+    late = probe("tensorflow_first", "once")
     assert late["allocator"] == "system" and late["variable"] == "true"
     [(name, level, message), (name2, level2, message2)] = late["log"]
-    assert (name, level) == ("tfrcnn", "WARNING") and "before tfrcnn was imported" in message
+    assert (name, level) == ("tfrcnn", "WARNING") and "configure_process()" in message
     assert (name2, level2, message2) == ("probe", "WARNING", message)  # two models, one warning
 
 
@@ -143,9 +145,10 @@ ONEDNN_PROBE = r"""
 import json, os, sys
 if sys.argv[1] == "tensorflow_first":
     import tensorflow
-import tfrcnn
+import tfrcnn.accel
+tfrcnn.accel.configure_process()
 print(json.dumps({"variable": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-                  "enabled": tfrcnn.runtime.onednn_enabled()}))
+                  "enabled": tfrcnn.accel.onednn_enabled()}))
 """
 
 
@@ -158,7 +161,7 @@ def _onednn_probe(order, **env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_turns_onednn_on_unless_the_user_or_tensorflow_came_first():
+def test_configure_process_turns_onednn_on_unless_the_user_or_tensorflow_came_first():
     if runtime.platform.machine().lower() in ("x86_64", "amd64"):
         assert _onednn_probe("tfrcnn_first") == {"variable": "1", "enabled": True}
     else:  # elsewhere TensorFlow's own choice stands
@@ -168,3 +171,53 @@ def test_import_turns_onednn_on_unless_the_user_or_tensorflow_came_first():
     report = _onednn_probe("tensorflow_first")
     assert report["variable"] is None  # TensorFlow's own choice for this CPU stands
     assert report["enabled"] in (True, False)
+
+
+# ``import tfrcnn`` (and the names below, which load the whole package) in a process that already
+# imported TensorFlow and Keras: the environment and TensorFlow's threading and optimizer
+# settings are those TensorFlow and Keras left.
+NO_SIDE_EFFECTS_PROBE = r"""
+import json, os
+import tensorflow as tf, keras
+
+def state():
+    return {"environ": dict(os.environ),
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+            "optimizer": tf.config.optimizer.get_experimental_options(),
+            "jit": tf.config.optimizer.get_jit(),
+            "policy": keras.mixed_precision.global_policy().name}
+
+before = state()
+import tfrcnn
+after_import = state()
+tfrcnn.FasterRCNN, tfrcnn.accel, tfrcnn.export, tfrcnn.training  # load everything
+after_use = state()
+print(json.dumps({"import": after_import == before, "use": after_use == before,
+                  "registered": "tfrcnn>FasterRCNN" in keras.saving.get_custom_objects()}))
+"""
+
+NO_TENSORFLOW_PROBE = r"""
+import json, sys
+import tfrcnn, tfrcnn.accel, tfrcnn.accel.process
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                  "public": sorted(tfrcnn.__all__)}))
+"""
+
+
+def _run(probe):
+    environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", probe], check=False, env=environ,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_tfrcnn_changes_no_environment_variable_or_tensorflow_setting():
+    assert _run(NO_SIDE_EFFECTS_PROBE) == {"import": True, "use": True, "registered": True}
+
+
+def test_import_tfrcnn_and_its_process_configuration_import_no_tensorflow():
+    report = _run(NO_TENSORFLOW_PROBE)
+    assert report["tensorflow"] is False and report["keras"] is False
+    assert {"FasterRCNN", "load_model", "accel", "layers", "ops"} <= set(report["public"])

@@ -13,46 +13,20 @@ the input channels, the elementwise products become 36 independent matrix produc
 transforms, which only read and write memory.
 
 :func:`winograd_conv3x3` is written with ordinary TensorFlow ops (strided slices and additions
-for the input transform, the batched products, and since session 10 one small matrix product
-each for the kernel and output transforms; maps of at least ``BAND_MIN_BYTES`` in bands of tile
-rows) and is meant to run compiled by XLA (:func:`winograd_conv3x3_xla`), which fuses the
-input transform's additions into its passes over memory. Measured on session 6's AMD EPYC Zen 4
-(2 cores, float32, ms, median of 5, ``python benchmarks/winograd_conv.py``)::
+for the input transform, the batched products, one small matrix product each for the kernel and
+output transforms; maps of at least ``BAND_MIN_BYTES`` in bands of tile rows) and is meant to run
+compiled by XLA (:func:`winograd_conv3x3_xla`), which fuses the input transform's additions into
+its passes over memory. It pays off for wide channels on maps of many tiles
+(:func:`winograd_pays_off`), and only with XLA. Accuracy: the transforms multiply by up to 8 and
+divide by 24, so float32 results differ from the direct convolution by about 1e-5 of the
+output's scale. Half types are never routed here; neither are GPUs.
 
-    [N,H,W,C] -> K            direct (oneDNN)   Winograd (XLA)   Winograd, plain TF ops
-    [1,200,200,256] -> 256        211.5            124.7             355.7
-    [1,100,100,256] -> 256         53.0             26.2              91.9
-    [1,50,50,256] -> 256           13.9             10.6              27.8
-    [1,100,100,128] -> 128         13.7              9.6              40.6
-    [1,200,200,64] -> 64           13.9             13.7              74.9
-    [1,25,25,512] -> 512           13.8             34.9              38.0
+Training steps use :func:`tfrcnn.accel.conv.winograd_conv2d`, whose input gradient is itself a
+Winograd convolution (of ``dy`` with the flipped kernel) and whose filter gradient goes through
+the same transform (:func:`winograd_filter_gradient`): ``dU[p] = V[p]^T (A dY A^T)[p]`` at each of
+the 36 positions, one batched ``[C, tiles] @ [tiles, K]`` product, then ``dW = G^T dU G``.
 
-so it pays off for wide channels on maps of many tiles (:func:`winograd_pays_off`), and only with
-XLA. Accuracy: the transforms multiply by up to 8 and divide by 24, so float32 results differ from
-the direct convolution by about 1e-5 of the output's scale (6e-5 absolute on outputs of magnitude
-4.8 for a 256-channel layer, against 1e-5 for the direct convolution, both measured against
-float64). Half types would lose too much and are never routed here; neither are GPUs, whose
-libraries choose Winograd themselves.
-
-TensorFlow's automatic gradient through these ops measured slower than the direct convolution's
-(849 against 674 ms for the 200x200x256 layer's forward and backward); training steps use
-:func:`tfrcnn.ops.conv.winograd_conv2d` instead, whose input gradient is itself a Winograd
-convolution (of ``dy`` with the flipped kernel) and whose filter gradient goes through the same
-transform (:func:`winograd_filter_gradient`): ``dU[p] = V[p]^T (A dY A^T)[p]`` at each of the 36
-positions, one batched ``[C, tiles] @ [tiles, K]`` product, then ``dW = G^T dU G``. Measured on
-session 8's AMD EPYC (AVX2 only, oneDNN on, 2 cores, float32, ms, median of 5), against the nine
-shifted matmuls of :func:`tfrcnn.ops.conv.conv2d` and TensorFlow's ``Conv2DBackpropFilter``::
-
-    [N,H,W,C] -> K            shifted matmuls   TF kernel   through the transform (XLA)
-    [1,200,200,256] -> 256         381.1            -              178.0
-    [1,100,100,256] -> 256         101.3            -               41.8
-    [1,50,50,256] -> 256            27.0            -               14.4
-    [1,200,200,64] -> 64            47.8           36.7             22.0
-    [2,25,25,512] -> 512            70.5           60.2             46.3
-    [1,25,25,512] -> 512            35.7           32.7             43.4    (49 tiles)
-    [64,14,14,256] -> 256          168.8          137.0             74.3
-
-with float32 errors of 6e-6 of the gradient's largest entry (the shifted matmuls: 4e-7).
+Measurements and their command: docs/accel.md, "Winograd convolutions".
 """
 
 import numpy as np
@@ -62,6 +36,7 @@ __all__ = [
     "winograd_conv3x3",
     "winograd_conv3x3_xla",
     "winograd_pays_off",
+    "winograd_decision",
     "winograd_filter_gradient",
     "winograd_filter_gradient_xla",
     "MIN_CHANNELS",
@@ -73,24 +48,15 @@ __all__ = [
 TILE = 4  # outputs a tile side
 ALPHA = TILE + 2  # inputs a tile side
 
-#: Input and output channels at least this many. At 64 channels the forward convolution measured
-#: even on session 6's AVX-512 CPU (13.9 ms direct, 13.7 Winograd for [1,200,200,64] -> 64) and
-#: 2.3x faster on session 8's AVX2 one (46.5 / 20.4 ms); narrower layers were not measured.
+#: Input and output channels at least this many (narrower layers measured no faster).
 MIN_CHANNELS = 64
-#: Output tiles (``N * ceil(H/4) * ceil(W/4)``) at least this many. Session 10 (AVX2 EPYC, after the
-#: kernel transform became one matrix product), forward, ms, min/median of 11 against the direct
-#: convolution: ``[1,25,25,512]->512`` (49 tiles) 18.7/21.3 vs 22.7/29.9, ``[1,25,25,256]->256``
-#: 6.3/7.9 vs 7.9/9.0, forward and both gradients ``[1,25,25,512]->512`` 40.9/46.8 vs 58.6/68.1;
-#: slower at 16 tiles (``[1,13,13,512]->512`` 12.2/15.1 vs 8.2/11.3). Before that change the
-#: threshold was 128 (49 tiles measured 2.5x slower, mostly the kernel transform).
+#: Output tiles (``N * ceil(H/4) * ceil(W/4)``) at least this many (fewer measured slower than
+#: the direct convolution).
 MIN_TILES = 49
 
-#: Inputs of at least this many bytes (a 200x200x256 float32 map is 41 MB; the machine's last-level
-#: cache was 32 MB) are convolved in bands of tile rows of about :data:`BAND_BYTES` of input each:
-#: each band's input-transform passes (36 of them when this was measured; two stacked passes since
-#: session 11) then read a band that stays in the cache instead of the whole map from memory. Measured (session 10, AVX2 EPYC, under XLA, min/median of 9, ms): a
-#: 200x200x256 map 162/176 in one piece, 136/156 in 4 bands, 131/143 in 8, 137/149 in 16; at
-#: batch 2 363/402 against 290/335 in 8 bands; a 100x100x256 map (10 MB) gained nothing (40/45).
+#: Inputs of at least this many bytes are convolved in bands of tile rows of about
+#: :data:`BAND_BYTES` of input each, so that each band's input-transform passes read memory that
+#: stays in the last-level cache.
 BAND_MIN_BYTES = 32 * 2 ** 20
 BAND_BYTES = 6 * 2 ** 20
 
@@ -134,21 +100,26 @@ def _combine(coefficients, terms):
 
 
 def _tiles(size):
+    """Tiles along an axis of ``size`` pixels (a Python int or a scalar int32 tensor)."""
     return -(-size // TILE)
+
+
+def _size(x, axis):
+    """``x.shape[axis]`` where it is static, else that dimension as a scalar int32 tensor."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
 
 
 def input_transform(x):
     """``[N, H, W, C] -> [36, N * th * tw, C]``: ``B^T d B`` of every 6x6 tile (stride 4) of the
     input padded by one pixel (SAME padding) and up to whole tiles; row ``6 * i + j`` of the
     first axis is entry ``(i, j)`` of the transformed tile."""
-    height, width = x.shape[1], x.shape[2]
-    th, tw = _tiles(height), _tiles(width)
+    th, tw = _tiles(_size(x, 1)), _tiles(_size(x, 2))
     return _tile_transform(_pad_to_tiles(x), th, tw)
 
 
 def _pad_to_tiles(x):
     """SAME padding by one pixel, then zeros up to whole tiles: ``[N, 4 th + 2, 4 tw + 2, C]``."""
-    height, width = x.shape[1], x.shape[2]
+    height, width = _size(x, 1), _size(x, 2)
     th, tw = _tiles(height), _tiles(width)
     return tf.pad(x, [[0, 0], [1, TILE * th + 1 - height], [1, TILE * tw + 1 - width], [0, 0]])
 
@@ -159,8 +130,7 @@ def _tile_transform(x, th, tw):
     Separable, in two stacked passes: the six row combinations ``R[i] = sum_k B^T[i, k] x[4 I + k]``
     (``[6, N, th, 4 tw + 2, C]``, 1.5x the input), then the six column combinations of each. Stacking
     ``R`` makes XLA write it once instead of recomputing a row combination inside each of the 36
-    outputs that use it: the transform of a [1,200,200,256] map went from 69 to 41 ms, the whole
-    convolution from 164 to 150 ms (session 11, AVX2 CPU, 2 cores, min of 11, same values)."""
+    outputs that use it."""
     channels = x.shape[3]
     rows = [x[:, k:k + TILE * th:TILE] for k in range(ALPHA)]  # [N, th, Wp, C] each
     combined = tf.stack([_combine(_BT[i], rows) for i in range(ALPHA)])  # [6, N, th, Wp, C]
@@ -171,8 +141,11 @@ def _tile_transform(x, th, tw):
 
 def _bands(x):
     """Tile-row ranges ``[(t0, t1), ...]`` covering the input: one range unless the input has at
-    least :data:`BAND_MIN_BYTES`, then ranges of about :data:`BAND_BYTES` of input each."""
+    least :data:`BAND_MIN_BYTES`, then ranges of about :data:`BAND_BYTES` of input each (one range
+    where the height or width is unknown while tracing)."""
     batch, height, width, channels = x.shape
+    if height is None or width is None:
+        return [(0, _tiles(_size(x, 1)))]
     th = _tiles(height)
     size = (batch or 1) * height * width * channels * x.dtype.size
     if size < BAND_MIN_BYTES:
@@ -184,8 +157,7 @@ def _bands(x):
 
 def kernel_transform(kernel):
     """``[3, 3, C, K] -> [36, C, K]``: ``G g G^T`` for every channel pair, as one matrix product
-    ``kron(G, G) @ g`` (``[36, 9] @ [9, C * K]``; measured 3-4x faster under XLA than the two
-    contractions of ``einsum("ai,ijck,bj->abck")``)."""
+    ``kron(G, G) @ g`` (``[36, 9] @ [9, C * K]``; faster under XLA than two contractions)."""
     channels, filters = kernel.shape[2], kernel.shape[3]
     flat = tf.reshape(kernel, [9, -1])
     transformed = tf.linalg.matmul(tf.constant(_KRON_G, kernel.dtype), flat)
@@ -197,8 +169,7 @@ def output_transform(products, batch, height, width):
     back in place and the padding rows and columns dropped.
 
     One matrix product ``kron(A^T, A^T) @ M`` (``[16, 36] @ [36, tiles * K]``) and one transpose
-    that interleaves the blocks: measured faster under XLA than the elementwise form (e.g. 27
-    against 39 ms for a 200x200x256 map, 1.4 against 3.8 ms for a 50x50x256 one)."""
+    that interleaves the blocks (faster under XLA than the elementwise form)."""
     th, tw = _tiles(height), _tiles(width)
     filters = products.shape[-1]
     blocks = tf.linalg.matmul(tf.constant(_KRON_AT, products.dtype),
@@ -216,8 +187,7 @@ def output_transform_adjoint(dy):
     height, width, filters = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = _tiles(height), _tiles(width)
     dy = tf.pad(dy, [[0, 0], [0, TILE * th - height], [0, TILE * tw - width], [0, 0]])
-    # separable in two stacked passes, as _tile_transform (filter gradient of a [1,200,200,256]
-    # layer 170 -> 139 ms, session 11)
+    # separable in two stacked passes, as _tile_transform
     rows = [dy[:, a::TILE] for a in range(TILE)]  # [N, th, 4 * tw, K] each
     combined = tf.stack([_combine(_AT[:, i], rows) for i in range(ALPHA)])  # [6, N, th, 4 tw, K]
     columns = [combined[:, :, :, b::TILE] for b in range(TILE)]  # [6, N, th, tw, K]
@@ -262,7 +232,8 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     :func:`winograd_conv3x3_xla`, so the output is written once instead of three times).
 
     Args:
-        x: ``[N, H, W, C]`` float tensor; ``H``, ``W`` and ``C`` static, ``N`` may be unknown.
+        x: ``[N, H, W, C]`` float tensor; ``C`` static; ``N``, ``H``, ``W`` may be unknown while
+            tracing (XLA compiles the function for the actual sizes).
         kernel: ``[3, 3, C, K]`` of ``x``'s dtype.
         bias: optional ``[K]`` of ``x``'s dtype, added to every output pixel.
         relu: Python bool, ``max(y, 0)`` last.
@@ -273,14 +244,12 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     """
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, dtype=x.dtype)
-    if x.shape.rank != 4 or None in x.shape[1:]:
-        raise ValueError(f"winograd_conv3x3 needs x [N, H, W, C] with static H, W, C, got "
-                         f"{x.shape}")
+    if x.shape.rank != 4 or x.shape[3] is None:
+        raise ValueError(f"winograd_conv3x3 needs x [N, H, W, C] with static C, got {x.shape}")
     if tuple(kernel.shape[:3]) != (3, 3, x.shape[3]):
         raise ValueError(f"winograd_conv3x3 needs a [3, 3, {x.shape[3]}, K] kernel, got "
                          f"{kernel.shape}")
-    batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
-    height, width = x.shape[1], x.shape[2]
+    batch, height, width = _size(x, 0), _size(x, 1), _size(x, 2)
     tw = _tiles(width)
     transformed_kernel = kernel_transform(kernel)
     padded = _pad_to_tiles(x)
@@ -304,6 +273,21 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
 
 #: :func:`winograd_conv3x3` compiled by XLA (once an input shape).
 winograd_conv3x3_xla = tf.function(winograd_conv3x3, jit_compile=True)
+
+
+def winograd_decision(x, filters):
+    """:func:`winograd_pays_off` for a tensor ``x`` ``[N, H, W, C]`` (static ``C``): a Python
+    bool where the shape is static; where the batch, height or width are unknown while tracing,
+    False if the channel rule already fails, else a scalar bool tensor that decides when the
+    computation runs (for ``tf.cond``)."""
+    channels = x.shape[3]
+    if channels is None or min(channels, filters) < MIN_CHANNELS:
+        return False
+    if None not in x.shape[1:3]:
+        return winograd_pays_off(tuple(x.shape), filters)
+    shape = tf.shape(x)
+    tiles = shape[0] * _tiles(shape[1]) * _tiles(shape[2])
+    return tiles >= MIN_TILES
 
 
 def winograd_pays_off(input_shape, filters):

@@ -41,90 +41,14 @@ the dtypes of ``x`` and ``kernel``. So for half types every configuration has a 
 
 Second derivatives (a gradient of this gradient) are not supported and not tested.
 
-Measurements (AMD EPYC (Zen 3, AVX2), 2 cores, TF 2.21 CPU, float32, ms, median of 5-7 alternating
-runs of each op alone; the machine was shared with other jobs, so absolute numbers are noisy (up
-to ~2x), the ratios within one row less so):
-
-Input gradient, TF ``Conv2DBackpropInput`` vs forward conv with the transformed kernel::
-
-    shape [N,H,W,C]->K, kernel       TF binput   forward_conv (SAME)   (VALID, explicit pad)
-    [1,200,200,64]->64 3x3              115.4          48.6                  48.6
-    [1,100,100,128]->128 3x3             89.4          53.0                  53.2
-    [1,50,50,256]->256 3x3               42.9          45.4                  43.0
-    [1,25,25,512]->512 3x3               47.6          46.4                  51.1
-    [64,14,14,256]->256 3x3             308.9         216.8                 212.4
-    [64,7,7,512]->512 3x3               569.2         210.1                 203.4
-    [1,200,200,256]->64 1x1              99.1          62.9                  64.0
-    [1,64,64,64]->64 7x7                 64.2          22.5                  22.7
-
-  The forward-conv path is faster or within noise everywhere -> used for every stride-1 case.
-  bfloat16: TF's binput [1,100,100,128]->128 3x3 takes 1418 ms, the bf16 forward conv 42.5 ms.
-  The kernel transform is done as reshape [kh*kw, C, K] -> reverse(axis 0) -> matrix transpose
-  (8 ms for 3x3x512x512); ``w[::-1, ::-1]`` with a transpose took 46 ms.
-
-Filter gradient, TF ``Conv2DBackpropFilter`` vs shifted-slice matmuls::
-
-    shape [N,H,W,C]->K, kernel   TF bfilter  per-tap slice copies  shifted_matmul  im2col (1 matmul)
-    [1,200,200,64]->64 3x3          151.0         120.1               115.0           165.5
-    [1,100,100,128]->128 3x3        101.0          67.2                65.0           105.6
-    [1,50,50,256]->256 3x3           72.5          60.0                59.5            58.4
-    [1,25,25,512]->512 3x3           61.1          57.1                59.4            56.9
-    [1,200,200,256]->256 3x3       1153.1        1224.4               934.3          1229.5
-    [8,25,25,128]->128 3x3           49.5          36.4                40.6            49.6
-    [1,64,64,64]->64 7x7             63.3          51.1                47.4            69.0
-    [64,14,14,256]->256 3x3 (1.31)  256.2         286.7               350.6           446.6
-    [64,7,7,512]->512 3x3 (1.65)    244.5         266.5               412.7           527.4
-    [1,13,17,256]->256 3x3 (1.29)     6.5           7.7                 8.2             5.6
-
-  (area ratio ``Hp*Wp / (Ho*Wo)`` in parentheses where above the 1.25 threshold.) The im2col
-  matmul needs a ``kh*kw`` times larger buffer and was not faster; summing taps into one output
-  is not needed since each tap is its own slice of ``dW``.
-
-1x1 kernels::
-
-    [1,200,200,256]->64 stride 1     TF bfilter 66.1, one matmul 27.6;
-                                     TF binput 67.0, forward conv 39.8, matmul 41.7
-    [1,200,200,64]->256 stride 1     TF bfilter 22.8, matmul 21.6; TF binput 23.0, conv 14.6
-    [1,100,100,512]->128 stride 1    TF bfilter 44.6, matmul 22.0; TF binput 22.5, conv 13.9
-    [1,200,200,256]->512 stride 2    TF bfilter 29.6, strided slice + matmul 50.0
-    [1,200,200,256]->64 stride 2     TF bfilter 15.0, strided slice + matmul 34.6
-
-  -> TF's kernels for strides > 1 (for float32 :func:`conv2d` then is plain ``tf.nn.conv2d``).
-
-Half types, [1,100,100,128]->128 3x3 stride 1: TF bfilter bf16 1245 ms, float32 90 ms; TF binput
-bf16 1124 ms, float32 67 ms; matmul bf16 9.9 ms, cast to float32 + matmul 11.1 ms (session 2's
-Intel Xeon). Session 6, AMD EPYC Zen 4 (AVX512-BF16), filter gradient from bf16 inputs, shifted
-matmuls in float32 (cast first) / in bfloat16, ms, median of 7
-(``python benchmarks/filter_gradient_bf16.py``)::
-
-    [1,200,200,64]->64 3x3      19.4 / 10.7      [1,200,200,256]->256 3x3   232.5 / 135.2
-    [1,100,100,128]->128 3x3    15.6 /  9.2      [2,100,100,256]->256 3x3   119.4 /  70.8
-    [1,50,50,256]->256 3x3      16.6 /  9.4      [1,200,200,256]->64 1x1     10.2 /   5.8
-
-  relative difference of the two results 2.0-3.1e-3 (the bf16 rounding of ``dW``).
-
-End to end (``benchmarks/conv_gradients.py``: forward + both gradients, ms, median of 5,
-tfrcnn / TF; quieter machine)::
-
-    float32                               TF      tfrcnn   ratio
-    [1,200,200,64] 3x3 ->64             172.3     100.5    0.58
-    [1,100,100,128] 3x3 ->128           120.1      83.5    0.70
-    [1,50,50,256] 3x3 ->256              76.1      67.6    0.89
-    [1,25,25,512] 3x3 ->512              74.0      72.3    0.98
-    [1,200,200,256] 3x3 ->256 (FPN)    1398.3    1147.8    0.82
-    [1,200,200,256] 1x1 ->64            127.0      74.2    0.58
-    [1,100,100,512] 1x1 ->128            45.2      34.1    0.76
-    [64,14,14,256] 3x3 ->256            422.1     326.1    0.77   (filter grad: TF's)
-    bfloat16
-    [1,100,100,128] 3x3 ->128          1565.4      93.2    0.06
-    [1,200,200,256] 1x1 stride 2 ->512 1362.0     116.5    0.09
+What these paths buy, and the command that measures them: docs/accel.md, "Convolution gradients".
 """
 
 import collections
 
 import tensorflow as tf
 
-from tfrcnn.ops.winograd import (winograd_conv3x3, winograd_conv3x3_xla,
+from tfrcnn.accel.winograd import (winograd_conv3x3, winograd_conv3x3_xla,
                                  winograd_filter_gradient)
 
 __all__ = [
@@ -153,7 +77,7 @@ because the spatial size is unknown) or ``"tf"``.
 """
 
 
-def _pair(value, name):
+def _spatial_pair(value, name):
     """``value`` as a pair of ints: an int, a pair, or a 4-list ``[1, h, w, 1]`` (strides)."""
     try:
         values = [int(v) for v in value]
@@ -206,8 +130,8 @@ def gradient_plan(kernel_size, strides=1, padding="SAME", spatial_shape=None):
         A :class:`GradientPlan`. It does not depend on the dtype: for half types the ``"tf"`` paths
         run TensorFlow's kernels in float32 (see the module docstring).
     """
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(strides, "strides")
+    kh, kw = _spatial_pair(kernel_size, "kernel_size")
+    sh, sw = _spatial_pair(strides, "strides")
     padding = _normalize_padding(padding)
     if (sh, sw) != (1, 1):
         return GradientPlan("tf", "tf")
@@ -245,9 +169,9 @@ def _output_size(size, kernel, stride, dilation, padding):
 def conv_output_shape(x, kernel_size, strides, padding, filters, dilation=1):
     """The ``[N, Ho, Wo, filters]`` shape of a convolution of ``x`` (NHWC): a list of Python ints
     where ``x``'s static shape gives them and scalar int32 tensors elsewhere."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(strides, "strides")
-    dh, dw = _pair(dilation, "dilation")
+    kh, kw = _spatial_pair(kernel_size, "kernel_size")
+    sh, sw = _spatial_pair(strides, "strides")
+    dh, dw = _spatial_pair(dilation, "dilation")
     padding = _normalize_padding(padding)
     dynamic = None
     dims = []
@@ -266,7 +190,7 @@ def with_conv_output_shape(y, x, kernel_size, strides, padding, filters, dilatio
 
     TensorFlow 2.21's oneDNN convolution returns its *input* unchanged when the batch is empty
     (``[0, 8, 8, 5]`` convolved to 6 channels comes back as ``[0, 8, 8, 5]``; seen on an AMD Zen 4
-    CPU with AVX-512, not on session 3's AVX2 machine), which breaks every shape after it. The
+    CPU with AVX-512, not on AVX2 machines), which breaks every shape after it. The
     reshape of an empty tensor to the right empty shape repairs that; for a non-empty batch it is
     a no-op (no copy). Skipped when ``x``'s static shape proves the batch is not empty.
     """
@@ -377,7 +301,7 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
                          f"channels {kernel.shape[2]}")
     if x.dtype != kernel.dtype:
         raise TypeError(f"x ({x.dtype.name}) and kernel ({kernel.dtype.name}) dtypes differ")
-    stride_pair = _pair(strides, "strides")
+    stride_pair = _spatial_pair(strides, "strides")
     padding = _normalize_padding(padding)
     kh, kw = kernel.shape[0], kernel.shape[1]
     plan = gradient_plan((kh, kw), stride_pair, padding, (x.shape[1], x.shape[2]))
@@ -448,21 +372,13 @@ _winograd_backward_xla = tf.function(_winograd_backward, jit_compile=True)
 
 def winograd_conv2d(x, kernel):
     """A float32 3x3 stride-1 SAME convolution by Winograd's F(4x4, 3x3) under XLA
-    (:func:`tfrcnn.ops.winograd.winograd_conv3x3_xla`), with a gradient of the same kind: the input
+    (:func:`tfrcnn.accel.winograd.winograd_conv3x3_xla`), with a gradient of the same kind: the input
     gradient is the Winograd convolution of ``dy`` with the flipped, channel-swapped kernel (the
     forward-conv rule above), the filter gradient goes through the transform
-    (:func:`tfrcnn.ops.winograd.winograd_filter_gradient`); both in one XLA computation.
+    (:func:`tfrcnn.accel.winograd.winograd_filter_gradient`); both in one XLA computation.
 
-    Shapes as :func:`conv2d`, with static ``H``, ``W`` and ``C``. Measured (session 6, AMD Zen 4,
-    forward and both gradients, ms, when the filter gradient was still the shifted matmuls):
-    ``[1,200,200,256]->256`` 665 with :func:`conv2d`, 499 with this; ``[1,100,100,256]->256``
-    171 / 115; ``[1,50,50,256]->256`` 43 / 36; ``[1,100,100,128]->128`` 45 / 37. The filter
-    gradient alone (session 8, AMD EPYC with AVX2, ms): ``[1,200,200,256]->256`` 381 shifted
-    matmuls, 178 through the transform; ``[1,100,100,256]->256`` 101 / 42;
-    ``[1,50,50,256]->256`` 27 / 14; ``[1,200,200,64]->64`` 48 / 22 (TensorFlow's kernel 37);
-    slower only on maps of few tiles (``[1,25,25,512]->512``, 49 tiles: 36 / 43), which
-    :class:`tfrcnn.layers.Conv2D` does not send here. Input gradients within 1.2e-5, filter
-    gradients within 1e-5 of the output's scale of the float64 result.
+    Shapes as :func:`conv2d`, with static ``H``, ``W`` and ``C``. Input and filter gradients
+    within about 1e-5 of the output's scale of the float64 result.
     """
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)

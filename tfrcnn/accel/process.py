@@ -1,38 +1,21 @@
-"""TensorFlow runtime settings that tfrcnn chooses for speed, and what is in effect.
+"""Process settings for CPU speed: TensorFlow's BFC host allocator and its oneDNN operations.
 
-Host memory allocator. TensorFlow's default CPU allocator passes tensors to the C library, which
-maps fresh pages for large blocks and returns them when they are freed, so each step of a
-detector faults in again gigabytes of zeroed pages (590,000-670,000 page faults, about 2.5 GB, in
-one ``mobilenet_v3_fpn`` training step at batch 2 on 800x800 images). TensorFlow's BFC allocator
-keeps the memory it obtained and reuses it: about 9,000 faults in the same step, which took 2.4 s
-instead of 3.7 s (README, "Speed, memory and mixed precision").
+TensorFlow reads both from environment variables, the oneDNN one when it is imported and the
+allocator one at its first host allocation, so :func:`configure_process` must run before
+``import tensorflow`` (this module imports nothing of TensorFlow). Nothing here runs on
+``import tfrcnn``: the ``tfrcnn`` command and the benchmarks call it; a Python user opts in:
 
-``import tfrcnn`` therefore sets ``TF_CPU_ALLOCATOR_USE_BFC=true`` (and raises the BFC pool's
-64 GB cap, ``TF_CPU_BFC_MEM_LIMIT_IN_MB``, to the machine's memory where that is larger) unless
-the variable is already set. TensorFlow reads it once, when it first allocates host memory: it
-takes effect when ``tfrcnn`` is imported before any TensorFlow op has run. Set
-``TF_CPU_ALLOCATOR_USE_BFC=false`` before the import to keep the C library's allocator (the BFC
-pool does not give memory back to the system until the process ends).
+    >>> import tfrcnn.accel
+    >>> tfrcnn.accel.configure_process()  # before TensorFlow is imported
+    >>> import tensorflow as tf
 
-Where oneDNN's custom operations are on (TensorFlow's default on CPUs with AVX512-VNNI,
-AVX512-BF16 or AMX, e.g. session 6's AMD Zen 4; ``TF_ENABLE_ONEDNN_OPTS`` overrides), TensorFlow
-allocates host memory from its own oneDNN pool, itself a BFC allocator, whatever the variable
-says: :func:`cpu_allocator` reports ``"bfc"`` there in every case and the setting changes
-nothing (the variable matters where oneDNN's ops are off: see below).
+- ``TF_CPU_ALLOCATOR_USE_BFC=true`` (and ``TF_CPU_BFC_MEM_LIMIT_IN_MB`` raised to the machine's
+  memory where that exceeds TensorFlow's 64 GB cap): the BFC allocator keeps and reuses host
+  memory instead of mapping fresh zeroed pages for every large tensor of every step.
+- ``TF_ENABLE_ONEDNN_OPTS=1`` on x86-64: oneDNN's kernels also on CPUs where TensorFlow would pick
+  its Eigen ones (those without AVX512-VNNI, AVX512-BF16 or AMX).
 
-oneDNN's operations. TensorFlow turns its oneDNN (MKL) kernels on by default only on CPUs with
-AVX512-VNNI, AVX512-BF16 or AMX; on other x86-64 CPUs, AVX2-only ones among them, it runs its
-Eigen kernels. ``import tfrcnn`` sets ``TF_ENABLE_ONEDNN_OPTS=1`` on x86-64 unless the variable is
-already set or TensorFlow is already imported (TensorFlow reads it once, at its import): on
-session 7's AVX2 machine a ``mobilenet_v3_fpn`` training step at batch 1 took 1.29-1.53 s with
-oneDNN against 1.89 s without, and a ``resnet50_fpn`` one 6.4-6.6 s against 7.1-8.0 s (README,
-"Speed, memory and mixed precision"). Set ``TF_ENABLE_ONEDNN_OPTS=0`` before the import to keep
-TensorFlow's choice; :func:`onednn_enabled` tells what is in effect.
-
-Example:
-    >>> import tfrcnn
-    >>> tfrcnn.runtime.cpu_allocator()
-    'bfc'
+A variable the user already set is left alone. docs/accel.md gives what each buys.
 """
 
 import os
@@ -86,6 +69,15 @@ def choose_onednn(environ=None, machine=None, tensorflow_imported=None):
     return True
 
 
+def configure_process(environ=None):
+    """Choose the BFC host allocator and oneDNN's operations for this process (module docstring).
+
+    Call it before TensorFlow is imported; variables already in ``environ`` (default
+    ``os.environ``) are kept. Returns ``{"bfc": bool, "onednn": bool}``: which of the two it set.
+    """
+    return {"bfc": choose_cpu_allocator(environ), "onednn": choose_onednn(environ)}
+
+
 def onednn_enabled():
     """True when TensorFlow runs its oneDNN operations in this process, False when its own
     kernels, None when it cannot tell (a TensorFlow build without the query)."""
@@ -125,8 +117,8 @@ _checked = False
 
 
 def check_cpu_allocator(logger, once=False):
-    """Log the host allocator; warn when BFC was asked for but TensorFlow started before
-    ``tfrcnn`` was imported (so the environment variable came too late). Returns the allocator.
+    """Log the host allocator; warn when BFC was asked for but TensorFlow started before the
+    variable was set (so it came too late). Returns the allocator.
 
     ``once=True`` (what ``FasterRCNN()`` uses) checks only the first time in a process and
     returns None afterwards; ``tfrcnn train`` checks every run."""
@@ -138,9 +130,9 @@ def check_cpu_allocator(logger, once=False):
     if allocator == "system" and bfc_requested():
         logger.warning(
             "TensorFlow's CPU allocator is the system one although %s=%s: TensorFlow allocated "
-            "host memory before tfrcnn was imported. Import tfrcnn first (or set the variable "
-            "before Python starts): without it every step faults its memory in again (README, "
-            "'Speed, memory and mixed precision').", BFC_VARIABLE, os.environ.get(BFC_VARIABLE))
+            "host memory before the variable was set. Call tfrcnn.accel.configure_process() "
+            "before importing TensorFlow (or set the variable before Python starts): without it "
+            "every step faults its memory in again.", BFC_VARIABLE, os.environ.get(BFC_VARIABLE))
     else:
         logger.info("TensorFlow CPU allocator: %s, oneDNN operations: %s", allocator,
                     {True: "on", False: "off", None: "unknown"}[onednn_enabled()])
