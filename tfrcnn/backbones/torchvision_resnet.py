@@ -138,8 +138,40 @@ def freeze_torchvision_style(model, trainable_layers, order=TRAINABLE_ORDER):
             layer.trainable = stage in train
 
 
-def build_torchvision_resnet50_fpn(fpn_channels=256, v2=False, trainable_layers=3):
+def _trainable_layers(trainable):
+    """``trainable_backbone``: True -> torchvision's default 3 stages, False -> 0, or an int."""
+    if trainable is True:
+        return 3
+    if trainable is False:
+        return 0
+    return int(trainable)
+
+
+def load_torchvision_imagenet(model, weights, arch="resnet50", strip=""):
+    """Loads torchvision's ImageNet classifier weights (a ``.pth`` path, or ``"imagenet"``: the
+    published file, downloaded into the Keras cache when absent) into the body layers of
+    ``model``; the FPN keeps its initialisation."""
+    from tfrcnn.weights import registry, torchvision_spec
+    from tfrcnn.weights.assign import assign_modules
+    from tfrcnn.weights.pth import load_state_dict
+
+    path = registry.fetch_torchvision(arch) if weights == "imagenet" else weights
+    state = load_state_dict(path)
+    modules = torchvision_spec.convert_modules(state, arch, source=str(path))
+    body = {k: v for k, v in modules.items() if not k.startswith(("fc", "classifier"))}
+    assign_modules(model, body, strip=strip, source=str(path))
+
+
+def build_torchvision_resnet50_fpn(weights=None, trainable=True, fpn_channels=256, v2=False,
+                                   name_prefix=None):
     """torchvision's ``fasterrcnn_resnet50_fpn`` (``v2=True``: ``_v2``) backbone.
+
+    Args:
+        weights: None (random), ``"imagenet"`` (torchvision's ResNet50 IMAGENET1K_V1, downloaded
+            on demand) or the path of a torchvision ResNet50 ``.pth``; the FPN stays random.
+        trainable: torchvision's ``trainable_backbone_layers``: an int 0..5, True (3) or False (0).
+        fpn_channels: channels of every pyramid level.
+        name_prefix: optional prefix of the model name.
 
     Returns:
         ``(model, (4, 8, 16, 32, 64))``: ``model`` maps ``[B, H, W, 3]`` RGB in [0, 255] to
@@ -153,6 +185,15 @@ def build_torchvision_resnet50_fpn(fpn_channels=256, v2=False, trainable_layers=
     inputs = keras.Input((None, None, 3), name="image")
     x = ImageNormalization("torch", name="normalization")(inputs)
     p_maps = torchvision_fpn(resnet50_v15_stages(x), fpn_channels, normed=v2)
-    model = keras.Model(inputs, p_maps, name=NAME + ("_v2" if v2 else ""))
-    freeze_torchvision_style(model, trainable_layers)
+    name = NAME + ("_v2" if v2 else "")
+    model = keras.Model(inputs, p_maps, name=f"{name_prefix}_{name}" if name_prefix else name)
+    if weights is not None:
+        load_torchvision_imagenet(model, weights)
+    freeze_torchvision_style(model, _trainable_layers(trainable))
     return model, STRIDES
+
+
+def build_torchvision_resnet50_fpn_v2(weights=None, trainable=True, fpn_channels=256,
+                                      name_prefix=None):
+    """:func:`build_torchvision_resnet50_fpn` with ``v2=True`` (batch norm in the FPN)."""
+    return build_torchvision_resnet50_fpn(weights, trainable, fpn_channels, True, name_prefix)

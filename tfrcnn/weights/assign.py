@@ -13,6 +13,20 @@ def keras_name(module, strip=""):
     return module.replace(".", "_")
 
 
+def assign_layer(layer, module, arrays, source="checkpoint"):
+    """Sets ``layer``'s weights from one converted module, checking every shape first."""
+    weights = layer.weights
+    if len(weights) != len(arrays):
+        raise ValueError(f"{source}: '{module}' has {len(arrays)} tensors, layer '{layer.name}' "
+                         f"holds {len(weights)}")
+    for w, a in zip(weights, arrays):
+        if tuple(w.shape) != tuple(a.shape):
+            raise ValueError(f"{source}: '{module}' gives shape {list(a.shape)} for '{w.path}', "
+                             f"which has shape {list(w.shape)}")
+    for w, a in zip(weights, arrays):
+        w.assign(a)
+
+
 def _layers_by_name(model):
     found = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
