@@ -10,10 +10,12 @@ from .test_parity_stages import assert_same_detections
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("accelerate", ["auto", False], ids=["accelerated", "plain"])
 @pytest.mark.parametrize("arch,preset", [("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn")])
-def test_predict_equals_torchvision(torchvision_reference, arch, preset):
+def test_predict_equals_torchvision(torchvision_reference, arch, preset, accelerate):
+    """Final detections equal with the accelerated CPU paths on and off."""
     npz, pth = torchvision_reference(arch)
-    model = from_torchvision(pth, preset=preset, coco_unused="keep")
+    model = from_torchvision(pth, preset=preset, coco_unused="keep", accelerate=accelerate)
     assert model.num_classes == 90 and model.class_names[11] == "N/A"
     for i in range(int(npz["num_images"])):
         out = model.predict(npz[f"img{i}_image"][None], verbose=0)

@@ -404,6 +404,21 @@ class FasterRCNN(keras.Model):
         presets.get_preset(name)  # a clear error for an unknown name
         return cls(num_classes=num_classes, preset=name, **overrides)
 
+    @classmethod
+    def from_pretrained(cls, source, num_classes, class_names=None, **settings):
+        """A model for ``num_classes`` new classes starting from a trained one: every weight of
+        ``source`` (a ``FasterRCNN``, a ``.keras`` file or ``"torchvision:<published name>"``)
+        except the class logits and box deltas, which are freshly initialised. See
+        :func:`tfrcnn.weights.finetune.from_pretrained`.
+
+        Example:
+            >>> model = FasterRCNN.from_pretrained("coco_r50.keras", num_classes=3,
+            ...                                    class_names=["rbc", "wbc", "platelets"])
+        """
+        from tfrcnn.weights.finetune import from_pretrained
+
+        return from_pretrained(source, num_classes, class_names=class_names, **settings)
+
     def standardize_inputs(self, inputs):
         """Inputs as the graphs take them: a dict with float32 images, int32 image_shape and
         float32 image_scale (plus ground truth when given). A plain tensor is resized inside."""
