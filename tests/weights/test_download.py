@@ -195,3 +195,31 @@ def test_registry_matches_torchvision():
     facts = json.loads(out.stdout.strip().splitlines()[-1])
     assert tuple(facts["cats"]) == registry.COCO_TORCHVISION_CATEGORIES
     assert facts["urls"] == {name: entry.url for name, entry in registry.TORCHVISION.items()}
+
+
+def test_imagenet_backbone_weights_download_on_demand(tmp_path, keras_home, monkeypatch):
+    """backbone_weights="imagenet" absent from the cache: fetched from the (test) server into the
+    cache, hash-checked, then loaded by layer name."""
+    import keras
+    import numpy as np
+
+    from tfrcnn.backbones import build_backbone
+
+    served = tmp_path / "served"
+    served.mkdir()
+    file_name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    reference = keras.applications.VGG16(include_top=False, weights=None,
+                                         input_shape=(None, None, 3))
+    reference.save(str(served / file_name))  # the legacy HDF5 layout of the published file
+    md5 = hashlib.md5((served / file_name).read_bytes()).hexdigest()
+    url, _ = registry.KERAS_APPLICATIONS[file_name]
+    monkeypatch.setitem(registry.KERAS_APPLICATIONS, file_name, (url, md5))
+    with serve(served) as (base, requests):
+        monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", base)
+        model, _ = build_backbone("vgg16", weights="imagenet")
+        assert requests == ["/" + file_name]
+        assert (keras_home / file_name).is_file()
+        build_backbone("vgg16", weights="imagenet")  # cached: no second request
+        assert requests == ["/" + file_name]
+    kernel = model.get_layer("block1_conv1").kernel.numpy()
+    np.testing.assert_array_equal(kernel, reference.get_layer("block1_conv1").kernel.numpy())
