@@ -68,9 +68,9 @@ def _run(argv):
         return 2, str(e)
 
 
-@pytest.mark.slow
-def test_import_weights_user_checkpoint(tmp_path):
-    """A torchvision fasterrcnn_resnet50_fpn with 3 rows (background + 2 classes)."""
+@pytest.fixture(scope="module")
+def user_checkpoint(tmp_path_factory):
+    """A torchvision fasterrcnn_resnet50_fpn with 3 rows (background + 2 classes), saved by torch."""
     code = (
         "import sys, torch\n"
         "from torchvision.models import detection\n"
@@ -78,8 +78,14 @@ def test_import_weights_user_checkpoint(tmp_path):
         "m = detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)\n"
         "torch.save({'model': m.state_dict()}, sys.argv[1])\n"
     )
-    pth = tmp_path / "user.pth"
+    pth = tmp_path_factory.mktemp("user") / "user.pth"
     subprocess.run([sys.executable, "-c", code, str(pth)], check=True)
+    return pth
+
+
+@pytest.mark.slow
+def test_import_weights_user_checkpoint(tmp_path, user_checkpoint):
+    pth = user_checkpoint
     out = tmp_path / "pets.keras"
     base = ["import-weights", "torchvision", str(pth), "--preset", "torchvision_resnet50_fpn"]
     # the class-name count must match: one line, exit 2, nothing written
@@ -128,3 +134,46 @@ def test_import_weights_refuses_code_and_bad_input(tmp_path):
                             "torchvision_resnet50_fpn", "--output", str(tmp_path / "x.h5")])
     assert status == 2 and "must end with .keras" in message
     assert sorted(os.listdir(tmp_path)) == ["evil.pth"]
+
+
+@pytest.mark.slow
+def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpoint, monkeypatch):
+    """A published name through a server on 127.0.0.1: downloaded into the Keras cache (hash in
+    the file name checked), converted by import-weights, then used by from_pretrained."""
+    import hashlib
+    import shutil
+
+    from tfrcnn.weights import registry
+
+    from .test_download import serve
+
+    data = user_checkpoint.read_bytes()
+    file_name = f"fasterrcnn_resnet50_fpn_coco-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(user_checkpoint, served / file_name)
+    monkeypatch.setitem(registry.TORCHVISION, "fasterrcnn_resnet50_fpn_coco", registry.Published(
+        registry.TORCHVISION_BASE + file_name, "torchvision_resnet50_fpn", "detector", 37.0))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with serve(served) as (base, requests):
+        monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", base)
+        out = tmp_path / "coco.keras"
+        status, message = _run(["import-weights", "torchvision", "fasterrcnn_resnet50_fpn_coco",
+                                "--output", str(out)])
+        assert status == 0, message
+        assert requests == ["/" + file_name]
+        assert (tmp_path / "keras" / "models" / file_name).is_file()
+        model = FasterRCNN.from_pretrained("torchvision:fasterrcnn_resnet50_fpn_coco",
+                                           num_classes=4)
+        assert requests == ["/" + file_name]  # the cached file is used
+    assert keras.saving.load_model(out).num_classes == 2 and model.num_classes == 4
+    # a file that does not match the hash in its name is refused and not kept
+    (served / file_name).write_bytes(data[:-10] + b"0123456789")
+    os.remove(tmp_path / "keras" / "models" / file_name)
+    with serve(served) as (base, _):
+        monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", base)
+        status, message = _run(["import-weights", "torchvision", "fasterrcnn_resnet50_fpn_coco",
+                                "--output", str(tmp_path / "bad.keras")])
+    assert status == 2 and "nothing was kept" in message and "\n" not in message
+    assert os.listdir(tmp_path / "keras" / "models") == []
+    assert not (tmp_path / "bad.keras").exists()
