@@ -1,5 +1,5 @@
-"""End to end: a seeded random torchvision fasterrcnn_resnet50_fpn converted by from_torchvision
-gives torchvision's detections through model.predict on raw uint8 images."""
+"""End to end: a seeded random torchvision Faster R-CNN converted by from_torchvision
+gives torchvision's detections through model.predict on raw uint8 images, for each preset."""
 import numpy as np
 import pytest
 
@@ -11,7 +11,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("accelerate", ["auto", False], ids=["accelerated", "plain"])
-@pytest.mark.parametrize("arch,preset", [("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn")])
+@pytest.mark.parametrize("arch,preset", [
+    ("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn"),
+    ("fasterrcnn_mobilenet_v3_large_fpn", "torchvision_mobilenet_v3_large_fpn"),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision_mobilenet_v3_large_320_fpn"),
+])
 def test_predict_equals_torchvision(torchvision_reference, arch, preset, accelerate):
     """Final detections equal with the accelerated CPU paths on and off."""
     npz, pth = torchvision_reference(arch)

@@ -60,13 +60,14 @@ _SETTINGS = (
     "num_external_proposals", "accelerate",
     "image_resize_rounding", "image_pad_value", "anchor_offset", "anchor_style",
     "rpn_nms_per_level", "rpn_score_threshold", "detection_min_size", "detection_scale_per_axis",
+    "roi_feature_levels",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="auto", head_conv_channels=(), head_dropout=0.0,
                  proposal_source="rpn", num_external_proposals=2000, accelerate="auto",
                  image_resize_rounding="round", image_pad_value=0.0, anchor_offset=0.5,
                  anchor_style="exact", rpn_nms_per_level=False, rpn_score_threshold=0.0,
-                 detection_min_size=0.0, detection_scale_per_axis=False)
+                 detection_min_size=0.0, detection_scale_per_axis=False, roi_feature_levels=0)
 ANCHOR_STYLES = ("exact", "torchvision")
 
 
@@ -94,6 +95,9 @@ class FasterRCNN(keras.Model):
             (0.5: the cell centre; torchvision: 0); ``"exact"`` anchors, or ``"torchvision"``:
             base anchors rounded to whole pixels and the stride of each level taken as
             ``padded image size // grid size``.
+        roi_feature_levels: ``multilevel_roi_align`` pools from the first ``n`` pyramid levels
+            (0: every level but the last, the RPN-only pooled one); torchvision's MobileNetV3 FPN
+            pools from its first map only (1), its two maps having the same stride.
         rpn_nms_per_level, rpn_score_threshold: proposals: NMS within each pyramid level only
             (torchvision) and the minimum object probability kept (torchvision's
             ``rpn_score_thresh``).
@@ -170,7 +174,7 @@ class FasterRCNN(keras.Model):
                  num_external_proposals=None, accelerate=None, image_resize_rounding=None,
                  image_pad_value=None, anchor_offset=None, anchor_style=None,
                  rpn_nms_per_level=None, rpn_score_threshold=None, detection_min_size=None,
-                 detection_scale_per_axis=None, **kwargs):
+                 detection_scale_per_axis=None, roi_feature_levels=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -325,7 +329,10 @@ class FasterRCNN(keras.Model):
             objectness.append(level_objectness)
             deltas.append(level_deltas)
             anchors.append(generator(level, images) if generator.torchvision else generator(level))
-        roi_features = features[:-1] if self.roi_op == "multilevel_roi_align" else features[0]
+        if self.roi_op == "multilevel_roi_align":
+            roi_features = features[:self.roi_feature_levels or len(features) - 1]
+        else:
+            roi_features = features[0]
         return roi_features, objectness, deltas, anchors
 
     def _head(self, roi_features, rois, count):

@@ -27,6 +27,8 @@ from tfrcnn.weights.pth import load_state_dict
 # tfrcnn preset -> torchvision architecture whose checkpoints it takes
 PRESET_ARCHITECTURES = {
     "torchvision_resnet50_fpn": "fasterrcnn_resnet50_fpn",
+    "torchvision_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_fpn",
+    "torchvision_mobilenet_v3_large_320_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",
 }
 
 
