@@ -266,3 +266,15 @@ def get_preset(name):
     args.update(copy.deepcopy(PRESETS[name]))
     args["preset"] = name
     return args
+
+# torchvision's fasterrcnn_resnet50_fpn_v2: batch norm in the FPN, two RPN convolutions, a head of
+# four 3x3 convolutions with batch norm and one fc layer.
+PRESETS["torchvision_resnet50_fpn_v2"] = dict(
+    PRESETS["torchvision_resnet50_fpn"],
+    backbone="torchvision_resnet50_fpn_v2",
+    rpn_num_convs=2,
+    head_type="conv",
+    head_conv_channels=(256, 256, 256, 256),
+    head_conv_batch_norm=True,
+    head_units=(1024,),
+)

@@ -45,3 +45,26 @@ def test_decoder_per_axis_scale_and_min_size():
     assert int(out["num_detections"][0]) == 2  # min_size 0 keeps any non-empty box
     np.testing.assert_allclose(out["detection_boxes"][0, 0], [5, 10, 55, 110], rtol=1e-6)
     assert DetectionDecoder.from_config(decoder.get_config()).min_size == 1e-2
+
+
+def test_rpn_head_extra_convs_and_conv_head_batch_norm():
+    import keras
+
+    from tfrcnn.layers.rcnn_head import RCNNHead
+    from tfrcnn.layers.rpn_head import RPNHead
+
+    head = RPNHead(3, channels=8, num_convs=2)
+    x = np.random.default_rng(0).normal(size=(1, 5, 6, 8)).astype("float32")
+    scores, _ = head(x, return_maps=True)
+    assert len(head.extra_convs) == 1 and scores.shape == (1, 5, 6, 6)
+    # by hand: relu(conv2(relu(conv1(x)))) then the 1x1 objectness conv
+    y = np.maximum(np.asarray(head.extra_convs[0](head.conv(x))), 0)
+    np.testing.assert_allclose(scores, np.asarray(head.objectness(y)), rtol=1e-5, atol=1e-6)
+    clone = RPNHead.from_config(head.get_config())
+    assert clone.num_convs == 2
+    rcnn = RCNNHead(2, "conv", units=(4,), conv_channels=(8,), conv_batch_norm=True)
+    rcnn.build((None, 3, 3, 8))
+    assert not rcnn.convs[0].use_bias and len(rcnn.norms) == 1
+    assert isinstance(rcnn.norms[0], keras.layers.BatchNormalization)
+    assert rcnn.norms[0].epsilon == 1e-5
+    assert RCNNHead.from_config(rcnn.get_config()).conv_batch_norm

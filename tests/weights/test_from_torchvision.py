@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
     ("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn"),
     ("fasterrcnn_mobilenet_v3_large_fpn", "torchvision_mobilenet_v3_large_fpn"),
     ("fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision_mobilenet_v3_large_320_fpn"),
+    ("fasterrcnn_resnet50_fpn_v2", "torchvision_resnet50_fpn_v2"),
 ])
 def test_predict_equals_torchvision(torchvision_reference, arch, preset, accelerate):
     """Final detections equal with the accelerated CPU paths on and off."""

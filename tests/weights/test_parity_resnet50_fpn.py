@@ -1,4 +1,5 @@
-"""Parity with torchvision's fasterrcnn_resnet50_fpn, stage by stage, on a seeded random model.
+"""Parity with torchvision's fasterrcnn_resnet50_fpn (and _v2) backbone + FPN on a seeded random
+model: every pyramid level on three images within 1e-4 relative.
 
 The reference (state dict and every stage on three images) comes from
 tests/weights/torchvision_reference.py, run once in a subprocess (torch is never imported here).
@@ -18,10 +19,10 @@ FEATURE_RTOL = 1e-4
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def reference(torchvision_reference):
-    npz, pth = torchvision_reference(ARCH)
-    return npz, load_state_dict(pth)
+@pytest.fixture(scope="module", params=[ARCH, ARCH + "_v2"])
+def reference(request, torchvision_reference):
+    npz, pth = torchvision_reference(request.param)
+    return request.param, npz, load_state_dict(pth)
 
 
 def _pixels(transformed):
@@ -38,9 +39,9 @@ def assert_close_relative(actual, expected, rtol, what):
 
 
 def test_backbone_and_fpn_features(reference):
-    npz, state = reference
-    modules = torchvision_spec.convert_modules(state, ARCH)
-    model, strides = build_torchvision_resnet50_fpn()
+    arch, npz, state = reference
+    modules = torchvision_spec.convert_modules(state, arch)
+    model, strides = build_torchvision_resnet50_fpn(v2=arch.endswith("_v2"))
     assigned = assign_modules(model, modules, strip="backbone.body.")
     assigned += assign_modules(model, modules, strip="backbone.fpn.", add="fpn_")
     assert {m for m in modules if m.startswith("backbone.")} == set(assigned)
@@ -50,4 +51,4 @@ def test_backbone_and_fpn_features(reference):
         features = model(_pixels(npz[f"img{i}_transformed"]), training=False)
         for level, feature, stride in zip(levels, features, strides):
             expected = npz[f"img{i}_features_{level}"]
-            assert_close_relative(feature, expected, FEATURE_RTOL, f"image {i} level {level}")
+            assert_close_relative(feature, expected, FEATURE_RTOL, f"{arch} image {i} level {level}")

@@ -60,14 +60,15 @@ _SETTINGS = (
     "num_external_proposals", "accelerate",
     "image_resize_rounding", "image_pad_value", "anchor_offset", "anchor_style",
     "rpn_nms_per_level", "rpn_score_threshold", "detection_min_size", "detection_scale_per_axis",
-    "roi_feature_levels",
+    "roi_feature_levels", "rpn_num_convs", "head_conv_batch_norm",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="auto", head_conv_channels=(), head_dropout=0.0,
                  proposal_source="rpn", num_external_proposals=2000, accelerate="auto",
                  image_resize_rounding="round", image_pad_value=0.0, anchor_offset=0.5,
                  anchor_style="exact", rpn_nms_per_level=False, rpn_score_threshold=0.0,
-                 detection_min_size=0.0, detection_scale_per_axis=False, roi_feature_levels=0)
+                 detection_min_size=0.0, detection_scale_per_axis=False, roi_feature_levels=0,
+                 rpn_num_convs=1, head_conv_batch_norm=False)
 ANCHOR_STYLES = ("exact", "torchvision")
 
 
@@ -108,6 +109,8 @@ class FasterRCNN(keras.Model):
             ``"multilevel_roi_align"`` (FPN backbones); roi_output_size, roi_sampling_ratio,
             roi_aligned, roi_method (``"auto"``: the fastest computation of ROI Align here;
             ``"crop_and_resize"``; ``"gather"`` for TFLite-friendly ROI Align).
+        rpn_num_convs: the RPN head's 3x3 convolutions (torchvision's v2: 2).
+        head_conv_batch_norm: batch norm after each conv of a ``"conv"`` head (torchvision's v2).
         head_type, head_units, head_conv_channels, head_dropout: the detection head
             (``"fc"``, ``"conv"``, or ``"resnet_c5"`` for the C4 preset).
         rcnn_*: ROI sampling (S an image, foreground fraction and IoU ranges), delta weights,
@@ -174,7 +177,8 @@ class FasterRCNN(keras.Model):
                  num_external_proposals=None, accelerate=None, image_resize_rounding=None,
                  image_pad_value=None, anchor_offset=None, anchor_style=None,
                  rpn_nms_per_level=None, rpn_score_threshold=None, detection_min_size=None,
-                 detection_scale_per_axis=None, roi_feature_levels=None, **kwargs):
+                 detection_scale_per_axis=None, roi_feature_levels=None, rpn_num_convs=None,
+                 head_conv_batch_norm=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -260,7 +264,8 @@ class FasterRCNN(keras.Model):
             raise ValueError("every pyramid level needs the same number of anchors a location "
                              f"(the RPN head is shared); got {sorted(counts)}")
         self.num_anchors = counts.pop()
-        self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, name="rpn_head")
+        self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, num_convs=self.rpn_num_convs,
+                                name="rpn_head")
         self.rpn_targets = RPNTargetAssigner(
             self.rpn_positive_iou, self.rpn_negative_iou, self.rpn_batch_size_per_image,
             self.rpn_positive_fraction, self.rpn_allowed_border, self.rpn_box_weights,
@@ -311,7 +316,8 @@ class FasterRCNN(keras.Model):
             self.head_trunk = None
             head_type = self.head_type
         self.rcnn_head = RCNNHead(self.num_classes, head_type, self.head_units,
-                                  self.head_conv_channels, self.head_dropout, name="rcnn_head")
+                                  self.head_conv_channels, self.head_dropout,
+                                  conv_batch_norm=self.head_conv_batch_norm, name="rcnn_head")
         self.decoder = DetectionDecoder(self.num_classes, self.rcnn_box_weights,
                                         self.detection_score_threshold, self.detection_nms_iou,
                                         self.max_detections, min_size=self.detection_min_size,

@@ -29,6 +29,7 @@ PRESET_ARCHITECTURES = {
     "torchvision_resnet50_fpn": "fasterrcnn_resnet50_fpn",
     "torchvision_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_fpn",
     "torchvision_mobilenet_v3_large_320_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "torchvision_resnet50_fpn_v2": "fasterrcnn_resnet50_fpn_v2",
 }
 
 
@@ -41,9 +42,17 @@ def _head_layers(model, arch):
         "roi_heads.box_predictor.cls_score": model.rcnn_head.classifier,
         "roi_heads.box_predictor.bbox_pred": model.rcnn_head.regressor,
     }
-    fcs = model.rcnn_head.fcs
-    layers["roi_heads.box_head.fc6"] = fcs[0]
-    layers["roi_heads.box_head.fc7"] = fcs[1]
+    head = model.rcnn_head
+    if arch.endswith("_v2"):
+        for i, conv in enumerate(model.rpn_head.extra_convs, start=1):
+            layers[f"rpn.head.conv.{i}.0"] = conv
+        for i, (conv, norm) in enumerate(zip(head.convs, head.norms)):
+            layers[f"roi_heads.box_head.{i}.0"] = conv
+            layers[f"roi_heads.box_head.{i}.1"] = norm
+        layers["roi_heads.box_head.5"] = head.fcs[0]
+    else:
+        layers["roi_heads.box_head.fc6"] = head.fcs[0]
+        layers["roi_heads.box_head.fc7"] = head.fcs[1]
     return layers
 
 
