@@ -1,6 +1,5 @@
 """End to end: a seeded random torchvision Faster R-CNN converted by from_torchvision
 gives torchvision's detections through model.predict on raw uint8 images, for each preset."""
-import numpy as np
 import pytest
 
 from tfrcnn.weights.torchvision import from_torchvision

@@ -1,6 +1,5 @@
 """Parity with torchvision's MobileNetV3-Large FPN backbone (both presets) on a seeded random model:
 every pyramid level on three images within 1e-4 relative."""
-import numpy as np
 import pytest
 
 from tfrcnn.backbones.torchvision_mobilenet import build_torchvision_mobilenet_v3_large_fpn
