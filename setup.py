@@ -23,7 +23,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
-                 "opencv-contrib-python-headless"],
+                 "opencv-contrib-python-headless",
+                 # torchvision parity tests and checkpoints (always run in a subprocess)
+                 "torch==2.14.1", "torchvision==0.29.1"],
         "bench": ["torch==2.14.1", "torchvision==0.29.1"],
         "selective_search": ["opencv-contrib-python-headless"],
     },

@@ -125,6 +125,75 @@ PRESETS = {
         rpn_box_normalizer="sampled",
         rpn_box_loss_weight=1.0,
     ),
+    # torchvision's fasterrcnn_resnet50_fpn: the same function as torchvision's model (see
+    # docs/pretrained.md), so its checkpoints convert with tfrcnn.weights.from_torchvision.
+    "torchvision_resnet50_fpn": dict(
+        backbone="torchvision_resnet50_fpn",
+        trainable_backbone=3,
+        anchor_scales=((32.0,), (64.0,), (128.0,), (256.0,), (512.0,)),
+        anchor_offset=0.0,
+        anchor_style="torchvision",
+        rpn_channels=256,
+        rpn_min_size=1e-3,
+        rpn_nms_per_level=True,
+        rpn_score_threshold=0.0,
+        roi_op="multilevel_roi_align",
+        roi_output_size=7,
+        roi_sampling_ratio=2,
+        roi_aligned=False,
+        head_type="fc",
+        head_units=(1024, 1024),
+        image_min_side=800,
+        image_max_side=1333,
+        size_divisor=32,
+        image_resize_rounding="floor",
+        image_pad_value=(123.675, 116.28, 103.53),  # the ImageNet mean x 255: normalised to 0
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=2000,
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=1000,
+        rcnn_batch_size_per_image=512,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+        rcnn_smooth_l1_beta=1.0 / 9.0,
+        detection_min_size=1e-2,
+        detection_scale_per_axis=True,
+    ),
+    # torchvision's fasterrcnn_mobilenet_v3_large_fpn (and, with the overrides below, its 320
+    # variant): MobileNetV3-Large, an FPN on two stride-32 maps, 15 anchors a location.
+    "torchvision_mobilenet_v3_large_fpn": dict(
+        backbone="torchvision_mobilenet_v3_large_fpn",
+        trainable_backbone=3,
+        anchor_scales=((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
+        anchor_offset=0.0,
+        anchor_style="torchvision",
+        rpn_channels=256,
+        rpn_min_size=1e-3,
+        rpn_nms_per_level=True,
+        rpn_score_threshold=0.05,
+        roi_op="multilevel_roi_align",
+        roi_feature_levels=1,
+        roi_output_size=7,
+        roi_sampling_ratio=2,
+        roi_aligned=False,
+        head_type="fc",
+        head_units=(1024, 1024),
+        image_min_side=800,
+        image_max_side=1333,
+        size_divisor=32,
+        image_resize_rounding="floor",
+        image_pad_value=(123.675, 116.28, 103.53),
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=2000,
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=1000,
+        rcnn_batch_size_per_image=512,
+        rpn_box_normalizer="sampled",
+        rpn_box_loss_weight=1.0,
+        rcnn_smooth_l1_beta=1.0 / 9.0,
+        detection_min_size=1e-2,
+        detection_scale_per_axis=True,
+    ),
     # A small pyramid CNN for real data trained from scratch on a CPU (e.g. BCCD at 480x640).
     "small_fpn": dict(
         backbone="small_fpn",
@@ -167,6 +236,15 @@ PRESETS = {
         rpn_box_loss_weight=1.0,
     ),
 }
+
+# torchvision's fasterrcnn_mobilenet_v3_large_320_fpn: the same network at low resolution.
+PRESETS["torchvision_mobilenet_v3_large_320_fpn"] = dict(
+    PRESETS["torchvision_mobilenet_v3_large_fpn"],
+    image_min_side=320,
+    image_max_side=640,
+    test_pre_nms_top_n=150,
+    test_post_nms_top_n=150,
+)
 
 
 # What each preset is for: shown by ``tfrcnn presets`` and the ``--preset`` help.
@@ -230,3 +308,15 @@ def get_preset(name):
     args.update(copy.deepcopy(PRESETS[name]))
     args["preset"] = name
     return args
+
+# torchvision's fasterrcnn_resnet50_fpn_v2: batch norm in the FPN, two RPN convolutions, a head of
+# four 3x3 convolutions with batch norm and one fc layer.
+PRESETS["torchvision_resnet50_fpn_v2"] = dict(
+    PRESETS["torchvision_resnet50_fpn"],
+    backbone="torchvision_resnet50_fpn_v2",
+    rpn_num_convs=2,
+    head_type="conv",
+    head_conv_channels=(256, 256, 256, 256),
+    head_conv_batch_norm=True,
+    head_units=(1024,),
+)

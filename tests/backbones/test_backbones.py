@@ -212,18 +212,30 @@ def test_bad_weights_arguments_raise(tmp_path):
         build_backbone("tiny", weights=3)
 
 
-def test_imagenet_without_cache_raises(tmp_path, monkeypatch):
+def test_imagenet_absent_from_cache_downloads_or_says_offline(tmp_path, monkeypatch):
+    """Absent from the cache, "imagenet" is downloaded (tests/weights/test_download.py serves it
+    from 127.0.0.1); offline (a closed port here), one line says what to do."""
+    import socket
+
+    from tfrcnn.weights.download import DownloadError
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     assert common.keras_cache_dirs()[0] == os.path.join(str(tmp_path), "models")
     monkeypatch.setattr(common, "keras_cache_dirs", lambda: [str(tmp_path / "models")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", f"http://127.0.0.1:{port}/")
     for name in ("vgg16", "resnet50_c4", "resnet50_fpn", "mobilenet_v3_fpn"):
-        with pytest.raises(ValueError, match="never downloads"):
+        with pytest.raises(DownloadError, match="no network: download .* or pass "
+                                                "backbone_weights=PATH"):
             build_backbone(name, weights="imagenet")
-    with pytest.raises(ValueError, match="never downloads"):
+    with pytest.raises(DownloadError, match="no network"):
         build_resnet50_c5_head(weights="imagenet")
     for name in ("zf", "tiny"):
         with pytest.raises(ValueError, match="no keras.applications ImageNet weights"):
             build_backbone(name, weights="imagenet")
+    assert not (tmp_path / "models").exists() or os.listdir(tmp_path / "models") == []
 
 
 @pytest.mark.slow

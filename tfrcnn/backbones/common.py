@@ -1,13 +1,15 @@
 """Shared helpers for the backbones: resolving `weights=`, loading a weights file, freezing.
 
-Nothing here downloads. `weights` is one of:
+`weights` is one of:
   - `None`: random initialisation (the default);
   - a path to a local file: a legacy Keras `.h5` / `.hdf5` file (such as the keras.applications
     ImageNet files) is loaded **by layer name**, so a network built with the keras.applications
     layer names takes the official files; a Keras 3 `.weights.h5` (or `.keras`) file is loaded **by
     structure** and must come from the same backbone (e.g. `backbone.save_weights(path)`);
-  - `"imagenet"`: only if the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`) already
-    holds the keras.applications file; otherwise a `ValueError` explains how to pass a file.
+  - `"imagenet"`: the keras.applications file from the Keras cache (`$KERAS_HOME/models`, default
+    `~/.keras/models`); when absent it is downloaded there from Keras' address, MD5-checked as Keras
+    does, with a progress bar (:mod:`tfrcnn.weights.download`); offline, one line says where to
+    put the file or to pass its path.
 """
 
 import os
@@ -59,14 +61,9 @@ def resolve_weights(weights, backbone, imagenet_files=()):
             )
         path = find_cached_imagenet_file(imagenet_files)
         if path is None:
-            raise ValueError(
-                f"weights='imagenet' for backbone '{backbone}': none of {list(imagenet_files)} "
-                f"is in the Keras cache ({', '.join(keras_cache_dirs())}), and tfrcnn never "
-                f"downloads at run time. Copy the file into one of those folders "
-                f"(keras.applications puts it there when run once on a machine with internet), "
-                f"or pass its path: "
-                f"weights='/path/to/{imagenet_files[0]}'."
-            )
+            from tfrcnn.weights.registry import fetch_keras_imagenet
+
+            path = fetch_keras_imagenet(tuple(imagenet_files))
         return path
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)

@@ -7,7 +7,8 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.ops.boxes import clip_boxes, decode_boxes, valid_box_mask
-from tfrcnn.ops.nms import batched_non_max_suppression_padded
+from tfrcnn.ops.nms import (batched_class_aware_non_max_suppression_padded,
+                             batched_non_max_suppression_padded)
 
 _SUPPRESSED = -1.0  # score given to boxes removed before NMS (object probabilities are in [0, 1])
 
@@ -27,6 +28,10 @@ class ProposalLayer(keras.layers.Layer):
         nms_iou: NMS IoU threshold (0.7).
         min_size: minimum box side in input pixels (0 keeps all non-empty boxes).
         box_weights: delta weights of the RPN (1, 1, 1, 1).
+        nms_per_level: run NMS within each level only (torchvision: boxes of different pyramid
+            levels never suppress each other); ``False`` runs one NMS over all levels.
+        score_threshold: drop boxes whose object probability is below this before NMS
+            (torchvision's ``rpn_score_thresh``; 0 keeps all).
 
     Call:
         ``proposals, scores, valid = layer(objectness, deltas, anchors, image_shape)`` with lists
@@ -42,7 +47,8 @@ class ProposalLayer(keras.layers.Layer):
     """
 
     def __init__(self, pre_nms_top_n=6000, post_nms_top_n=300, nms_iou=0.7, min_size=0.0,
-                 box_weights=(1.0, 1.0, 1.0, 1.0), **kwargs):
+                 box_weights=(1.0, 1.0, 1.0, 1.0), nms_per_level=False, score_threshold=0.0,
+                 **kwargs):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         # top-k of a data-dependent size and padded NMS: keep Keras' "auto" XLA choice off.
@@ -52,12 +58,15 @@ class ProposalLayer(keras.layers.Layer):
         self.nms_iou = float(nms_iou)
         self.min_size = float(min_size)
         self.box_weights = tuple(float(w) for w in box_weights)
+        self.nms_per_level = bool(nms_per_level)
+        self.score_threshold = float(score_threshold)
 
     def call(self, objectness, deltas, anchors, image_shape):
         if not isinstance(objectness, (list, tuple)):
             objectness, deltas, anchors = [objectness], [deltas], [anchors]
-        boxes_per_level, scores_per_level = [], []
-        for logits, level_deltas, level_anchors in zip(objectness, deltas, anchors):
+        boxes_per_level, scores_per_level, level_ids = [], [], []
+        for level, (logits, level_deltas, level_anchors) in enumerate(
+                zip(objectness, deltas, anchors)):
             logits = tf.cast(logits, tf.float32)
             # log-odds of "object": monotone in the softmax probability, cheaper to rank.
             log_odds = logits[..., 1] - logits[..., 0]
@@ -68,13 +77,21 @@ class ProposalLayer(keras.layers.Layer):
             boxes = decode_boxes(top_deltas, top_anchors, weights=self.box_weights)
             boxes_per_level.append(clip_boxes(boxes, image_shape))
             scores_per_level.append(tf.sigmoid(top))
+            level_ids.append(tf.fill(tf.shape(top), level))
         boxes = tf.concat(boxes_per_level, axis=1)
         scores = tf.concat(scores_per_level, axis=1)
         keep = valid_box_mask(boxes, self.min_size)
+        if self.score_threshold > 0:
+            keep = keep & (scores >= self.score_threshold)
         scores = tf.where(keep, scores, _SUPPRESSED)
-        index, _ = batched_non_max_suppression_padded(
-            tf.stop_gradient(boxes), tf.stop_gradient(scores), self.post_nms_top_n, self.nms_iou,
-            score_threshold=_SUPPRESSED / 2)
+        if self.nms_per_level:
+            index, _ = batched_class_aware_non_max_suppression_padded(
+                tf.stop_gradient(boxes), tf.stop_gradient(scores), tf.concat(level_ids, axis=1),
+                self.post_nms_top_n, self.nms_iou, score_threshold=_SUPPRESSED / 2)
+        else:
+            index, _ = batched_non_max_suppression_padded(
+                tf.stop_gradient(boxes), tf.stop_gradient(scores), self.post_nms_top_n,
+                self.nms_iou, score_threshold=_SUPPRESSED / 2)
         valid = index >= 0
         safe = tf.maximum(index, 0)
         proposals = tf.gather(boxes, safe, batch_dims=1)
@@ -95,5 +112,6 @@ class ProposalLayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(pre_nms_top_n=self.pre_nms_top_n, post_nms_top_n=self.post_nms_top_n,
-                      nms_iou=self.nms_iou, min_size=self.min_size, box_weights=self.box_weights)
+                      nms_iou=self.nms_iou, min_size=self.min_size, box_weights=self.box_weights,
+                      nms_per_level=self.nms_per_level, score_threshold=self.score_threshold)
         return config

@@ -22,6 +22,8 @@ class RCNNHead(keras.layers.Layer):
         units: widths of the fully connected layers.
         conv_channels: widths of the conv layers (``head_type="conv"``).
         dropout: dropout rate after each fc layer (0.5 in the VGG16 model).
+        conv_batch_norm: each conv layer without bias, followed by batch norm (epsilon 1e-5) and
+            ReLU (torchvision's ``fasterrcnn_resnet50_fpn_v2`` head).
 
     Call:
         ``logits, deltas = head(features)``: features ``[K, oh, ow, C]`` (or ``[K, D]``) ->
@@ -36,7 +38,7 @@ class RCNNHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, head_type="fc", units=(1024, 1024), conv_channels=(),
-                 dropout=0.0, **kwargs):
+                 dropout=0.0, conv_batch_norm=False, **kwargs):
         super().__init__(**kwargs)
         if head_type not in ("fc", "conv"):
             raise ValueError(f"head_type must be 'fc' or 'conv', got {head_type!r}")
@@ -45,8 +47,14 @@ class RCNNHead(keras.layers.Layer):
         self.units = tuple(int(u) for u in units)
         self.conv_channels = tuple(int(c) for c in conv_channels) if head_type == "conv" else ()
         self.dropout = float(dropout)
-        self.convs = [Conv2D(c, 3, padding="same", activation="relu", name=f"conv{i + 1}")
+        self.conv_batch_norm = bool(conv_batch_norm)
+        # conv_batch_norm (torchvision's v2 head): conv without bias, batch norm, then ReLU
+        self.convs = [Conv2D(c, 3, padding="same", use_bias=not self.conv_batch_norm,
+                             activation=None if self.conv_batch_norm else "relu",
+                             name=f"conv{i + 1}")
                       for i, c in enumerate(self.conv_channels)]
+        self.norms = [keras.layers.BatchNormalization(epsilon=1e-5, name=f"conv{i + 1}_bn")
+                      for i in range(len(self.convs))] if self.conv_batch_norm else []
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fcs = [keras.layers.Dense(u, activation="relu", name=f"fc{i + 6}")
                     for i, u in enumerate(self.units)]
@@ -61,9 +69,11 @@ class RCNNHead(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
             conv.build(shape)
             shape = shape[:-1] + (conv.filters,)
+            if self.norms:
+                self.norms[i].build(shape)
         if len(shape) > 2:
             flat = 1
             for d in shape[1:]:
@@ -77,8 +87,10 @@ class RCNNHead(keras.layers.Layer):
 
     def call(self, features, training=None):
         x = features
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
             x = conv(x)
+            if self.norms:
+                x = keras.ops.relu(self.norms[i](x, training=training))
         if len(x.shape) > 2:
             x = self.flatten(x)
         for i, fc in enumerate(self.fcs):
@@ -96,5 +108,6 @@ class RCNNHead(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_classes=self.num_classes, head_type=self.head_type, units=self.units,
-                      conv_channels=self.conv_channels, dropout=self.dropout)
+                      conv_channels=self.conv_channels, dropout=self.dropout,
+                      conv_batch_norm=self.conv_batch_norm)
         return config

@@ -24,6 +24,7 @@ class RPNHead(keras.layers.Layer):
         num_anchors: ``A``.
         channels: width of the ``n x n`` conv (512 for VGG16, 256 for ZF / FPN).
         kernel_size: ``n``.
+        num_convs: ``n x n`` convolutions before the outputs (1; torchvision's v2 RPN: 2).
 
     Call:
         ``objectness, deltas = head(features)``: ``[B, h * w * A, 2]`` and ``[B, h * w * A, 4]``,
@@ -37,14 +38,19 @@ class RPNHead(keras.layers.Layer):
         (TensorShape([1, 38, 50, 18]), TensorShape([1, 38, 50, 36]))
     """
 
-    def __init__(self, num_anchors, channels=512, kernel_size=3, **kwargs):
+    def __init__(self, num_anchors, channels=512, kernel_size=3, num_convs=1, **kwargs):
         super().__init__(**kwargs)
         self.num_anchors = int(num_anchors)
         self.channels = int(channels)
         self.kernel_size = int(kernel_size)
+        self.num_convs = int(num_convs)
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.conv = Conv2D(self.channels, self.kernel_size, padding="same",
                                         activation="relu", kernel_initializer=init, name="rpn_conv")
+        # torchvision's v2 RPN: further n x n convolutions with ReLU before the two outputs
+        self.extra_convs = [Conv2D(self.channels, self.kernel_size, padding="same",
+                                   activation="relu", kernel_initializer=init,
+                                   name=f"rpn_conv_{i + 2}") for i in range(self.num_convs - 1)]
         self.objectness = Conv2D(2 * self.num_anchors, 1, kernel_initializer=init,
                                               dtype="float32", name="rpn_objectness")
         self.box_deltas = Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
@@ -53,11 +59,15 @@ class RPNHead(keras.layers.Layer):
     def build(self, input_shape):
         self.conv.build(input_shape)
         shape = tuple(input_shape[:-1]) + (self.channels,)
+        for conv in self.extra_convs:
+            conv.build(shape)
         self.objectness.build(shape)
         self.box_deltas.build(shape)
 
     def call(self, features, return_maps=False):
         x = self.conv(features)
+        for conv in self.extra_convs:
+            x = conv(x)
         scores = self.objectness(x)
         deltas = self.box_deltas(x)
         if return_maps:
@@ -77,5 +87,5 @@ class RPNHead(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_anchors=self.num_anchors, channels=self.channels,
-                      kernel_size=self.kernel_size)
+                      kernel_size=self.kernel_size, num_convs=self.num_convs)
         return config

@@ -59,11 +59,19 @@ _SETTINGS = (
     "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
     "image_min_side", "image_max_side", "size_divisor", "proposal_source",
     "num_external_proposals", "accelerate", "input_checks", "max_image_pixels",
+    "image_resize_rounding", "image_pad_value", "anchor_offset", "anchor_style",
+    "rpn_nms_per_level", "rpn_score_threshold", "detection_min_size", "detection_scale_per_axis",
+    "roi_feature_levels", "rpn_num_convs", "head_conv_batch_norm",
 )
 _DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
                  roi_method="auto", head_conv_channels=(), head_dropout=0.0,
                  proposal_source="rpn", num_external_proposals=2000, accelerate="auto",
-                 input_checks=True, max_image_pixels=40_000_000)
+                 input_checks=True, max_image_pixels=40_000_000,
+                 image_resize_rounding="round", image_pad_value=0.0, anchor_offset=0.5,
+                 anchor_style="exact", rpn_nms_per_level=False, rpn_score_threshold=0.0,
+                 detection_min_size=0.0, detection_scale_per_axis=False, roi_feature_levels=0,
+                 rpn_num_convs=1, head_conv_batch_norm=False)
+ANCHOR_STYLES = ("exact", "torchvision")
 
 
 def _as_tuple(value):
@@ -86,6 +94,16 @@ class FasterRCNN(keras.Model):
             (``backbone_weights``: ``None`` = random, a local weights file, or ``"imagenet"``
             when the Keras cache holds it; nothing downloads).
         anchor_scales, anchor_aspect_ratios: anchors (one tuple, or one tuple a pyramid level).
+        anchor_offset, anchor_style: the centre of cell ``(i, j)`` is ``(i + offset) * stride``
+            (0.5: the cell centre; torchvision: 0); ``"exact"`` anchors, or ``"torchvision"``:
+            base anchors rounded to whole pixels and the stride of each level taken as
+            ``padded image size // grid size``.
+        roi_feature_levels: ``multilevel_roi_align`` pools from the first ``n`` pyramid levels
+            (0: every level but the last, the RPN-only pooled one); torchvision's MobileNetV3 FPN
+            pools from its first map only (1), its two maps having the same stride.
+        rpn_nms_per_level, rpn_score_threshold: proposals: NMS within each pyramid level only
+            (torchvision) and the minimum object probability kept (torchvision's
+            ``rpn_score_thresh``).
         rpn_*: RPN width, matcher, sampler, NMS, proposal min size, delta weights, losses.
         train_pre_nms_top_n, train_post_nms_top_n, test_pre_nms_top_n, test_post_nms_top_n:
             proposals before / after NMS in training and at test time.
@@ -93,16 +111,24 @@ class FasterRCNN(keras.Model):
             ``"multilevel_roi_align"`` (FPN backbones); roi_output_size, roi_sampling_ratio,
             roi_aligned, roi_method (``"auto"``: the fastest computation of ROI Align here;
             ``"crop_and_resize"``; ``"gather"`` for TFLite-friendly ROI Align).
+        rpn_num_convs: the RPN head's 3x3 convolutions (torchvision's v2: 2).
+        head_conv_batch_norm: batch norm after each conv of a ``"conv"`` head (torchvision's v2).
         head_type, head_units, head_conv_channels, head_dropout: the detection head
             (``"fc"``, ``"conv"``, or ``"resnet_c5"`` for the C4 preset).
         rcnn_*: ROI sampling (S an image, foreground fraction and IoU ranges), delta weights,
             losses.
-        detection_score_threshold, detection_nms_iou, max_detections: the decoder.
+        detection_score_threshold, detection_nms_iou, max_detections: the decoder;
+            detection_min_size drops boxes with a side not above it (torchvision: 0.01),
+            detection_scale_per_axis maps boxes back to the original image with one ratio an
+            axis (``image_shape / original_shape``, as torchvision), else with ``image_scale``.
         training_scheme: ``"approximate_joint"`` (proposals are constants for the second stage),
             ``"non_approximate_joint"`` (the second stage's loss also flows into the proposal
             coordinates through the ROI op) or ``"alternating"`` (the paper's 4-step scheme, run by
             :func:`tfrcnn.training.train_alternating`).
-        image_min_side, image_max_side, size_divisor: resizing of raw images passed to ``predict``.
+        image_min_side, image_max_side, size_divisor: resizing of raw images passed to ``predict``;
+            image_resize_rounding (``"round"`` or torchvision's ``"floor"``) and image_pad_value
+            (one value or one a channel; torchvision's normalised zero padding is the ImageNet
+            mean times 255 here, padding being done on raw pixels).
         proposal_source: ``"rpn"`` (Faster R-CNN) or ``"external"`` (Fast R-CNN: the second stage
             runs on proposals given as an input ``"proposals" [B, num_external_proposals, 4]`` in
             original-image pixels, zero-padded; e.g. from selective search).
@@ -164,7 +190,11 @@ class FasterRCNN(keras.Model):
                  rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
                  image_max_side=None, size_divisor=None, proposal_source=None,
                  num_external_proposals=None, accelerate=None, input_checks=None,
-                 max_image_pixels=None, **kwargs):
+                 max_image_pixels=None, image_resize_rounding=None,
+                 image_pad_value=None, anchor_offset=None, anchor_style=None,
+                 rpn_nms_per_level=None, rpn_score_threshold=None, detection_min_size=None,
+                 detection_scale_per_axis=None, roi_feature_levels=None, rpn_num_convs=None,
+                 head_conv_batch_norm=None, **kwargs):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -216,6 +246,8 @@ class FasterRCNN(keras.Model):
             raise ValueError(f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}")
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
+        if self.anchor_style not in ANCHOR_STYLES:
+            raise ValueError(f"anchor_style must be one of {ANCHOR_STYLES}, got {self.anchor_style!r}")
         if self.proposal_source not in ("rpn", "external"):
             raise ValueError(f"proposal_source must be 'rpn' or 'external', got {self.proposal_source!r}")
         if self.training_scheme == "non_approximate_joint" and self.roi_op == "roi_pool":
@@ -226,7 +258,8 @@ class FasterRCNN(keras.Model):
 
     def _build_layers(self):
         self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
-                                    name="image_resizer")
+                                    rounding=self.image_resize_rounding,
+                                    pad_value=self.image_pad_value, name="image_resizer")
         self.backbone_model, strides = build_backbone(
             self.backbone, weights=self.backbone_weights, trainable=self.trainable_backbone,
             fpn_channels=self.fpn_channels)
@@ -239,24 +272,29 @@ class FasterRCNN(keras.Model):
             raise ValueError(f"anchor_scales gives {len(scales)} levels but backbone "
                              f"{self.backbone!r} has {levels} (strides {self.strides})")
         self.anchor_generators = [
-            AnchorGenerator(stride, level_scales, self.anchor_aspect_ratios, name=f"anchors_{i}")
+            AnchorGenerator(stride, level_scales, self.anchor_aspect_ratios,
+                            offset=self.anchor_offset,
+                            torchvision=self.anchor_style == "torchvision", name=f"anchors_{i}")
             for i, (stride, level_scales) in enumerate(zip(self.strides, scales))]
         counts = {g.num_anchors for g in self.anchor_generators}
         if len(counts) != 1:
             raise ValueError("every pyramid level needs the same number of anchors a location "
                              f"(the RPN head is shared); got {sorted(counts)}")
         self.num_anchors = counts.pop()
-        self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, name="rpn_head")
+        self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, num_convs=self.rpn_num_convs,
+                                name="rpn_head")
         self.rpn_targets = RPNTargetAssigner(
             self.rpn_positive_iou, self.rpn_negative_iou, self.rpn_batch_size_per_image,
             self.rpn_positive_fraction, self.rpn_allowed_border, self.rpn_box_weights,
             name="rpn_targets")
         self.train_proposals = ProposalLayer(
             self.train_pre_nms_top_n, self.train_post_nms_top_n, self.rpn_nms_iou,
-            self.rpn_min_size, self.rpn_box_weights, name="train_proposals")
+            self.rpn_min_size, self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
+            score_threshold=self.rpn_score_threshold, name="train_proposals")
         self.test_proposals = ProposalLayer(
             self.test_pre_nms_top_n, self.test_post_nms_top_n, self.rpn_nms_iou,
-            self.rpn_min_size, self.rpn_box_weights, name="test_proposals")
+            self.rpn_min_size, self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
+            score_threshold=self.rpn_score_threshold, name="test_proposals")
         self.roi_sampler = ROISampler(
             self.rcnn_batch_size_per_image, self.rcnn_positive_fraction, self.rcnn_positive_iou,
             self.rcnn_negative_iou_high, self.rcnn_negative_iou_low, self.rcnn_box_weights,
@@ -295,10 +333,12 @@ class FasterRCNN(keras.Model):
             self.head_trunk = None
             head_type = self.head_type
         self.rcnn_head = RCNNHead(self.num_classes, head_type, self.head_units,
-                                  self.head_conv_channels, self.head_dropout, name="rcnn_head")
+                                  self.head_conv_channels, self.head_dropout,
+                                  conv_batch_norm=self.head_conv_batch_norm, name="rcnn_head")
         self.decoder = DetectionDecoder(self.num_classes, self.rcnn_box_weights,
                                         self.detection_score_threshold, self.detection_nms_iou,
-                                        self.max_detections, name="detection_decoder")
+                                        self.max_detections, min_size=self.detection_min_size,
+                                        name="detection_decoder")
 
     def _trunk(self, images):
         features = self.backbone_model(images)
@@ -311,8 +351,11 @@ class FasterRCNN(keras.Model):
             level_objectness, level_deltas = self.rpn_head(level)
             objectness.append(level_objectness)
             deltas.append(level_deltas)
-            anchors.append(generator(level))
-        roi_features = features[:-1] if self.roi_op == "multilevel_roi_align" else features[0]
+            anchors.append(generator(level, images) if generator.torchvision else generator(level))
+        if self.roi_op == "multilevel_roi_align":
+            roi_features = features[:self.roi_feature_levels or len(features) - 1]
+        else:
+            roi_features = features[0]
         return roi_features, objectness, deltas, anchors
 
     def _head(self, roi_features, rois, count):
@@ -346,7 +389,11 @@ class FasterRCNN(keras.Model):
                 proposals, _, valid = self.test_proposals(objectness, deltas, anchors, image_shape)
                 count = self.test_post_nms_top_n
             logits, box_deltas = self._head(roi_features, proposals, count)
-            outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, image_scale,
+            scale = image_scale
+            if self.detection_scale_per_axis:
+                scale = (keras.ops.cast(image_shape, "float32")
+                         / keras.ops.cast(original_shape, "float32"))
+            outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, scale,
                                    original_shape)
             return keras.Model(inputs, outputs, name="inference_graph")
         gt_boxes = keras.Input((None, 4), name="gt_boxes", dtype="float32")
@@ -386,6 +433,21 @@ class FasterRCNN(keras.Model):
         """
         presets.get_preset(name)  # a clear error for an unknown name
         return cls(num_classes=num_classes, preset=name, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, source, num_classes, class_names=None, **settings):
+        """A model for ``num_classes`` new classes starting from a trained one: every weight of
+        ``source`` (a ``FasterRCNN``, a ``.keras`` file or ``"torchvision:<published name>"``)
+        except the class logits and box deltas, which are freshly initialised. See
+        :func:`tfrcnn.weights.finetune.from_pretrained`.
+
+        Example:
+            >>> model = FasterRCNN.from_pretrained("coco_r50.keras", num_classes=3,
+            ...                                    class_names=["rbc", "wbc", "platelets"])
+        """
+        from tfrcnn.weights.finetune import from_pretrained
+
+        return from_pretrained(source, num_classes, class_names=class_names, **settings)
 
     def standardize_inputs(self, inputs):
         """Inputs as the graphs take them: a dict with float32 images, int32 image_shape and
@@ -455,7 +517,8 @@ class FasterRCNN(keras.Model):
         inputs = self.standardize_inputs(inputs)
         pre = pre_nms_top_n or max(self.test_pre_nms_top_n, int(max_proposals))
         layer = ProposalLayer(pre, int(max_proposals), self.rpn_nms_iou, self.rpn_min_size,
-                              self.rpn_box_weights)
+                              self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
+                              score_threshold=self.rpn_score_threshold)
         _, objectness, deltas, anchors = self._trunk(inputs["images"])
         boxes, scores, valid = layer(objectness, deltas, anchors, inputs["image_shape"])
         boxes = boxes / tf.reshape(inputs["image_scale"], [-1, 1, 1])

@@ -171,3 +171,57 @@ def anchors_inside_mask(anchors, image_shape, allowed_border=0.0):
     y1, x1, y2, x2 = tf.unstack(anchors, 4, axis=-1)
     return ((y1 >= -border) & (x1 >= -border)
             & (y2 <= hw[..., 0] + border) & (x2 <= hw[..., 1] + border))
+
+
+def rounded_anchor_corners(scales, aspect_ratios):
+    """torchvision's base anchors of one location: ``round(-h/2, -w/2, h/2, w/2)``.
+
+    torchvision rounds the corners of its base anchors to whole pixels (``torch.round``, half to
+    even, as ``tf.round``); heights and widths are those of :func:`anchor_shapes`.
+
+    Returns:
+      float32 ``[A, 4]`` yxyx offsets from the anchor centre, in the order of :func:`anchor_shapes`.
+
+    Example:
+      >>> rounded_anchor_corners([32.], [0.5, 1., 2.]).numpy()
+      array([[-11., -23.,  11.,  23.],
+             [-16., -16.,  16.,  16.],
+             [-23., -11.,  23.,  11.]], dtype=float32)
+    """
+    half = 0.5 * anchor_shapes(scales, aspect_ratios)
+    return tf.round(tf.concat([-half, half], axis=-1))
+
+
+def generate_anchors_from_image_size(feature_size, image_size, scales, aspect_ratios,
+                                     offset=0.0, rounded=True):
+    """All anchors of one feature map, with torchvision's stride and base anchors.
+
+    The stride of each axis is ``image_size // feature_size`` (the padded input size over the
+    grid size, so a level whose grid was rounded up gets a stride below its nominal one, e.g.
+    ``800 // 13 = 61`` for the pooled level of an 800-pixel input), the centre of location
+    ``(i, j)`` is ``((i + offset) * stride_y, (j + offset) * stride_x)`` (``offset=0``: torchvision's
+    ``j * stride``) and the base anchors are :func:`rounded_anchor_corners` (``rounded=False``:
+    exact corners).
+
+    Args:
+      feature_size: ``(H, W)`` of the feature map (ints or scalar int tensors).
+      image_size: ``(height, width)`` of the padded input (ints or scalar int tensors).
+      scales, aspect_ratios: as :func:`anchor_shapes`.
+
+    Returns:
+      float32 ``[H * W * A, 4]`` yxyx pixels, ordered as :func:`generate_anchors`.
+    """
+    height, width = feature_size[0], feature_size[1]
+    stride_y = tf.cast(tf.cast(image_size[0], tf.int32) // tf.cast(height, tf.int32), tf.float32)
+    stride_x = tf.cast(tf.cast(image_size[1], tf.int32) // tf.cast(width, tf.int32), tf.float32)
+    offset = _float(offset)
+    if rounded:
+        corners = rounded_anchor_corners(scales, aspect_ratios)
+    else:
+        half = 0.5 * anchor_shapes(scales, aspect_ratios)
+        corners = tf.concat([-half, half], axis=-1)
+    ys = (tf.cast(tf.range(height), tf.float32) + offset) * stride_y
+    xs = (tf.cast(tf.range(width), tf.float32) + offset) * stride_x
+    cy, cx = tf.meshgrid(ys, xs, indexing="ij")
+    centres = tf.stack([cy, cx, cy, cx], axis=-1)[:, :, None, :]
+    return tf.reshape(centres + corners[None, None, :, :], [-1, 4])
