@@ -1,6 +1,5 @@
 """from_pretrained (class outputs fresh, every other weight identical, training runs) and the
 import-weights command (a user checkpoint with its class names and settings; one-line errors)."""
-import argparse
 import os
 import subprocess
 import sys
@@ -51,21 +50,17 @@ def test_from_pretrained_keeps_all_but_class_outputs(tmp_path):
         FasterRCNN.from_pretrained(str(tmp_path / "missing.keras"), num_classes=2)
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="tfrcnn")
-    weights_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def _run(argv):
-    """The command's exit status and stderr line, as tfrcnn.cli.main reports them."""
-    from tfrcnn.cli import UserError
+    """The exit status and standard error of ``tfrcnn import-weights ...`` through the command."""
+    import contextlib
+    import io
 
-    args = _parser().parse_args(argv)
-    try:
-        return args.func(args), ""
-    except UserError as e:
-        return 2, str(e)
+    from tfrcnn.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, err.getvalue().rstrip("\n")
 
 
 @pytest.fixture(scope="module")

@@ -199,6 +199,10 @@ def build_parser():
             description="List the model presets (tfrcnn.config) with their backbone, input size "
                         "and what each is for.")
     p.set_defaults(func="cmd_presets")
+
+    from tfrcnn.weights.cli import add_parser as add_import_weights
+
+    add_import_weights(sub, parents=[common], formatter_class=_Formatter)
     return parser
 
 

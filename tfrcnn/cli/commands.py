@@ -661,3 +661,11 @@ __all__ = [
     "load_model",
     "load_predictor",
 ]
+
+
+def cmd_import_weights(args):
+    """``tfrcnn import-weights``: :func:`tfrcnn.weights.cli.run`."""
+    import_tensorflow_quietly()
+    from tfrcnn.weights.cli import run
+
+    return run(args)

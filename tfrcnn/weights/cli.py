@@ -15,12 +15,12 @@ output is written atomically: complete or absent.
 import os
 
 
-def add_parser(subparsers):
+def add_parser(subparsers, **kwargs):
     """Adds ``import-weights`` to an ``argparse`` sub-parser collection; returns the parser."""
-    from tfrcnn.weights.torchvision import PRESET_ARCHITECTURES
+    from tfrcnn.weights.registry import PRESET_ARCHITECTURES
 
     p = subparsers.add_parser(
-        "import-weights", help="convert a torchvision Faster R-CNN checkpoint to a .keras model",
+        "import-weights", **kwargs, help="convert a torchvision Faster R-CNN checkpoint to a .keras model",
         description="Read a torchvision checkpoint without torch (its pickle never runs), map every "
                     "tensor into the matching tfrcnn preset and save a .keras model with its class "
                     "names. A published name (fasterrcnn_resnet50_fpn_coco) is downloaded into the "
@@ -40,7 +40,7 @@ def add_parser(subparsers):
                    help="a model setting, as in tfrcnn train (e.g. --set image_min_side=480 "
                         "--set detection_score_threshold=0.0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=run)
+    p.set_defaults(func="cmd_import_weights")
     return p
 
 

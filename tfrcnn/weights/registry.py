@@ -165,3 +165,12 @@ def fetch_keras_imagenet(file_names, base_url=None, progress=True):
     url, md5 = KERAS_APPLICATIONS[file_names[0]]
     return fetch(url, file_names[0], file_hash=md5, base_url=base_url, progress=progress,
                  alternative="backbone_weights=PATH")
+
+
+# tfrcnn preset -> torchvision architecture whose checkpoints it takes
+PRESET_ARCHITECTURES = {
+    "torchvision_resnet50_fpn": "fasterrcnn_resnet50_fpn",
+    "torchvision_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_fpn",
+    "torchvision_mobilenet_v3_large_320_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "torchvision_resnet50_fpn_v2": "fasterrcnn_resnet50_fpn_v2",
+}

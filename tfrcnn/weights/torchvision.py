@@ -24,13 +24,7 @@ from tfrcnn.weights import registry, torchvision_spec
 from tfrcnn.weights.assign import assign_layer, assign_modules
 from tfrcnn.weights.pth import load_state_dict
 
-# tfrcnn preset -> torchvision architecture whose checkpoints it takes
-PRESET_ARCHITECTURES = {
-    "torchvision_resnet50_fpn": "fasterrcnn_resnet50_fpn",
-    "torchvision_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_fpn",
-    "torchvision_mobilenet_v3_large_320_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "torchvision_resnet50_fpn_v2": "fasterrcnn_resnet50_fpn_v2",
-}
+PRESET_ARCHITECTURES = registry.PRESET_ARCHITECTURES
 
 
 def _head_layers(model, arch):
