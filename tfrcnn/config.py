@@ -256,6 +256,10 @@ PRESET_USES = {
     "mobilenet_v3_fpn": "CPU, mobile and TFLite deployment",
     "small_fpn": "real data trained from scratch on a CPU (e.g. BCCD)",
     "tiny": "tests and the built-in synthetic demo",
+    "torchvision_resnet50_fpn": "torchvision's fasterrcnn_resnet50_fpn: its COCO weights, fine-tuning",
+    "torchvision_resnet50_fpn_v2": "torchvision's fasterrcnn_resnet50_fpn_v2: its COCO weights",
+    "torchvision_mobilenet_v3_large_fpn": "torchvision's MobileNetV3 FPN: its COCO weights, CPU",
+    "torchvision_mobilenet_v3_large_320_fpn": "torchvision's 320-pixel MobileNetV3 FPN: fast, CPU",
 }
 
 # The settings of a training run (``tfrcnn train``, :func:`tfrcnn.training.run.train`), with the
