@@ -1,4 +1,5 @@
 """Install file for tfrcnn: Faster R-CNN for TensorFlow 2 / Keras 3."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -22,10 +23,18 @@ setup(
         "ai-edge-litert",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
-                 "opencv-contrib-python-headless",
-                 # torchvision parity tests and checkpoints (always run in a subprocess)
-                 "torch==2.14.1", "torchvision==0.29.1"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "opencv-contrib-python-headless",
+            # torchvision parity tests and checkpoints (always run in a subprocess)
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "ruff==0.17.6",
+        ],
         "bench": ["torch==2.14.1", "torchvision==0.29.1"],
         "selective_search": ["opencv-contrib-python-headless"],
     },

@@ -56,22 +56,35 @@ def _time_cosine_class():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None, help="BCCD folder ($TFRCNN_BCCD or ../shared/datasets/bccd)")
+    parser.add_argument(
+        "--data", default=None, help="BCCD folder ($TFRCNN_BCCD or ../shared/datasets/bccd)"
+    )
     parser.add_argument("--minutes", type=float, default=25.0, help="training wall-clock budget")
     parser.add_argument("--preset", default="small_fpn")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--final-lr-fraction", type=float, default=0.02,
-                        help="the cosine schedule runs over the time budget down to this fraction")
+    parser.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        default=0.02,
+        help="the cosine schedule runs over the time budget down to this fraction",
+    )
     parser.add_argument("--min-side", type=int, default=None, help="default: the preset's")
     parser.add_argument("--max-side", type=int, default=None)
-    parser.add_argument("--multiscale", default="", help="e.g. 416,448,480,512: random shorter side")
+    parser.add_argument(
+        "--multiscale", default="", help="e.g. 416,448,480,512: random shorter side"
+    )
     parser.add_argument("--crop", action="store_true", help="random crop augmentation")
     parser.add_argument("--jitter", action="store_true", help="photometric jitter")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="FasterRCNN argument override, e.g. --set head_units=[256,256]")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FasterRCNN argument override, e.g. --set head_units=[256,256]",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bccd_from_scratch")
     args = parser.parse_args(argv)
@@ -84,6 +97,7 @@ def main(argv=None):
     from tfrcnn.models import FasterRCNN
     from tfrcnn.training import NaNGuard, TimeLimit
     from tfrcnn.training.run import default_bccd_path
+
     TimeCosine = _time_cosine_class()
 
     data = args.data or default_bccd_path()
@@ -99,7 +113,9 @@ def main(argv=None):
         overrides["image_min_side"] = args.min_side
     if args.max_side:
         overrides["image_max_side"] = args.max_side
-    model = FasterRCNN.from_preset(args.preset, num_classes=len(names), class_names=names, **overrides)
+    model = FasterRCNN.from_preset(
+        args.preset, num_classes=len(names), class_names=names, **overrides
+    )
     d = model.size_divisor
     pad = tuple(-(-s // d) * d for s in (model.image_max_side, model.image_max_side))
     if model.image_min_side < model.image_max_side:
@@ -112,41 +128,74 @@ def main(argv=None):
         augment["crop"] = True
     if args.jitter:
         augment["jitter"] = True
-    common = dict(min_side=model.image_min_side, max_side=model.image_max_side, pad_to=pad,
-                  size_divisor=d, max_boxes=64)
-    train_ds = make_dataset(train_records, batch_size=args.batch_size, training=True,
-                            seed=args.seed, augment=augment or None, **common).repeat()
+    common = dict(
+        min_side=model.image_min_side,
+        max_side=model.image_max_side,
+        pad_to=pad,
+        size_divisor=d,
+        max_boxes=64,
+    )
+    train_ds = make_dataset(
+        train_records,
+        batch_size=args.batch_size,
+        training=True,
+        seed=args.seed,
+        augment=augment or None,
+        **common,
+    ).repeat()
     test_ds = make_dataset(test_records, batch_size=1, **common)
     # The learning rate follows a cosine over the wall-clock budget (after a linear warm-up in
     # steps), so the schedule ends with the budget whatever the step time of the machine.
-    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=args.weight_decay,
-                                                   clipnorm=10.0))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            args.learning_rate, weight_decay=args.weight_decay, clipnorm=10.0
+        )
+    )
     settings = {
-        "preset": args.preset, "model": {k: v for k, v in model.get_config().items()},
-        "minutes": args.minutes, "batch_size": args.batch_size, "optimizer": "AdamW",
-        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps, "schedule": "linear warm-up, then cosine over the "
+        "preset": args.preset,
+        "model": {k: v for k, v in model.get_config().items()},
+        "minutes": args.minutes,
+        "batch_size": args.batch_size,
+        "optimizer": "AdamW",
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "schedule": "linear warm-up, then cosine over the "
         f"time budget to {args.final_lr_fraction} of the peak",
-        "augment": augment, "pad_to": pad, "seed": args.seed,
-        "train_images": len(train_records), "test_images": len(test_records),
-        "train_report": train_report.summary(), "test_report": test_report.summary(),
+        "augment": augment,
+        "pad_to": pad,
+        "seed": args.seed,
+        "train_images": len(train_records),
+        "test_images": len(test_records),
+        "train_report": train_report.summary(),
+        "test_report": test_report.summary(),
     }
     print(json.dumps({k: v for k, v in settings.items() if k != "model"}, indent=2, default=str))
     limit = TimeLimit(args.minutes)
-    schedule = TimeCosine(args.learning_rate, args.minutes * 60.0, args.warmup_steps,
-                          args.final_lr_fraction)
+    schedule = TimeCosine(
+        args.learning_rate, args.minutes * 60.0, args.warmup_steps, args.final_lr_fraction
+    )
     start = time.time()
-    model.fit(train_ds, epochs=100000, steps_per_epoch=50, callbacks=[schedule, limit, NaNGuard()], verbose=2)
+    model.fit(
+        train_ds,
+        epochs=100000,
+        steps_per_epoch=50,
+        callbacks=[schedule, limit, NaNGuard()],
+        verbose=2,
+    )
     train_seconds = time.time() - start
     detections, ground_truths, seconds = collect_detections(model, test_ds)
     voc = evaluate_detections(detections, ground_truths, len(names), class_names=names)
     coco = evaluate_coco(detections, ground_truths, names, verbose=True)
     results = {
-        "COCO_AP": coco["AP"], "COCO_AP50": coco["AP50"], "COCO_AP75": coco["AP75"],
+        "COCO_AP": coco["AP"],
+        "COCO_AP50": coco["AP50"],
+        "COCO_AP75": coco["AP75"],
         "VOC_mAP50": voc["mAP"],
         "per_class_AP50": {n: coco["per_class"][n]["AP50"] for n in names},
         "per_class_VOC_AP50": voc["per_class"],
-        "steps": limit.steps, "train_seconds": train_seconds,
+        "steps": limit.steps,
+        "train_seconds": train_seconds,
         "inference_seconds_per_image": seconds,
     }
     print(json.dumps(results, indent=2))

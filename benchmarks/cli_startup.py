@@ -6,6 +6,7 @@ checks that help prints nothing on standard error (no TensorFlow start-up line).
 
     python benchmarks/cli_startup.py --repeat 5
 """
+
 import argparse
 import os
 import platform
@@ -14,9 +15,16 @@ import subprocess
 import sys
 import time
 
-COMMANDS = [["--help"], ["train", "--help"], ["evaluate", "--help"], ["convert", "--help"],
-            ["export", "--help"], ["predict", "--help"], ["presets"],
-            ["train", "--data-path", "no_such_folder"]]
+COMMANDS = [
+    ["--help"],
+    ["train", "--help"],
+    ["evaluate", "--help"],
+    ["convert", "--help"],
+    ["export", "--help"],
+    ["predict", "--help"],
+    ["presets"],
+    ["train", "--data-path", "no_such_folder"],
+]
 
 
 def main(argv=None):
@@ -26,15 +34,22 @@ def main(argv=None):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"python {platform.python_version()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"{'command':45s} {'median s':>9s} {'min s':>7s}  stderr")
     for command in COMMANDS:
         times, stderr = [], ""
         for _ in range(args.repeat):
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "tfrcnn.cli", *command], env=env,
-                                 capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [sys.executable, "-m", "tfrcnn.cli", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             times.append(time.perf_counter() - start)
             stderr = out.stderr.strip()
         label = "tfrcnn " + " ".join(command)

@@ -81,13 +81,17 @@ def run_shape(shape, kernel_size, filters, strides, padding, dtype, warmup, repe
     channels = shape[-1]
     x = tf.cast(rng.standard_normal(shape, np.float32), dtype)
     scale = 1.0 / np.sqrt(kernel_size * kernel_size * channels)
-    kernel = tf.cast(rng.standard_normal((kernel_size, kernel_size, channels, filters),
-                                         np.float32) * scale, dtype)
+    kernel = tf.cast(
+        rng.standard_normal((kernel_size, kernel_size, channels, filters), np.float32) * scale,
+        dtype,
+    )
     out_shape = tf.nn.conv2d(x, kernel, strides, padding).shape
     upstream = tf.cast(rng.standard_normal(out_shape, np.float32), dtype)
     args = (x, kernel, upstream)
-    versions = {"tf": _function(tf.nn.conv2d, strides, padding),
-                "tfrcnn": _function(conv2d, strides, padding)}
+    versions = {
+        "tf": _function(tf.nn.conv2d, strides, padding),
+        "tfrcnn": _function(conv2d, strides, padding),
+    }
     reference, candidate = versions["tf"](*args), versions["tfrcnn"](*args)
     differences = [_relative_difference(a, b) for a, b in zip(reference, candidate)]
     for fn in versions.values():
@@ -96,40 +100,52 @@ def run_shape(shape, kernel_size, filters, strides, padding, dtype, warmup, repe
     times = {name: [] for name in versions}
     order = list(versions)
     for round_index in range(repeats):
-        for name in (order if round_index % 2 == 0 else order[::-1]):
+        for name in order if round_index % 2 == 0 else order[::-1]:
             times[name].append(_timed_call(versions[name], args))
     plan = gradient_plan(kernel_size, strides, padding, shape[1:3])
     return {
-        "shape": shape, "kernel": kernel_size, "filters": filters, "strides": strides,
-        "padding": padding, "plan": f"{plan.input_method} / {plan.filter_method}",
+        "shape": shape,
+        "kernel": kernel_size,
+        "filters": filters,
+        "strides": strides,
+        "padding": padding,
+        "plan": f"{plan.input_method} / {plan.filter_method}",
         "differences": differences,
-        "tf_ms": statistics.median(times["tf"]), "tfrcnn_ms": statistics.median(times["tfrcnn"]),
+        "tf_ms": statistics.median(times["tf"]),
+        "tfrcnn_ms": statistics.median(times["tfrcnn"]),
     }
 
 
 def markdown_table(rows, dtype):
-    lines = [f"| shape ({dtype}) | conv | note | input / filter grad path | TF fwd+bwd ms | "
-             "tfrcnn fwd+bwd ms | ratio | max rel diff (y, dx, dw) |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+    lines = [
+        f"| shape ({dtype}) | conv | note | input / filter grad path | TF fwd+bwd ms | "
+        "tfrcnn fwd+bwd ms | ratio | max rel diff (y, dx, dw) |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
     for row in rows:
         shape = "x".join(str(d) for d in row["shape"])
-        conv = (f"{row['kernel']}x{row['kernel']} s{row['strides']} {row['padding']} "
-                f"->{row['filters']}")
+        conv = (
+            f"{row['kernel']}x{row['kernel']} s{row['strides']} {row['padding']} ->{row['filters']}"
+        )
         diffs = ", ".join(f"{d:.1e}" for d in row["differences"])
-        lines.append(f"| {shape} | {conv} | {row['note']} | {row['plan']} | {row['tf_ms']:.1f} | "
-                     f"{row['tfrcnn_ms']:.1f} | {row['tfrcnn_ms'] / row['tf_ms']:.2f} | {diffs} |")
+        lines.append(
+            f"| {shape} | {conv} | {row['note']} | {row['plan']} | {row['tf_ms']:.1f} | "
+            f"{row['tfrcnn_ms']:.1f} | {row['tfrcnn_ms'] / row['tf_ms']:.2f} | {diffs} |"
+        )
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="TensorFlow intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="TensorFlow intra-op threads"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each version")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
-    parser.add_argument("--only", type=int, nargs="+",
-                        help="indices into SHAPES to run (default: all)")
+    parser.add_argument(
+        "--only", type=int, nargs="+", help="indices into SHAPES to run (default: all)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -138,14 +154,26 @@ def main():
     indices = args.only if args.only else range(len(SHAPES))
     for index in indices:
         shape, kernel_size, filters, strides, padding, note = SHAPES[index]
-        row = run_shape(shape, kernel_size, filters, strides, padding, dtype, args.warmup,
-                        args.repeats, args.seed)
+        row = run_shape(
+            shape,
+            kernel_size,
+            filters,
+            strides,
+            padding,
+            dtype,
+            args.warmup,
+            args.repeats,
+            args.seed,
+        )
         row["note"] = note
         rows.append(row)
-        print(f"{note:20s} {str(shape):22s} {kernel_size}x{kernel_size} s{strides} ->{filters}: "
-              f"TF {row['tf_ms']:.1f} ms, tfrcnn {row['tfrcnn_ms']:.1f} ms "
-              f"({row['tfrcnn_ms'] / row['tf_ms']:.2f}), plan {row['plan']}, "
-              f"rel diff {', '.join(f'{d:.1e}' for d in row['differences'])}", flush=True)
+        print(
+            f"{note:20s} {str(shape):22s} {kernel_size}x{kernel_size} s{strides} ->{filters}: "
+            f"TF {row['tf_ms']:.1f} ms, tfrcnn {row['tfrcnn_ms']:.1f} ms "
+            f"({row['tfrcnn_ms'] / row['tf_ms']:.2f}), plan {row['plan']}, "
+            f"rel diff {', '.join(f'{d:.1e}' for d in row['differences'])}",
+            flush=True,
+        )
     print()
     print(markdown_table(rows, args.dtype))
 

@@ -96,8 +96,14 @@ def _run(code, args, environ, pythonpath):
     env = dict(environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"subprocess failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -111,15 +117,24 @@ def _compare(folder):
     np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
     n = int(want["num_detections"][0])
     np.testing.assert_array_equal(got["detection_classes"][0, :n], want["detection_classes"][0, :n])
-    np.testing.assert_allclose(got["detection_scores"][0, :n], want["detection_scores"][0, :n],
-                               atol=1e-4)
-    boxes_diff = float(np.abs(got["detection_boxes"][0, :n] - want["detection_boxes"][0, :n]).max()
-                       ) if n else 0.0
+    np.testing.assert_allclose(
+        got["detection_scores"][0, :n], want["detection_scores"][0, :n], atol=1e-4
+    )
+    boxes_diff = (
+        float(np.abs(got["detection_boxes"][0, :n] - want["detection_boxes"][0, :n]).max())
+        if n
+        else 0.0
+    )
     assert boxes_diff <= 0.05, f"boxes differ by {boxes_diff} pixel"
-    return {"num_detections": n, "max_box_difference": boxes_diff,
-            "max_score_difference": float(np.abs(got["detection_scores"][0, :n]
-                                                 - want["detection_scores"][0, :n]).max())
-            if n else 0.0}
+    return {
+        "num_detections": n,
+        "max_box_difference": boxes_diff,
+        "max_score_difference": float(
+            np.abs(got["detection_scores"][0, :n] - want["detection_scores"][0, :n]).max()
+        )
+        if n
+        else 0.0,
+    }
 
 
 def main(argv=None):
@@ -131,28 +146,42 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     environ = _environment()
-    results = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "size": args.size, "batch": 1, "models": {}}
+    results = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "size": args.size,
+        "batch": 1,
+        "models": {},
+    }
     for name in args.models:
         with tempfile.TemporaryDirectory(prefix="tfrcnn_export_speed_") as folder:
-            predict = _run(PREDICT, [name, args.size, folder, args.repeats, args.warmup], environ,
-                           ROOT)
+            predict = _run(
+                PREDICT, [name, args.size, folder, args.repeats, args.warmup], environ, ROOT
+            )
             serve = _run(SERVE, [folder, args.repeats, args.warmup], environ, None)
             assert not serve["tfrcnn_imported"]
             detections = _compare(folder)
         p, s = statistics.median(predict["seconds"]), statistics.median(serve["seconds"])
         results["models"][name] = {
-            "predict_seconds": predict["seconds"], "serving_seconds": serve["seconds"],
-            "predict_median": p, "serving_median": s, "ratio": s / p,
+            "predict_seconds": predict["seconds"],
+            "serving_seconds": serve["seconds"],
+            "predict_median": p,
+            "serving_median": s,
+            "ratio": s / p,
             "predict_spread": [min(predict["seconds"]), max(predict["seconds"])],
             "serving_spread": [min(serve["seconds"]), max(serve["seconds"])],
-            "export_seconds": predict["export_seconds"], "detections": detections}
+            "export_seconds": predict["export_seconds"],
+            "detections": detections,
+        }
         results["tensorflow"] = predict["tensorflow"]
-        print(f"{name} {args.size}x{args.size} batch 1: predict {p:.3f} s "
-              f"[{min(predict['seconds']):.3f}-{max(predict['seconds']):.3f}], serving_default "
-              f"{s:.3f} s [{min(serve['seconds']):.3f}-{max(serve['seconds']):.3f}], ratio "
-              f"{s / p:.3f}; detections equal ({detections['num_detections']})", flush=True)
+        print(
+            f"{name} {args.size}x{args.size} batch 1: predict {p:.3f} s "
+            f"[{min(predict['seconds']):.3f}-{max(predict['seconds']):.3f}], serving_default "
+            f"{s:.3f} s [{min(serve['seconds']):.3f}-{max(serve['seconds']):.3f}], ratio "
+            f"{s / p:.3f}; detections equal ({detections['num_detections']})",
+            flush=True,
+        )
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

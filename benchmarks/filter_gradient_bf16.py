@@ -17,11 +17,16 @@ tfrcnn.accel.configure_process()  # BFC host allocator and oneDNN, before Tensor
 
 import tensorflow as tf  # noqa: E402
 from _timing import median_ms  # noqa: E402
+
 from tfrcnn.accel.conv import _filter_grad_matmul, _filter_grad_shifted_matmul  # noqa: E402
 
 SHAPES = [  # N, H, W, C, K, kernel size
-    (1, 200, 200, 64, 64, 3), (1, 100, 100, 128, 128, 3), (1, 50, 50, 256, 256, 3),
-    (1, 200, 200, 256, 256, 3), (2, 100, 100, 256, 256, 3), (1, 200, 200, 256, 64, 1),
+    (1, 200, 200, 64, 64, 3),
+    (1, 100, 100, 128, 128, 3),
+    (1, 50, 50, 256, 256, 3),
+    (1, 200, 200, 256, 256, 3),
+    (2, 100, 100, 256, 256, 3),
+    (1, 200, 200, 256, 64, 1),
     (1, 100, 100, 512, 128, 1),
 ]
 
@@ -41,10 +46,13 @@ def main():
         exact = in_float32(x, dy).numpy()
         rounded = tf.cast(grad(x, dy), tf.float32).numpy()
         rel = np.abs(rounded - exact).max() / np.abs(exact).max()
-        print(f"[{n},{h},{w},{c}]->{k} {size}x{size}: float32 matmuls "
-              f"{median_ms(in_float32, x, dy, repeats=args.repeats):.1f} ms, bfloat16 matmuls "
-              f"{median_ms(grad, x, dy, repeats=args.repeats):.1f} ms, relative difference "
-              f"{rel:.1e}", flush=True)
+        print(
+            f"[{n},{h},{w},{c}]->{k} {size}x{size}: float32 matmuls "
+            f"{median_ms(in_float32, x, dy, repeats=args.repeats):.1f} ms, bfloat16 matmuls "
+            f"{median_ms(grad, x, dy, repeats=args.repeats):.1f} ms, relative difference "
+            f"{rel:.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Prints one JSON line: the median milliseconds of the checks alone (one compiled 
 checks' share of a step (checks alone / step without checks); also the time of NaNGuard's
 check of every variable (it runs twice a step: before and after).
 """
+
 import argparse
 import json
 import os
@@ -54,8 +55,9 @@ def main(argv=None):
     parser.add_argument("--boxes", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--checks-only", action="store_true",
-                        help="time the checks alone (no training steps)")
+    parser.add_argument(
+        "--checks-only", action="store_true", help="time the checks alone (no training steps)"
+    )
     args = parser.parse_args(argv)
 
     import keras
@@ -64,39 +66,57 @@ def main(argv=None):
     from tfrcnn.models import FasterRCNN
 
     keras.utils.set_random_seed(0)
-    model = FasterRCNN.from_preset(args.preset, num_classes=20, image_min_side=args.size,
-                                   image_max_side=args.size)
+    model = FasterRCNN.from_preset(
+        args.preset, num_classes=20, image_min_side=args.size, image_max_side=args.size
+    )
     model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9))
     data = _batch(args.batch, args.size, args.boxes, model.num_classes)
     tensors = {k: tf.constant(v) for k, v in data.items()}
 
     checks = tf.function(lambda x: model.input_checker(x))
-    checks_ms, _ = _median_ms(
-        lambda: [t.numpy() for t in tf.nest.flatten(checks(tensors))], 3, 50)
+    checks_ms, _ = _median_ms(lambda: [t.numpy() for t in tf.nest.flatten(checks(tensors))], 3, 50)
     from tfrcnn.training import NaNGuard
+
     guard = NaNGuard()
     guard.set_model(model)
     guard.on_train_begin()
     guard_ms, _ = _median_ms(guard._bad_variables, 3, 20)
     if args.checks_only:
-        print(json.dumps({"preset": args.preset, "size": args.size, "batch": args.batch,
-                          "checks_ms": round(checks_ms, 3),
-                          "nan_guard_weight_check_ms": round(guard_ms, 2)}))
+        print(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "size": args.size,
+                    "batch": args.batch,
+                    "checks_ms": round(checks_ms, 3),
+                    "nan_guard_weight_check_ms": round(guard_ms, 2),
+                }
+            )
+        )
         return
     with_ms, with_all = _median_ms(lambda: model.train_on_batch(data), args.warmup, args.steps)
     model.input_checker.enabled = False
     model.make_train_function(force=True)
-    without_ms, without_all = _median_ms(lambda: model.train_on_batch(data), args.warmup,
-                                         args.steps)
-    print(json.dumps({
-        "preset": args.preset, "size": args.size, "batch": args.batch,
-        "checks_ms": round(checks_ms, 3), "step_with_checks_ms": round(with_ms, 1),
-        "step_without_checks_ms": round(without_ms, 1),
-        "checks_share_of_step": round(checks_ms / without_ms, 5),
-        "nan_guard_weight_check_ms": round(guard_ms, 2),
-        "nan_guard_share_of_step": round(2 * guard_ms / without_ms, 5),
-        "steps_with": with_all, "steps_without": without_all,
-    }))
+    without_ms, without_all = _median_ms(
+        lambda: model.train_on_batch(data), args.warmup, args.steps
+    )
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "size": args.size,
+                "batch": args.batch,
+                "checks_ms": round(checks_ms, 3),
+                "step_with_checks_ms": round(with_ms, 1),
+                "step_without_checks_ms": round(without_ms, 1),
+                "checks_share_of_step": round(checks_ms / without_ms, 5),
+                "nan_guard_weight_check_ms": round(guard_ms, 2),
+                "nan_guard_share_of_step": round(2 * guard_ms / without_ms, 5),
+                "steps_with": with_all,
+                "steps_without": without_all,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-path", default=os.environ.get(
-        "TFRCNN_BCCD", os.path.join(ROOT, "..", "shared", "datasets", "bccd")))
+    parser.add_argument(
+        "--data-path",
+        default=os.environ.get(
+            "TFRCNN_BCCD", os.path.join(ROOT, "..", "shared", "datasets", "bccd")
+        ),
+    )
     parser.add_argument("--preset", default="small_fpn")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=60)
@@ -41,9 +45,16 @@ def main(argv=None):
     model = FasterRCNN.from_preset(args.preset, num_classes=len(names))
     side = model.image_max_side
     pad = int(np.ceil(side / model.size_divisor) * model.size_divisor)
-    ds = make_dataset(records, batch_size=args.batch_size, min_side=model.image_min_side,
-                      max_side=side, pad_to=(pad, pad), size_divisor=model.size_divisor,
-                      training=True, seed=0).repeat()
+    ds = make_dataset(
+        records,
+        batch_size=args.batch_size,
+        min_side=model.image_min_side,
+        max_side=side,
+        pad_to=(pad, pad),
+        size_divisor=model.size_divisor,
+        training=True,
+        seed=0,
+    ).repeat()
     iterator = iter(ds)
     batch = next(iterator)
     start = time.perf_counter()
@@ -57,8 +68,10 @@ def main(argv=None):
     for _ in range(args.steps):
         model.train_on_batch(batch)
     step = args.steps * args.batch_size / (time.perf_counter() - start)
-    print(f"{len(records)} BCCD trainval records, {args.preset} settings "
-          f"({model.image_min_side}/{side}, padded to {pad}x{pad}), batch {args.batch_size}")
+    print(
+        f"{len(records)} BCCD trainval records, {args.preset} settings "
+        f"({model.image_min_side}/{side}, padded to {pad}x{pad}), batch {args.batch_size}"
+    )
     print(f"input pipeline alone: {pipeline:7.1f} images/s ({args.batches} batches)")
     print(f"training step:        {step:7.1f} images/s ({args.steps} steps)")
     print(f"pipeline / step:      {pipeline / step:7.1f}x")

@@ -38,8 +38,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -78,21 +78,43 @@ def parse_args(argv=None):
     parser.add_argument("--output-size", type=int, default=7)
     parser.add_argument("--spatial-scale", type=float, default=1.0 / 16)
     parser.add_argument("--sampling-ratio", type=int, default=2)
-    parser.add_argument("--not-aligned", dest="aligned", action="store_false",
-                        help="RoIAlign without the half-pixel offset (default: aligned=True)")
-    parser.add_argument("--nms-boxes", type=int, nargs="+", default=[12000, 2000],
-                        help="candidate boxes of each NMS case")
-    parser.add_argument("--nms-keep", nargs="+", default=["2000", "all"],
-                        help="tfrcnn max_output_size of each NMS case, an int or 'all' (= boxes)")
+    parser.add_argument(
+        "--not-aligned",
+        dest="aligned",
+        action="store_false",
+        help="RoIAlign without the half-pixel offset (default: aligned=True)",
+    )
+    parser.add_argument(
+        "--nms-boxes",
+        type=int,
+        nargs="+",
+        default=[12000, 2000],
+        help="candidate boxes of each NMS case",
+    )
+    parser.add_argument(
+        "--nms-keep",
+        nargs="+",
+        default=["2000", "all"],
+        help="tfrcnn max_output_size of each NMS case, an int or 'all' (= boxes)",
+    )
     parser.add_argument("--nms-iou", type=float, default=0.7)
     parser.add_argument("--skip-precise", action="store_true", help="leave out precise_roi_pool")
-    parser.add_argument("--skip-box-gradient", action="store_true",
-                        help="leave out the tfrcnn features + boxes gradient rows")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="intra-op threads of both frameworks (and TF inter-op threads)")
+    parser.add_argument(
+        "--skip-box-gradient",
+        action="store_true",
+        help="leave out the tfrcnn features + boxes gradient rows",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="intra-op threads of both frameworks (and TF inter-op threads)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each op")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds")
-    parser.add_argument("--pause", type=float, default=0.2, help="seconds of sleep before each call")
+    parser.add_argument(
+        "--pause", type=float, default=0.2, help="seconds of sleep before each call"
+    )
     parser.add_argument("--atol", type=float, default=1e-4, help="agreement tolerance (max abs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write settings, checks and every timing to this file")
@@ -131,24 +153,24 @@ def settings_of(args, feature_shape, image_size):
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "features": f"[{b}, {h}, {w}, {c}] float32 (tfrcnn NHWC; torch NCHW contiguous)",
         "ROIs": f"{args.rois} boxes in a {image_size[0]}x{image_size[1]} image, sides "
-                f"{args.min_side:g}..{args.max_side:g} px, seed {args.seed}",
+        f"{args.min_side:g}..{args.max_side:g} px, seed {args.seed}",
         "ROI op": f"output {size}x{size}, spatial_scale {args.spatial_scale:g}, "
-                  f"sampling_ratio {args.sampling_ratio}, aligned={args.aligned}",
+        f"sampling_ratio {args.sampling_ratio}, aligned={args.aligned}",
         "backward": "loss = sum(out * upstream), upstream fixed standard normal",
         "NMS": f"{', '.join(map(str, args.nms_boxes))} boxes (random as the ROIs, uniform "
-               f"scores), IoU {args.nms_iou}, tfrcnn padded to {', '.join(args.nms_keep)}, "
-               "torchvision keeps all",
+        f"scores), IoU {args.nms_iou}, tfrcnn padded to {', '.join(args.nms_keep)}, "
+        "torchvision keeps all",
         "protocol": f"1 tracing call + {args.warmup} warm-up calls each, {args.repeats} "
-                    f"alternating rounds, {args.pause:g} s pause before each call, median ms",
+        f"alternating rounds, {args.pause:g} s pause before each call, median ms",
         "threads": f"torch intra-op {torch.get_num_threads()} (interop "
-                   f"{torch.get_num_interop_threads()}), TF intra-op "
-                   f"{tf.config.threading.get_intra_op_parallelism_threads()}, TF inter-op "
-                   f"{tf.config.threading.get_inter_op_parallelism_threads()}",
+        f"{torch.get_num_interop_threads()}), TF intra-op "
+        f"{tf.config.threading.get_intra_op_parallelism_threads()}, TF inter-op "
+        f"{tf.config.threading.get_inter_op_parallelism_threads()}",
         "versions": f"python {platform.python_version()}, numpy {np.__version__}, torch "
-                    f"{torch.__version__}, torchvision {torchvision.__version__}, tensorflow "
-                    f"{tf.__version__}",
+        f"{torch.__version__}, torchvision {torchvision.__version__}, tensorflow "
+        f"{tf.__version__}",
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, load average at start "
-                   + " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        + " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
 
 
@@ -196,8 +218,10 @@ def make_nms_inputs(args, count, image_size):
     boxes = random_boxes(rng, count, image_size, args.min_side, args.max_side)
     scores = rng.uniform(size=count).astype(np.float32)
     tf_in = {"boxes": tf.constant(boxes), "scores": tf.constant(scores)}
-    torch_in = {"boxes": torch.from_numpy(yxyx_to_xyxy(boxes).copy()),
-                "scores": torch.from_numpy(scores)}
+    torch_in = {
+        "boxes": torch.from_numpy(yxyx_to_xyxy(boxes).copy()),
+        "scores": torch.from_numpy(scores),
+    }
     return tf_in, torch_in
 
 
@@ -212,9 +236,9 @@ class Case:
     op: str
     kind: str
     tfrcnn: Callable
-    torch: Optional[Callable] = None
-    compare: Optional[Callable] = None  # (tfrcnn result, torch result) -> check dict
-    eager: Optional[Callable] = None  # the same tfrcnn call outside tf.function, checked only
+    torch: Callable | None = None
+    compare: Callable | None = None  # (tfrcnn result, torch result) -> check dict
+    eager: Callable | None = None  # the same tfrcnn call outside tf.function, checked only
     note: str = ""
     times: dict = field(default_factory=dict)
 
@@ -225,9 +249,13 @@ def nchw_to_nhwc(t):
 
 def max_abs_check(quantity, ours, theirs, atol):
     diff = float(np.max(np.abs(ours - theirs))) if ours.size else 0.0
-    return {"quantity": quantity, "max_abs_diff": diff,
-            "max_abs_value": float(np.max(np.abs(theirs))) if theirs.size else 0.0,
-            "tolerance": atol, "ok": diff <= atol}
+    return {
+        "quantity": quantity,
+        "max_abs_diff": diff,
+        "max_abs_value": float(np.max(np.abs(theirs))) if theirs.size else 0.0,
+        "tolerance": atol,
+        "ok": diff <= atol,
+    }
 
 
 def tf_forward(op):
@@ -281,17 +309,20 @@ def roi_op_cases(name, tf_op, torch_op, tf_in, torch_in, args, box_gradient):
         t_fwd, t_bwd = torch_forward(torch_op), torch_backward(torch_op)
         forward.torch = lambda: t_fwd(t_f, rois)
         forward.compare = lambda ours, theirs: max_abs_check(
-            "output", ours.numpy(), nchw_to_nhwc(theirs), args.atol)
+            "output", ours.numpy(), nchw_to_nhwc(theirs), args.atol
+        )
         backward.torch = lambda: t_bwd(t_f_grad, rois, t_up)
         backward.compare = lambda ours, theirs: max_abs_check(
-            "feature gradient", ours[1].numpy(), nchw_to_nhwc(theirs[1]), args.atol)
+            "feature gradient", ours[1].numpy(), nchw_to_nhwc(theirs[1]), args.atol
+        )
     if method_note := CASE_NOTES.get(name):
         backward.note = method_note
     cases += [forward, backward]
     if box_gradient and not args.skip_box_gradient:
         note = NO_PEER if torch_op is None else "torchvision has no box gradient"
-        cases.append(Case(name, "fwd+bwd (features+boxes)", lambda: tf_bwd_boxes(f, b, i, up),
-                          note=note))
+        cases.append(
+            Case(name, "fwd+bwd (features+boxes)", lambda: tf_bwd_boxes(f, b, i, up), note=note)
+        )
     return cases
 
 
@@ -305,8 +336,9 @@ def roi_cases(args, tf_in, torch_in):
         return lambda f, b, i: roi.roi_align(f, b, i, size, scale, ratio, aligned, method=method)
 
     def torch_align(f, rois):
-        return tv_ops.roi_align(f, rois, size, spatial_scale=scale, sampling_ratio=ratio,
-                                aligned=aligned)
+        return tv_ops.roi_align(
+            f, rois, size, spatial_scale=scale, sampling_ratio=ratio, aligned=aligned
+        )
 
     def tf_pool(f, b, i):
         return roi.roi_pool(f, b, i, size, scale)
@@ -319,13 +351,22 @@ def roi_cases(args, tf_in, torch_in):
 
     cases = []
     for method in roi.ROI_ALIGN_METHODS:
-        cases += roi_op_cases(f"roi_align {method}", tf_align(method), torch_align, tf_in,
-                              torch_in, args, box_gradient=True)
-    cases += roi_op_cases("roi_pool", tf_pool, torch_pool, tf_in, torch_in, args,
-                          box_gradient=False)
+        cases += roi_op_cases(
+            f"roi_align {method}",
+            tf_align(method),
+            torch_align,
+            tf_in,
+            torch_in,
+            args,
+            box_gradient=True,
+        )
+    cases += roi_op_cases(
+        "roi_pool", tf_pool, torch_pool, tf_in, torch_in, args, box_gradient=False
+    )
     if not args.skip_precise:
-        cases += roi_op_cases("precise_roi_pool", tf_precise, None, tf_in, torch_in, args,
-                              box_gradient=True)
+        cases += roi_op_cases(
+            "precise_roi_pool", tf_precise, None, tf_in, torch_in, args, box_gradient=True
+        )
     return cases
 
 
@@ -344,10 +385,16 @@ def compare_nms(ours, theirs):
     indices, num_valid = ours[0].numpy(), int(ours[1])
     keep = theirs.numpy()
     expected = min(len(indices), len(keep))
-    same = int(np.sum(indices[:min(num_valid, expected)] == keep[:min(num_valid, expected)]))
+    same = int(np.sum(indices[: min(num_valid, expected)] == keep[: min(num_valid, expected)]))
     ok = num_valid == expected and same == expected and np.all(indices[num_valid:] == -1)
-    return {"quantity": "kept indices", "tfrcnn_valid": num_valid, "torchvision_kept": len(keep),
-            "same_leading_indices": same, "compared": expected, "ok": bool(ok)}
+    return {
+        "quantity": "kept indices",
+        "tfrcnn_valid": num_valid,
+        "torchvision_kept": len(keep),
+        "same_leading_indices": same,
+        "compared": expected,
+        "ok": bool(ok),
+    }
 
 
 def nms_cases(args, image_size):
@@ -359,14 +406,17 @@ def nms_cases(args, image_size):
     for count in args.nms_boxes:
         tf_in, torch_in = make_nms_inputs(args, count, image_size)
         for keep in nms_keep_values(args, count):
-            tf_nms = tf.function(
-                lambda b, s, k=keep: non_max_suppression_padded(b, s, k, iou))
-            cases.append(Case(
-                f"nms {count} boxes", f"forward, tfrcnn keeps <= {keep}",
-                lambda fn=tf_nms, d=tf_in: fn(d["boxes"], d["scores"]),
-                lambda d=torch_in: t_nms(d["boxes"], d["scores"]),
-                compare_nms,
-                note="torchvision keeps all"))
+            tf_nms = tf.function(lambda b, s, k=keep: non_max_suppression_padded(b, s, k, iou))
+            cases.append(
+                Case(
+                    f"nms {count} boxes",
+                    f"forward, tfrcnn keeps <= {keep}",
+                    lambda fn=tf_nms, d=tf_in: fn(d["boxes"], d["scores"]),
+                    lambda d=torch_in: t_nms(d["boxes"], d["scores"]),
+                    compare_nms,
+                    note="torchvision keeps all",
+                )
+            )
     return cases
 
 
@@ -418,8 +468,13 @@ def summary(times):
     if not times:
         return None
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_ms": statistics.median(times), "min_ms": min(times),
-            "q1_ms": quartiles[0], "q3_ms": quartiles[2], "times_ms": times}
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "q1_ms": quartiles[0],
+        "q3_ms": quartiles[2],
+        "times_ms": times,
+    }
 
 
 def result_rows(cases):
@@ -428,8 +483,16 @@ def result_rows(cases):
         ours = summary(case.times.get("tfrcnn"))
         theirs = summary(case.times.get("torchvision"))
         ratio = ours["median_ms"] / theirs["median_ms"] if theirs else None
-        rows.append({"op": case.op, "kind": case.kind, "tfrcnn": ours, "torchvision": theirs,
-                     "ratio": ratio, "note": case.note})
+        rows.append(
+            {
+                "op": case.op,
+                "kind": case.kind,
+                "tfrcnn": ours,
+                "torchvision": theirs,
+                "ratio": ratio,
+                "note": case.note,
+            }
+        )
     return rows
 
 
@@ -443,8 +506,14 @@ def fmt(value, spec=".2f", empty="-"):
 
 def table_cells(row):
     theirs = row["torchvision"]
-    return [row["op"], row["kind"], fmt(row["tfrcnn"]["median_ms"]),
-            fmt(theirs and theirs["median_ms"]), fmt(row["ratio"]), row["note"]]
+    return [
+        row["op"],
+        row["kind"],
+        fmt(row["tfrcnn"]["median_ms"]),
+        fmt(theirs and theirs["median_ms"]),
+        fmt(row["ratio"]),
+        row["note"],
+    ]
 
 
 HEADER = ["op", "pass", "tfrcnn ms", "torchvision ms", "tfrcnn/torch", "note"]
@@ -456,8 +525,10 @@ def text_table(rows):
     numeric = {2, 3, 4}
     out = []
     for n, line in enumerate(lines):
-        cells = [cell.rjust(w) if c in numeric else cell.ljust(w)
-                 for c, (cell, w) in enumerate(zip(line, widths))]
+        cells = [
+            cell.rjust(w) if c in numeric else cell.ljust(w)
+            for c, (cell, w) in enumerate(zip(line, widths))
+        ]
         out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -465,14 +536,18 @@ def text_table(rows):
 
 
 def markdown_table(rows, settings):
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(
-        ":---" if c < 2 or c == 5 else "---:" for c in range(len(HEADER))) + "|"]
+    out = [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join(":---" if c < 2 or c == 5 else "---:" for c in range(len(HEADER))) + "|",
+    ]
     out += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
     out.append("")
-    out.append(f"Median of {settings['protocol'].split(', ')[1]}; {settings['features']}; "
-               f"{settings['ROIs']}; {settings['ROI op']}; NMS: {settings['NMS']}; "
-               f"{settings['threads']}; {settings['versions']}; {settings['machine']}, at end "
-               f"{settings['load average at end']}.")
+    out.append(
+        f"Median of {settings['protocol'].split(', ')[1]}; {settings['features']}; "
+        f"{settings['ROIs']}; {settings['ROI op']}; NMS: {settings['NMS']}; "
+        f"{settings['threads']}; {settings['versions']}; {settings['machine']}, at end "
+        f"{settings['load average at end']}."
+    )
     return "\n".join(out)
 
 
@@ -481,12 +556,16 @@ def check_lines(checks):
     for c in checks:
         status = "ok" if c["ok"] else "MISMATCH"
         if "max_abs_diff" in c:
-            detail = (f"max |diff| {c['max_abs_diff']:.3g} (max |value| {c['max_abs_value']:.3g}, "
-                      f"tolerance {c['tolerance']:g})")
+            detail = (
+                f"max |diff| {c['max_abs_diff']:.3g} (max |value| {c['max_abs_value']:.3g}, "
+                f"tolerance {c['tolerance']:g})"
+            )
         else:
-            detail = (f"tfrcnn {c['tfrcnn_valid']} valid, torchvision kept "
-                      f"{c['torchvision_kept']}, first {c['compared']} equal: "
-                      f"{c['same_leading_indices']}")
+            detail = (
+                f"tfrcnn {c['tfrcnn_valid']} valid, torchvision kept "
+                f"{c['torchvision_kept']}, first {c['compared']} equal: "
+                f"{c['same_leading_indices']}"
+            )
         lines.append(f"  {status:8} {c['op']} {c['kind']} {c['quantity']}: {detail}")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ on the executor thread that ran it (its intra-op parallel work included); ops th
 time on different executor threads overlap, so the total can exceed the wall time printed beside
 it.
 """
+
 import argparse
 import collections
 import glob
@@ -60,8 +61,9 @@ def main(argv=None):
 
     fw = bench.import_frameworks(torch=False)
     tf = fw["tf"]
-    call, flops = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                     args.precision, args.accelerate)
+    call, flops = bench.build_tfrcnn(
+        fw, args.model, args.mode, args.batch, args.size, args.precision, args.accelerate
+    )
     for _ in range(2):
         call()
     logdir = tempfile.mkdtemp(prefix="tfrcnn_profile_")
@@ -73,22 +75,29 @@ def main(argv=None):
     tf.profiler.experimental.stop()
     by_type, by_name = aggregate(logdir)
     total = sum(seconds for seconds, _ in by_type.values())
-    print(f"{args.model} {args.mode} batch {args.batch} {args.precision} accelerate {args.accelerate}: "
-          f"{args.steps} calls, "
-          f"wall {wall / args.steps:.3f} s a call, {flops * args.batch / 1e9:.0f} GFLOP a call, "
-          f"op time {total / args.steps:.3f} s a call (ops on different threads overlap)")
+    print(
+        f"{args.model} {args.mode} batch {args.batch} {args.precision} accelerate {args.accelerate}: "
+        f"{args.steps} calls, "
+        f"wall {wall / args.steps:.3f} s a call, {flops * args.batch / 1e9:.0f} GFLOP a call, "
+        f"op time {total / args.steps:.3f} s a call (ops on different threads overlap)"
+    )
     by_layer = collections.defaultdict(lambda: [0.0, 0])
     for name, (seconds, count) in by_name.items():
         parts = name.split("/")
         # "faster_rcnn/inference_graph/<layer>/..." (or training_graph): the model's own layers
-        layer = parts[2] if len(parts) > 3 and parts[1].endswith(("_graph", "_graph_1")) else parts[0]
+        layer = (
+            parts[2] if len(parts) > 3 and parts[1].endswith(("_graph", "_graph_1")) else parts[0]
+        )
         by_layer[layer][0] += seconds
         by_layer[layer][1] += count
     for title, table in (("layer", by_layer), ("op type", by_type), ("op", by_name)):
         print(f"\n{title:70s} {'s a call':>9s} {'share':>6s} {'count':>6s}")
-        for key, (seconds, count) in sorted(table.items(), key=lambda kv: -kv[1][0])[:args.top]:
-            print(f"{key[-70:]:70s} {seconds / args.steps:9.3f} {seconds / total:6.1%} "
-                  f"{count // args.steps:6d}")
+        for key, (seconds, count) in sorted(table.items(), key=lambda kv: -kv[1][0])[: args.top]:
+            print(
+                f"{key[-70:]:70s} {seconds / args.steps:9.3f} {seconds / total:6.1%} "
+                f"{count // args.steps:6d}"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -27,8 +27,10 @@ _MATMUL = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 def _static(shape, op):
     dims = shape.as_list() if shape.rank is not None else None
     if dims is None or any(d is None for d in dims):
-        raise ValueError(f"op {op.name!r} ({op.type}) has a shape that is not fully defined: {shape}; "
-                         "trace with fixed input shapes (tf.TensorSpec with every dimension set)")
+        raise ValueError(
+            f"op {op.name!r} ({op.type}) has a shape that is not fully defined: {shape}; "
+            "trace with fixed input shapes (tf.TensorSpec with every dimension set)"
+        )
     return dims
 
 
@@ -47,7 +49,9 @@ def _conv_flops(op):
         kernel = _static(op.outputs[0].shape, op)
     kh, kw, cin, mult = kernel
     depthwise = op.type.startswith("Depthwise")
-    data_format = op.get_attr("data_format").decode() if "data_format" in op.node_def.attr else "NHWC"
+    data_format = (
+        op.get_attr("data_format").decode() if "data_format" in op.node_def.attr else "NHWC"
+    )
     out_channels = out[1] if data_format == "NCHW" else out[3]
     positions = int(np.prod(out)) // out_channels
     if depthwise:

@@ -95,10 +95,19 @@ def make_inputs(batch, size, seed=0):
 # ------------------------------------------------------------------------------------------------
 # tfrcnn
 def tfrcnn_settings(size):
-    return dict(image_min_side=size, image_max_side=max(size, 1333), test_pre_nms_top_n=1000,
-                test_post_nms_top_n=1000, train_pre_nms_top_n=2000, train_post_nms_top_n=2000,
-                rcnn_batch_size_per_image=512, rcnn_positive_fraction=0.25,
-                rpn_batch_size_per_image=256, detection_score_threshold=0.05, max_detections=100)
+    return dict(
+        image_min_side=size,
+        image_max_side=max(size, 1333),
+        test_pre_nms_top_n=1000,
+        test_post_nms_top_n=1000,
+        train_pre_nms_top_n=2000,
+        train_post_nms_top_n=2000,
+        rcnn_batch_size_per_image=512,
+        rcnn_positive_fraction=0.25,
+        rpn_batch_size_per_image=256,
+        detection_score_threshold=0.05,
+        max_detections=100,
+    )
 
 
 def add_tfrcnn_arguments(parser, mode="inference"):
@@ -108,8 +117,12 @@ def add_tfrcnn_arguments(parser, mode="inference"):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--precision", default="float32")
-    parser.add_argument("--accelerate", default="auto", choices=["auto", "off"],
-                        help="FasterRCNN(accelerate=...): the CPU acceleration (tfrcnn.accel)")
+    parser.add_argument(
+        "--accelerate",
+        default="auto",
+        choices=["auto", "off"],
+        help="FasterRCNN(accelerate=...): the CPU acceleration (tfrcnn.accel)",
+    )
 
 
 def build_tfrcnn(fw, model_name, mode, batch, size, precision, accelerate="auto"):
@@ -118,9 +131,10 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, accelerate="auto"
     ``accelerate``: ``"auto"`` (the model's default) or ``"off"``
     (``FasterRCNN(accelerate=False)``)."""
     keras, tf = fw["keras"], fw["tf"]
-    from tfrcnn.models import FasterRCNN
     from profiling import count_flops
+
     from tfrcnn import accel
+    from tfrcnn.models import FasterRCNN
     from tfrcnn.training.precision import precision_scope
 
     images, boxes, classes = make_inputs(batch, size)
@@ -130,6 +144,7 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, accelerate="auto"
             settings["accelerate"] = False
         model = FasterRCNN.from_preset(model_name, num_classes=NUM_CLASSES, **settings)
     if mode == "inference":
+
         @tf.function
         def fn(x):
             return model(x, training=False)
@@ -143,14 +158,19 @@ def build_tfrcnn(fw, model_name, mode, batch, size, precision, accelerate="auto"
         # Counted on a separate trace of the plain layers: the model's arithmetic with direct
         # convolutions, also where inference runs Winograd's F(4x4, 3x3) (fewer products).
         with accel.disabled():
-            flops = count_flops(lambda images: model(images, training=False),
-                                tf.TensorSpec(x.shape, tf.float32))
+            flops = count_flops(
+                lambda images: model(images, training=False), tf.TensorSpec(x.shape, tf.float32)
+            )
         return call, flops["total"] / batch
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9))
-    x = {"images": images, "image_shape": np.full((batch, 2), size, np.int32),
-         "image_scale": np.ones(batch, np.float32),
-         "original_shape": np.full((batch, 2), size, np.int32),
-         "gt_boxes": boxes, "gt_classes": classes}
+    x = {
+        "images": images,
+        "image_shape": np.full((batch, 2), size, np.int32),
+        "image_scale": np.ones(batch, np.float32),
+        "original_shape": np.full((batch, 2), size, np.int32),
+        "gt_boxes": boxes,
+        "gt_classes": classes,
+    }
 
     def call():
         return model.train_on_batch(x)
@@ -173,11 +193,20 @@ def build_torchvision(fw, model_name, mode, batch, size, bf16=False):
     torch, torchvision = fw["torch"], fw["torchvision"]
     torch.manual_seed(0)
     constructor = getattr(torchvision.models.detection, PEERS[model_name])
-    model = constructor(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1,
-                        min_size=size, max_size=max(size, 1333), rpn_pre_nms_top_n_test=1000,
-                        rpn_post_nms_top_n_test=1000, rpn_pre_nms_top_n_train=2000,
-                        rpn_post_nms_top_n_train=2000, box_batch_size_per_image=512,
-                        box_score_thresh=0.05, box_detections_per_img=100)
+    model = constructor(
+        weights=None,
+        weights_backbone=None,
+        num_classes=NUM_CLASSES + 1,
+        min_size=size,
+        max_size=max(size, 1333),
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=1000,
+        rpn_pre_nms_top_n_train=2000,
+        rpn_post_nms_top_n_train=2000,
+        box_batch_size_per_image=512,
+        box_score_thresh=0.05,
+        box_detections_per_img=100,
+    )
     images, boxes, classes = make_inputs(batch, size)
     x = [torch.from_numpy(i).permute(2, 0, 1).contiguous() / 255.0 for i in images]
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None
@@ -194,8 +223,13 @@ def build_torchvision(fw, model_name, mode, batch, size, bf16=False):
         return call
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    targets = [{"boxes": torch.from_numpy(b[:, [1, 0, 3, 2]]).contiguous(),
-                "labels": torch.from_numpy(c.astype(np.int64) + 1)} for b, c in zip(boxes, classes)]
+    targets = [
+        {
+            "boxes": torch.from_numpy(b[:, [1, 0, 3, 2]]).contiguous(),
+            "labels": torch.from_numpy(c.astype(np.int64) + 1),
+        }
+        for b, c in zip(boxes, classes)
+    ]
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -231,8 +265,9 @@ def worker(connection, library, threads):
                 if library == "tfrcnn":
                     call, flops = build_tfrcnn(fw, model_name, mode, batch, size, precision)
                 else:
-                    call = build_torchvision(fw, model_name, mode, batch, size,
-                                             bf16=precision == "bf16")
+                    call = build_torchvision(
+                        fw, model_name, mode, batch, size, bf16=precision == "bf16"
+                    )
                     flops = None
                 connection.send(("ok", flops))
             elif command == "call":
@@ -321,6 +356,7 @@ def matmul_peak(fw, library, dtypes, repeats=5):
 
                 def run():
                     torch.matmul(a, b)
+
             run()
             times = []
             for _ in range(repeats):
@@ -351,7 +387,8 @@ def machine_peak(threads, dtypes):
         contender = Contender(library, library, None, threads)
         try:
             peaks["tensorflow" if library == "tfrcnn" else "torch"] = contender.ask(
-                "peak", (5, dtypes))
+                "peak", (5, dtypes)
+            )
         finally:
             contender.close()
     return peaks
@@ -363,8 +400,10 @@ def machine_peak(threads, dtypes):
 # steps fault their memory in again, as TensorFlow's default allocator does; tfrcnn avoids that
 # with TensorFlow's BFC allocator (tfrcnn/accel/process.py), and this is the nearest the peer gets to it
 # without another allocator library.
-MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:"
-                   "glibc.malloc.top_pad=268435456")
+MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736:"
+    "glibc.malloc.top_pad=268435456"
+)
 TUNED_PEER = "torchvision float32 malloc-tuned"
 
 
@@ -377,11 +416,15 @@ def time_configuration(args, model_name, mode, batch, precisions):
         specs.append(("torchvision autocast bf16", "torchvision", "bf16", None))
     if args.peer_malloc_tuned:
         specs.append((TUNED_PEER, "torchvision", "float32", {"GLIBC_TUNABLES": MALLOC_TUNABLES}))
-    contenders = [Contender(name, library, precision, args.threads, env)
-                  for name, library, precision, env in specs]
+    contenders = [
+        Contender(name, library, precision, args.threads, env)
+        for name, library, precision, env in specs
+    ]
     # the machine's peak, measured in every round too (this machine's speed drifts over minutes)
-    peakers = [Contender(f"peak {library}", library, None, args.threads)
-               for library in ("tfrcnn", "torchvision")]
+    peakers = [
+        Contender(f"peak {library}", library, None, args.threads)
+        for library in ("tfrcnn", "torchvision")
+    ]
     try:
         flops = None
         for c in contenders:
@@ -418,14 +461,18 @@ def settings_text(args):
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = ", ".join(f"{name} {metadata.version(name)}"
-                         for name in ("tensorflow", "keras", "torch", "torchvision"))
-    return (f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library, each "
-            f"contender in its own process; Python {platform.python_version()}, {versions}; input "
-            f"{args.size}x{args.size}, random weights, {NUM_CLASSES} classes + background, 1000 "
-            f"test proposals, 2000 training proposals, 512 ROIs an image, {GT_BOXES} gt boxes an "
-            f"image, SGD momentum 0.9; warm-up {args.warmup}, {args.repeats} alternating rounds, "
-            f"pause {args.pause} s; medians")
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("tensorflow", "keras", "torch", "torchvision")
+    )
+    return (
+        f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library, each "
+        f"contender in its own process; Python {platform.python_version()}, {versions}; input "
+        f"{args.size}x{args.size}, random weights, {NUM_CLASSES} classes + background, 1000 "
+        f"test proposals, 2000 training proposals, 512 ROIs an image, {GT_BOXES} gt boxes an "
+        f"image, SGD momentum 0.9; warm-up {args.warmup}, {args.repeats} alternating rounds, "
+        f"pause {args.pause} s; medians"
+    )
 
 
 def main(argv=None):
@@ -433,13 +480,22 @@ def main(argv=None):
     parser.add_argument("--models", default="resnet50_fpn,mobilenet_v3_fpn")
     parser.add_argument("--modes", default="inference,training")
     parser.add_argument("--batches", default="1,2")
-    parser.add_argument("--precisions", default="float32,mixed_bfloat16",
-                        help="tfrcnn policies to time (comma separated)")
-    parser.add_argument("--peer-bf16", action="store_true",
-                        help="also time torchvision under torch.autocast(bfloat16)")
-    parser.add_argument("--peer-malloc-tuned", action="store_true",
-                        help="also time torchvision with glibc's malloc keeping freed memory "
-                             "(GLIBC_TUNABLES, see MALLOC_TUNABLES)")
+    parser.add_argument(
+        "--precisions",
+        default="float32,mixed_bfloat16",
+        help="tfrcnn policies to time (comma separated)",
+    )
+    parser.add_argument(
+        "--peer-bf16",
+        action="store_true",
+        help="also time torchvision under torch.autocast(bfloat16)",
+    )
+    parser.add_argument(
+        "--peer-malloc-tuned",
+        action="store_true",
+        help="also time torchvision with glibc's malloc keeping freed memory "
+        "(GLIBC_TUNABLES, see MALLOC_TUNABLES)",
+    )
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=2)
@@ -464,50 +520,74 @@ def main(argv=None):
             for batch in [int(b) for b in args.batches.split(",")]:
                 print(f"{model_name} {mode} batch {batch}", flush=True)
                 times, flops, memory, round_peaks = time_configuration(
-                    args, model_name, mode, batch, precisions)
+                    args, model_name, mode, batch, precisions
+                )
                 medians = {k: float(np.median(v)) / batch for k, v in times.items()}
                 peer = medians["torchvision float32"]
-                row = {"model": model_name, "peer": PEERS[model_name], "mode": mode,
-                       "batch": batch, "gflop_per_image": flops / 1e9,
-                       "seconds_per_image": medians, "all_seconds": times,
-                       "ratio_to_torchvision_float32": {k: v / peer for k, v in medians.items()},
-                       "ratio_to_torchvision_float32_malloc_tuned": (
-                           {k: v / medians[TUNED_PEER] for k, v in medians.items()}
-                           if TUNED_PEER in medians else None),
-                       "fraction_of_flop_bound": {}, "peak_rss_mb": memory,
-                       "round_peaks_gflops": round_peaks,
-                       "peak_gflops": {d: float(np.median([p[d] for p in round_peaks]))
-                                       for d in args.dtypes}}
+                row = {
+                    "model": model_name,
+                    "peer": PEERS[model_name],
+                    "mode": mode,
+                    "batch": batch,
+                    "gflop_per_image": flops / 1e9,
+                    "seconds_per_image": medians,
+                    "all_seconds": times,
+                    "ratio_to_torchvision_float32": {k: v / peer for k, v in medians.items()},
+                    "ratio_to_torchvision_float32_malloc_tuned": (
+                        {k: v / medians[TUNED_PEER] for k, v in medians.items()}
+                        if TUNED_PEER in medians
+                        else None
+                    ),
+                    "fraction_of_flop_bound": {},
+                    "peak_rss_mb": memory,
+                    "round_peaks_gflops": round_peaks,
+                    "peak_gflops": {
+                        d: float(np.median([p[d] for p in round_peaks])) for d in args.dtypes
+                    },
+                }
                 rows.append(row)
                 for name, seconds in medians.items():
-                    print(f"    {name:28s} {seconds:7.3f} s/image   ratio {seconds / peer:5.2f}   "
-                          f"peak RSS {memory[name]:6.0f} MB", flush=True)
+                    print(
+                        f"    {name:28s} {seconds:7.3f} s/image   ratio {seconds / peer:5.2f}   "
+                        f"peak RSS {memory[name]:6.0f} MB",
+                        flush=True,
+                    )
     peaks["after"] = machine_peak(args.threads, args.dtypes)
     print(f"machine peak after the timings: {json.dumps(peaks['after'])}", flush=True)
-    peak = {d: max(p[d] for when in peaks.values() for p in when.values())
-            for d in args.dtypes}
+    peak = {d: max(p[d] for when in peaks.values() for p in when.values()) for d in args.dtypes}
     for row in rows:
         for name, seconds in row["seconds_per_image"].items():
             dtype = "bfloat16" if "bf16" in name or "bfloat16" in name else "float32"
-            row["fraction_of_flop_bound"][name] = (row["gflop_per_image"] /
-                                                   (seconds * row["peak_gflops"][dtype]))
+            row["fraction_of_flop_bound"][name] = row["gflop_per_image"] / (
+                seconds * row["peak_gflops"][dtype]
+            )
     print_markdown(rows, peak, settings)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": settings, "machine_peak_gflops": peaks, "rows": rows}, f,
-                      indent=2)
+            json.dump(
+                {"settings": settings, "machine_peak_gflops": peaks, "rows": rows}, f, indent=2
+            )
 
 
 def print_markdown(rows, peak, settings):
-    print("\n" + settings + "; peak GFLOP/s " +
-          ", ".join(f"{dtype} {value:.0f}" for dtype, value in peak.items()) + "\n")
+    print(
+        "\n"
+        + settings
+        + "; peak GFLOP/s "
+        + ", ".join(f"{dtype} {value:.0f}" for dtype, value in peak.items())
+        + "\n"
+    )
     names = list(rows[0]["seconds_per_image"]) if rows else []
     mine = [n for n in names if n.startswith("tfrcnn")]
-    header = ["model", "mode", "batch", "GFLOP/img"] + [f"{n} s/img" for n in names] + \
-        [f"ratio {n}" for n in mine] + \
-        ([f"ratio {n} to malloc-tuned peer" for n in mine] if TUNED_PEER in names else []) + \
-        [f"FLOP-bound {n}" for n in names] + \
-        [f"peak RSS MB {n}" for n in names] + ["peak GFLOP/s (in the rounds)"]
+    header = (
+        ["model", "mode", "batch", "GFLOP/img"]
+        + [f"{n} s/img" for n in names]
+        + [f"ratio {n}" for n in mine]
+        + ([f"ratio {n} to malloc-tuned peer" for n in mine] if TUNED_PEER in names else [])
+        + [f"FLOP-bound {n}" for n in names]
+        + [f"peak RSS MB {n}" for n in names]
+        + ["peak GFLOP/s (in the rounds)"]
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

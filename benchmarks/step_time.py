@@ -11,6 +11,7 @@ imported, the median and every timed call. ``--accelerate off`` sets ``FasterRCN
 allocator in effect and the minor page faults of a timed call; for an A/B of the allocator run it
 alternately with and without ``TF_CPU_ALLOCATOR_USE_BFC=false`` in the environment.
 """
+
 import argparse
 import os
 import resource
@@ -34,8 +35,9 @@ def main(argv=None):
     fw = bench.import_frameworks(torch=False)
     import tfrcnn
 
-    call, _ = bench.build_tfrcnn(fw, args.model, args.mode, args.batch, args.size,
-                                 args.precision, args.accelerate)
+    call, _ = bench.build_tfrcnn(
+        fw, args.model, args.mode, args.batch, args.size, args.precision, args.accelerate
+    )
     for _ in range(args.warmup):
         call()
     times, faults = [], []
@@ -45,11 +47,13 @@ def main(argv=None):
         call()
         times.append(time.perf_counter() - start)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print(f"{os.path.dirname(tfrcnn.__file__)} {args.model} {args.mode} batch {args.batch} "
-          f"{args.precision} accelerate {args.accelerate} allocator {tfrcnn.accel.cpu_allocator()}: median "
-          f"{np.median(times):.3f} s a call, all {[round(t, 3) for t in times]}, "
-          f"{int(np.median(faults))} page faults a call, peak RSS {bench.peak_rss_mb():.0f} MB",
-          flush=True)
+    print(
+        f"{os.path.dirname(tfrcnn.__file__)} {args.model} {args.mode} batch {args.batch} "
+        f"{args.precision} accelerate {args.accelerate} allocator {tfrcnn.accel.cpu_allocator()}: median "
+        f"{np.median(times):.3f} s a call, all {[round(t, 3) for t in times]}, "
+        f"{int(np.median(faults))} page faults a call, peak RSS {bench.peak_rss_mb():.0f} MB",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

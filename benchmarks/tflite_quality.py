@@ -39,8 +39,9 @@ def main(argv=None):
 
     height, width = (int(v) for v in args.input_size.split("x"))
     model = keras.models.load_model(args.model)
-    train, val = synthetic_splits(num_train=args.calibration_images, num_val=args.num_val,
-                                  seed=args.seed)
+    train, val = synthetic_splits(
+        num_train=args.calibration_images, num_val=args.num_val, seed=args.seed
+    )
 
     def resized(image):
         return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
@@ -57,9 +58,13 @@ def main(argv=None):
             seconds.append(time.perf_counter() - start)
             n = int(out["num_detections"][0])
             scale = np.array([h / height, w / width, h / height, w / width], np.float32)
-            dets.append({"boxes": np.asarray(out["detection_boxes"][0][:n]) * scale,
-                         "scores": np.asarray(out["detection_scores"][0][:n]),
-                         "classes": np.asarray(out["detection_classes"][0][:n])})
+            dets.append(
+                {
+                    "boxes": np.asarray(out["detection_boxes"][0][:n]) * scale,
+                    "scores": np.asarray(out["detection_scores"][0][:n]),
+                    "classes": np.asarray(out["detection_classes"][0][:n]),
+                }
+            )
         result = evaluate_detections(dets, gts, model.num_classes)
         return result["mAP"], float(np.median(seconds[1:]))
 
@@ -70,15 +75,33 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="tflite_quality_")
     for quantization in ("float32", "float16", "dynamic_int8", "int8"):
         path = os.path.join(folder, f"model_{quantization}.tflite")
-        report = tflite(model, path, quantization=quantization, input_size=(height, width),
-                        representative_images=calibration if quantization == "int8" else None)
+        report = tflite(
+            model,
+            path,
+            quantization=quantization,
+            input_size=(height, width),
+            representative_images=calibration if quantization == "int8" else None,
+        )
         with open(path, "rb") as f:
             content = f.read()
         m, s = evaluate(lambda images, c=content: run_tflite(c, images))
-        rows[quantization] = {"mAP": m, "seconds_per_image": s, "bytes": report["bytes"],
-                              "flex_ops": [o for o in report["operators"] if "Flex" in o]}
-    print(json.dumps({"model": args.model, "input_size": [height, width], "images": len(val),
-                      "results": rows}, indent=2))
+        rows[quantization] = {
+            "mAP": m,
+            "seconds_per_image": s,
+            "bytes": report["bytes"],
+            "flex_ops": [o for o in report["operators"] if "Flex" in o],
+        }
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "input_size": [height, width],
+                "images": len(val),
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"{'model':>14s} {'mAP@0.5':>8s} {'MB':>6s} {'ms/img':>7s}")
     for name, row in rows.items():
         mb = f"{row['bytes'] / 1e6:6.2f}" if "bytes" in row else "     -"

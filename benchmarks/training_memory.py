@@ -88,12 +88,18 @@ def memory_events(logdir):
                             value = plane.stat_metadata[value].name
                         stats[names.get(stat.metadata_id, str(stat.metadata_id))] = value
                     time_ps = line.timestamp_ns * 1000 + event.offset_ps
-                    events.append((time_ps, kind, int(stats.get("addr", 0)),
-                                   int(stats.get("allocation_bytes", 0)),
-                                   int(stats.get("bytes_allocated", 0)),
-                                   str(stats.get("tf_op", "")) or "(no op)",
-                                   str(stats.get("tensor_shape", "")),
-                                   stats.get("allocator_name", "")))
+                    events.append(
+                        (
+                            time_ps,
+                            kind,
+                            int(stats.get("addr", 0)),
+                            int(stats.get("allocation_bytes", 0)),
+                            int(stats.get("bytes_allocated", 0)),
+                            str(stats.get("tf_op", "")) or "(no op)",
+                            str(stats.get("tensor_shape", "")),
+                            stats.get("allocator_name", ""),
+                        )
+                    )
     events.sort(key=lambda e: e[0])
     return events
 
@@ -137,8 +143,11 @@ def main(argv=None):
     parser.set_defaults(batch=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--no-profile", action="store_true",
-                        help="phases only (no profiler: its event buffers add memory)")
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="phases only (no profiler: its event buffers add memory)",
+    )
     args = parser.parse_args(argv)
 
     samples, done = [], threading.Event()
@@ -156,16 +165,25 @@ def main(argv=None):
     def phase(name):
         current, peak = resident_mb()
         pool = pool_mb(tf)
-        pool_text = "" if pool is None else f"   pool in use {pool[0]:7.0f}  pool peak {pool[1]:7.0f}"
-        print(f"{name:34s} RSS {current:7.0f}  peak RSS {peak:7.0f}{pool_text}  in large "
-              f"mappings {large_mapping_rss_mb():7.0f}  (MB)", flush=True)
+        pool_text = (
+            "" if pool is None else f"   pool in use {pool[0]:7.0f}  pool peak {pool[1]:7.0f}"
+        )
+        print(
+            f"{name:34s} RSS {current:7.0f}  peak RSS {peak:7.0f}{pool_text}  in large "
+            f"mappings {large_mapping_rss_mb():7.0f}  (MB)",
+            flush=True,
+        )
 
-    print(f"{args.model} training batch {args.batch} {args.size}x{args.size} {args.precision} "
-          f"accelerate {args.accelerate}; host allocator {process.cpu_allocator()}, oneDNN "
-          f"operations {process.onednn_enabled()}", flush=True)
+    print(
+        f"{args.model} training batch {args.batch} {args.size}x{args.size} {args.precision} "
+        f"accelerate {args.accelerate}; host allocator {process.cpu_allocator()}, oneDNN "
+        f"operations {process.onednn_enabled()}",
+        flush=True,
+    )
     phase("imported")
-    call, _ = bench.build_tfrcnn(fw, args.model, "training", args.batch, args.size,
-                                 args.precision, args.accelerate)
+    call, _ = bench.build_tfrcnn(
+        fw, args.model, "training", args.batch, args.size, args.precision, args.accelerate
+    )
     phase("built")
     for step in range(args.warmup):
         start = time.perf_counter()
@@ -190,13 +208,18 @@ def main(argv=None):
     print(f"\n{len(events)} allocator events ({dict(allocators)})")
     peak, live = live_at_peak(events)
     total = sum(size for _, size, _, _ in live)
-    print(f"pool in use at its peak: {peak / 2**20:.0f} MB, of which {total / 2**20:.0f} MB "
-          f"allocated during the step ({len(live)} tensors); the rest was allocated before "
-          f"(variables, optimizer slots)")
+    print(
+        f"pool in use at its peak: {peak / 2**20:.0f} MB, of which {total / 2**20:.0f} MB "
+        f"allocated during the step ({len(live)} tensors); the rest was allocated before "
+        f"(variables, optimizer slots)"
+    )
     by_layer, by_op, by_tensor = (collections.defaultdict(lambda: [0, 0]) for _ in range(3))
     for _, size, op, shape in live:
-        for table, key in ((by_layer, layer_of(op)), (by_op, op),
-                           (by_tensor, f"{op.split('/')[-1]} {shape}")):
+        for table, key in (
+            (by_layer, layer_of(op)),
+            (by_op, op),
+            (by_tensor, f"{op.split('/')[-1]} {shape}"),
+        ):
             table[key][0] += size
             table[key][1] += 1
     print_table("alive at the peak, by layer", by_layer, total, args.top)

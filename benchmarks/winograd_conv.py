@@ -18,12 +18,16 @@ tfrcnn.accel.configure_process()  # BFC host allocator and oneDNN, before Tensor
 
 import tensorflow as tf  # noqa: E402
 from _timing import median_ms  # noqa: E402
-from tfrcnn.accel.winograd import (  # noqa: E402
-    winograd_conv3x3, winograd_conv3x3_xla, winograd_pays_off)
+
+from tfrcnn.accel.winograd import winograd_conv3x3, winograd_conv3x3_xla, winograd_pays_off  # noqa: E402
 
 SHAPES = [  # N, H, W, C, K
-    (1, 200, 200, 256, 256), (1, 100, 100, 256, 256), (1, 50, 50, 256, 256),
-    (1, 100, 100, 128, 128), (1, 200, 200, 64, 64), (1, 25, 25, 512, 512),
+    (1, 200, 200, 256, 256),
+    (1, 100, 100, 256, 256),
+    (1, 50, 50, 256, 256),
+    (1, 100, 100, 128, 128),
+    (1, 200, 200, 64, 64),
+    (1, 25, 25, 512, 512),
     (2, 200, 200, 256, 256),
 ]
 
@@ -41,14 +45,19 @@ def main():
         kernel = tf.constant(rng.standard_normal([3, 3, c, k]) / np.sqrt(9 * c), tf.float32)
         reference = direct(x, kernel).numpy()
         diff = np.abs(winograd_conv3x3_xla(x, kernel).numpy() - reference).max()
-        row = [f"[{n},{h},{w},{c}]->{k}", f"{2 * n * h * w * c * k * 9 / 1e9:.1f} GFLOP",
-               f"direct {median_ms(direct, x, kernel, repeats=args.repeats):.1f} ms",
-               f"winograd+xla {median_ms(winograd_conv3x3_xla, x, kernel, repeats=args.repeats):.1f}"
-               " ms"]
+        row = [
+            f"[{n},{h},{w},{c}]->{k}",
+            f"{2 * n * h * w * c * k * 9 / 1e9:.1f} GFLOP",
+            f"direct {median_ms(direct, x, kernel, repeats=args.repeats):.1f} ms",
+            f"winograd+xla {median_ms(winograd_conv3x3_xla, x, kernel, repeats=args.repeats):.1f}"
+            " ms",
+        ]
         if not args.no_plain:
             row.append(f"winograd plain {median_ms(plain, x, kernel, repeats=args.repeats):.1f} ms")
-        row += [f"rel. difference {diff / np.abs(reference).max():.1e}",
-                f"used by Conv2D: {winograd_pays_off((n, h, w, c), k)}"]
+        row += [
+            f"rel. difference {diff / np.abs(reference).max():.1e}",
+            f"used by Conv2D: {winograd_pays_off((n, h, w, c), k)}",
+        ]
         print(", ".join(row), flush=True)
 
 

@@ -1,4 +1,5 @@
 """Shared test settings: quiet TensorFlow, small thread pools, deterministic seeds."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -6,12 +6,15 @@ temporary folder that comes first on ``JUPYTER_PATH``, so a ``python3`` kernel r
 for another interpreter is never picked up), with the notebook folder as working directory and
 ``TFRCNN_NOTEBOOK_SMALL=1``.
 """
+
 import glob
 import os
 
 import pytest
 
-NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+NOTEBOOK_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks"
+)
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
 CELL_TIMEOUT = 300  # seconds a cell
 
@@ -40,9 +43,13 @@ def test_notebook_runs(path, kernel_of_this_python):
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, kernel_name=kernel_of_this_python, timeout=CELL_TIMEOUT,
-                            startup_timeout=120,
-                            resources={"metadata": {"path": NOTEBOOK_DIR}})
+    client = NotebookClient(
+        notebook,
+        kernel_name=kernel_of_this_python,
+        timeout=CELL_TIMEOUT,
+        startup_timeout=120,
+        resources={"metadata": {"path": NOTEBOOK_DIR}},
+    )
     try:
         client.execute()
     except CellExecutionError as error:

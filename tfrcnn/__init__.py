@@ -19,8 +19,19 @@ import sys
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("accel", "backbones", "config", "data", "evaluation", "export", "layers",
-                "models", "ops", "training", "visualize")
+_SUBPACKAGES = (
+    "accel",
+    "backbones",
+    "config",
+    "data",
+    "evaluation",
+    "export",
+    "layers",
+    "models",
+    "ops",
+    "training",
+    "visualize",
+)
 
 # public name -> the module that defines it
 _NAMES = {

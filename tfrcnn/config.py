@@ -305,13 +305,12 @@ def get_preset(name):
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in PRESETS:
-        raise ValueError(
-            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-        )
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     args = copy.deepcopy(COMMON)
     args.update(copy.deepcopy(PRESETS[name]))
     args["preset"] = name
     return args
+
 
 # torchvision's fasterrcnn_resnet50_fpn_v2: batch norm in the FPN, two RPN convolutions, a head of
 # four 3x3 convolutions with batch norm and one fc layer.

@@ -39,8 +39,10 @@ def detect_format(path):
     if is_glob(path):
         matches = sorted(glob.glob(path))
         if not matches:
-            raise SourceError(f"no files match {path}: give an existing TFRecord pattern, e.g. "
-                              "'data/train-*.tfrecord'")
+            raise SourceError(
+                f"no files match {path}: give an existing TFRecord pattern, e.g. "
+                "'data/train-*.tfrecord'"
+            )
         if all(os.path.isfile(m) and _looks_like_tfrecord(m) for m in matches):
             return "tfrecord"
         raise SourceError(f"{path} matches files that are not TFRecords (e.g. {matches[0]})")
@@ -49,15 +51,19 @@ def detect_format(path):
     if os.path.isdir(path):
         if os.path.isdir(os.path.join(path, "Annotations")):
             return "voc"
-        raise SourceError(f"{path} is a folder without Annotations/: a Pascal VOC folder holds "
-                          "Annotations/, ImageSets/Main/ and JPEGImages/ (for COCO pass the JSON "
-                          "file, for TFRecords a file pattern)")
+        raise SourceError(
+            f"{path} is a folder without Annotations/: a Pascal VOC folder holds "
+            "Annotations/, ImageSets/Main/ and JPEGImages/ (for COCO pass the JSON "
+            "file, for TFRecords a file pattern)"
+        )
     if path.lower().endswith(".json") or _first_byte(path) == b"{":
         return "coco"
     if _looks_like_tfrecord(path):
         return "tfrecord"
-    raise SourceError(f"{path} is neither a COCO JSON file nor a TFRecord file; pass a VOC folder, "
-                      "a COCO instances JSON or a TFRecord pattern")
+    raise SourceError(
+        f"{path} is neither a COCO JSON file nor a TFRecord file; pass a VOC folder, "
+        "a COCO instances JSON or a TFRecord pattern"
+    )
 
 
 def _first_byte(path):

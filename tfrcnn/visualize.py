@@ -74,8 +74,12 @@ def plot_pr_curves(result, class_names, path):
         if len(recall) == 0:
             continue
         envelope = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
-        ax.plot(recall, envelope, color=np.array(class_color(c)) / 255.0,
-                label=f"{name} (AP {result['ap'][c]:.3f})")
+        ax.plot(
+            recall,
+            envelope,
+            color=np.array(class_color(c)) / 255.0,
+            label=f"{name} (AP {result['ap'][c]:.3f})",
+        )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (interpolated)")
     ax.set_xlim(0, 1.0)

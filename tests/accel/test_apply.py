@@ -18,8 +18,9 @@ from tfrcnn.models import FasterRCNN
 
 def _close(got, want, scale=1e-4):
     want = np.asarray(want)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=scale,
-                               atol=scale * max(np.abs(want).max(), 1.0))
+    np.testing.assert_allclose(
+        np.asarray(got), want, rtol=scale, atol=scale * max(np.abs(want).max(), 1.0)
+    )
 
 
 def _backbones(name="tiny"):
@@ -34,8 +35,7 @@ def test_backbone_inference_and_gradients_equal_the_plain_backbone(name):
     """Inference eager, in a tf.function and in another input size; a tape's gradients."""
     plain, fast = _backbones(name)
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 72, 104, 3)), tf.float32)
-    for call in (lambda m, x: m(x, training=False),
-                 tf.function(lambda m, x: m(x, training=False))):
+    for call in (lambda m, x: m(x, training=False), tf.function(lambda m, x: m(x, training=False))):
         for got, want in zip(call(fast, images), call(plain, images)):
             _close(got, want)
     other = tf.zeros([1, 40, 40, 3])
@@ -70,19 +70,23 @@ def _assert_same_detections(got, want):
     np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
     for i, n in enumerate(want["num_detections"]):
         _close(got["detection_scores"][i, :n], want["detection_scores"][i, :n])
-        np.testing.assert_allclose(got["detection_boxes"][i, :n], want["detection_boxes"][i, :n],
-                                   atol=1e-2)
-        np.testing.assert_array_equal(got["detection_classes"][i, :n],
-                                      want["detection_classes"][i, :n])
+        np.testing.assert_allclose(
+            got["detection_boxes"][i, :n], want["detection_boxes"][i, :n], atol=1e-2
+        )
+        np.testing.assert_array_equal(
+            got["detection_classes"][i, :n], want["detection_classes"][i, :n]
+        )
 
 
 def test_faster_rcnn_predictions_and_training_gradients_equal_the_plain_model():
     plain, fast = _tiny_pair(detection_score_threshold=0.0)
     images = np.random.default_rng(1).integers(0, 255, (2, 120, 160, 3)).astype("uint8")
     _assert_same_detections(fast.predict(images, verbose=0), plain.predict(images, verbose=0))
-    batch = {"images": tf.constant(images, tf.float32),
-             "gt_boxes": tf.constant([[[10, 20, 60, 90]], [[30, 30, 100, 150]]], tf.float32),
-             "gt_classes": tf.constant([[1], [2]], tf.int32)}
+    batch = {
+        "images": tf.constant(images, tf.float32),
+        "gt_boxes": tf.constant([[[10, 20, 60, 90]], [[30, 30, 100, 150]]], tf.float32),
+        "gt_classes": tf.constant([[1], [2]], tf.int32),
+    }
 
     def gradients(model):
         keras_seed = 7
@@ -130,8 +134,10 @@ def test_saved_model_runs_the_accelerated_model_with_its_detections(tmp_path):
     path = saved_model(fast, tmp_path / "sm")
     loaded = tf.saved_model.load(path)
     image = np.random.default_rng(2).integers(0, 255, (1, 96, 128, 3)).astype("uint8")
-    served = {k: v.numpy() for k, v in
-              loaded.signatures["serving_default"](images=tf.constant(image)).items()}
+    served = {
+        k: v.numpy()
+        for k, v in loaded.signatures["serving_default"](images=tf.constant(image)).items()
+    }
     _assert_same_detections(served, plain.predict(image, verbose=0))
 
 
@@ -144,10 +150,14 @@ def test_fpn_training_loss_and_gradients_equal_the_plain_model():
     fast = FasterRCNN.from_preset("small_fpn", num_classes=3, **settings)
     fast.set_weights(plain.get_weights())
     images = np.random.default_rng(2).uniform(0, 255, (2, 160, 224, 3)).astype("float32")
-    batch = {"images": tf.constant(images),
-             "gt_boxes": tf.constant([[[10, 20, 90, 120], [40, 100, 150, 200]],
-                                      [[30, 30, 100, 150], [-1, -1, -1, -1]]], tf.float32),
-             "gt_classes": tf.constant([[1, 0], [2, -1]], tf.int32)}
+    batch = {
+        "images": tf.constant(images),
+        "gt_boxes": tf.constant(
+            [[[10, 20, 90, 120], [40, 100, 150, 200]], [[30, 30, 100, 150], [-1, -1, -1, -1]]],
+            tf.float32,
+        ),
+        "gt_classes": tf.constant([[1, 0], [2, -1]], tf.int32),
+    }
 
     @tf.function
     def gradients(model):

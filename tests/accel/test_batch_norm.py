@@ -21,8 +21,12 @@ def _pair(shape=(2, 5, 7, 4), seed=0, **kwargs):
     for layer in (reference, fused):
         layer.build(shape)
     channels = shape[kwargs.get("axis", -1)]
-    weights = [rng.uniform(0.5, 2.0, channels), rng.normal(size=channels),
-               rng.normal(size=channels), rng.uniform(0.5, 3.0, channels)]
+    weights = [
+        rng.uniform(0.5, 2.0, channels),
+        rng.normal(size=channels),
+        rng.normal(size=channels),
+        rng.uniform(0.5, 3.0, channels),
+    ]
     weights = [w.astype("float32") for w in weights]
     n = len(reference.get_weights())
     if n == 4:
@@ -77,20 +81,31 @@ def test_frozen_layer_uses_moving_statistics_in_training_mode():
     reference.trainable = False
     fused.trainable = False
     before = [w.numpy() for w in fused.non_trainable_weights]
-    np.testing.assert_allclose(fused(x, training=True).numpy(),
-                               reference(x, training=True).numpy(), rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        fused(x, training=True).numpy(), reference(x, training=True).numpy(), rtol=1e-5, atol=2e-5
+    )
     for a, b in zip(fused.non_trainable_weights, before):
         np.testing.assert_array_equal(a.numpy(), b)
 
 
-@pytest.mark.parametrize("kwargs", [dict(center=False), dict(scale=False),
-                                    dict(epsilon=1e-6),  # below the fused kernel's minimum
-                                    dict(axis=1)])  # not channels last
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(center=False),
+        dict(scale=False),
+        dict(epsilon=1e-6),  # below the fused kernel's minimum
+        dict(axis=1),
+    ],
+)  # not channels last
 def test_options_and_fallbacks_equal_keras(kwargs):
     reference, fused, x = _pair(**kwargs)
     for training in (True, False):
-        np.testing.assert_allclose(fused(x, training=training).numpy(),
-                                   reference(x, training=training).numpy(), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(
+            fused(x, training=training).numpy(),
+            reference(x, training=training).numpy(),
+            rtol=1e-5,
+            atol=2e-5,
+        )
 
 
 def test_unknown_shapes_in_a_tf_function():
@@ -101,10 +116,10 @@ def test_unknown_shapes_in_a_tf_function():
         return fused(inputs, training=True)
 
     y = run(x)
-    np.testing.assert_allclose(y.numpy(), reference(x, training=True).numpy(), rtol=1e-5,
-                               atol=2e-5)
-    np.testing.assert_allclose(fused.moving_variance.numpy(),
-                               reference.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(y.numpy(), reference(x, training=True).numpy(), rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        fused.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-5
+    )
 
 
 def test_bfloat16_policy():
@@ -115,8 +130,9 @@ def test_bfloat16_policy():
     y = fused_bf16(tf.cast(x, tf.bfloat16), training=True)
     assert y.dtype == tf.bfloat16
     assert fused_bf16.moving_mean.dtype == "float32"
-    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(),
-                               reference(x, training=True).numpy(), rtol=0.02, atol=0.05)
+    np.testing.assert_allclose(
+        tf.cast(y, tf.float32).numpy(), reference(x, training=True).numpy(), rtol=0.02, atol=0.05
+    )
 
 
 def test_config_and_weights_interchange_with_keras(tmp_path):
@@ -125,7 +141,8 @@ def test_config_and_weights_interchange_with_keras(tmp_path):
     assert {**config, "name": None} == {**reference.get_config(), "name": None}
     serialized = keras.saving.serialize_keras_object(fused)
     assert serialized == keras.saving.serialize_keras_object(reference) | {
-        "config": {**serialized["config"], "name": serialized["config"]["name"]}}
+        "config": {**serialized["config"], "name": serialized["config"]["name"]}
+    }
     clone = keras.saving.deserialize_keras_object(serialized)
     assert type(clone) is keras.layers.BatchNormalization
     # a Keras layer's weights load into the fused one and give the same inference output
@@ -134,8 +151,9 @@ def test_config_and_weights_interchange_with_keras(tmp_path):
     model.save_weights(path)
     other = keras.Sequential([keras.Input((5, 7, 4)), BatchNormalization(**config)])
     other.load_weights(path)
-    np.testing.assert_allclose(other(x, training=False).numpy(),
-                               model(x, training=False).numpy(), rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        other(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=2e-5
+    )
 
 
 def test_graph_training_step_equals_keras():
@@ -144,6 +162,7 @@ def test_graph_training_step_equals_keras():
     reference, fused, x = _pair()
     results = []
     for layer in (reference, fused):
+
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 4])])
         def step(t, layer=layer):
             with tf.GradientTape() as tape:
@@ -151,6 +170,7 @@ def test_graph_training_step_equals_keras():
                 y = layer(t, training=True)
                 loss = tf.reduce_sum(y * tf.sin(y))
             return [y, *tape.gradient(loss, [t, *layer.trainable_weights])]
+
         results.append(step(x) + [layer.moving_mean, layer.moving_variance])
     for got, want in zip(results[1], results[0]):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
@@ -161,8 +181,9 @@ def test_inference_equals_the_formula_in_float32_and_bfloat16():
     gamma, beta, mean, variance = (w.numpy() for w in fused.weights)
     expected = (x.numpy() - mean) / np.sqrt(variance + fused.epsilon) * gamma + beta
     np.testing.assert_allclose(fused(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(tf.function(lambda t: fused(t, training=False))(x).numpy(),
-                               expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tf.function(lambda t: fused(t, training=False))(x).numpy(), expected, rtol=1e-5, atol=1e-5
+    )
     half = BatchNormalization(dtype="mixed_bfloat16")
     half.build(x.shape)
     half.set_weights(fused.get_weights())

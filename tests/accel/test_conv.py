@@ -9,6 +9,7 @@ not supported by conv2d and not tested.
 The accelerated layer must be interchangeable with the plain ``keras.layers.Conv2D``: same values,
 gradients, config, weights files and training step.
 """
+
 import math
 
 import keras
@@ -23,6 +24,7 @@ from tfrcnn.accel.conv import GradientPlan, conv2d, gradient_plan, has_fast_grad
 
 def Conv2D(*args, **kwargs):  # noqa: N802  (a keras.layers.Conv2D with the accelerated calls)
     return accel.apply(keras.layers.Conv2D(*args, **kwargs))
+
 
 KERNEL_SIZES = [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3)]
 SPATIAL_SIZES = [(7, 9), (8, 8)]
@@ -72,20 +74,23 @@ def _check_against_tf(x_shape, kernel_size, filters, strides, padding, seed=0):
 
 # --------------------------------------------------------------------------- op: values, float32
 
+
 @pytest.mark.parametrize("batch,channels,filters", BATCH_CHANNELS)
 @pytest.mark.parametrize("height,width", SPATIAL_SIZES)
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("kernel_size", KERNEL_SIZES, ids=lambda k: f"{k[0]}x{k[1]}")
-def test_forward_and_gradients_equal_tf(kernel_size, strides, padding, height, width, batch,
-                                        channels, filters):
+def test_forward_and_gradients_equal_tf(
+    kernel_size, strides, padding, height, width, batch, channels, filters
+):
     _check_against_tf((batch, height, width, channels), kernel_size, filters, strides, padding)
 
 
 @pytest.mark.parametrize("filter_path", ["shifted_matmul", "tf"])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("kernel_size", [(3, 3), (5, 5), (7, 7), (1, 3), (2, 2), (4, 3)],
-                         ids=lambda k: f"{k[0]}x{k[1]}")
+@pytest.mark.parametrize(
+    "kernel_size", [(3, 3), (5, 5), (7, 7), (1, 3), (2, 2), (4, 3)], ids=lambda k: f"{k[0]}x{k[1]}"
+)
 def test_both_stride1_filter_paths(kernel_size, padding, filter_path, monkeypatch):
     """The area-ratio threshold forced both ways, so small maps exercise the shifted matmuls too
     (even kernels included: SAME pads them asymmetrically)."""
@@ -120,8 +125,12 @@ def test_tf_function_with_unknown_batch_and_size(kernel_size, strides, padding):
     channels, filters = 6, 5
     kernel = _random((kernel_size, kernel_size, channels, filters), 1)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels]),
-                                  tf.TensorSpec([kernel_size, kernel_size, channels, filters])])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, channels]),
+            tf.TensorSpec([kernel_size, kernel_size, channels, filters]),
+        ]
+    )
     def both(x, kernel):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch([x, kernel])
@@ -130,7 +139,8 @@ def test_tf_function_with_unknown_batch_and_size(kernel_size, strides, padding):
             # each from its own shape: TensorFlow's is wrong for an empty batch (see below)
             upstream_ref, upstream = [
                 tf.reshape(tf.sin(tf.range(tf.size(t), dtype=tf.float32) * 0.37), tf.shape(t))
-                for t in (y_ref, y)]
+                for t in (y_ref, y)
+            ]
         reference = tape.gradient(y_ref, [x, kernel], output_gradients=upstream_ref)
         ours = tape.gradient(y, [x, kernel], output_gradients=upstream)
         return y_ref, y, reference, ours
@@ -173,24 +183,34 @@ def test_variable_kernel_and_plan_helpers():
 
 # ------------------------------------------------------------------------------- op: half types
 
+
 @pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16], ids=lambda d: d.name)
-@pytest.mark.parametrize("kernel_size,strides,padding", [
-    (3, 1, "SAME"),   # forward-conv input grad, shifted-matmul filter grad (24x24 map)
-    (1, 1, "VALID"),  # 1x1 matmul
-    (3, 2, "SAME"),   # TF's kernels, run in float32
-    (5, 1, "VALID"),  # small output: TF's filter kernel in float32
-])
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding",
+    [
+        (3, 1, "SAME"),  # forward-conv input grad, shifted-matmul filter grad (24x24 map)
+        (1, 1, "VALID"),  # 1x1 matmul
+        (3, 2, "SAME"),  # TF's kernels, run in float32
+        (5, 1, "VALID"),  # small output: TF's filter kernel in float32
+    ],
+)
 def test_half_precision(kernel_size, strides, padding, dtype):
     """Half inputs: gradients come back in the half dtype and match a float32 computation on the
     same (rounded) numbers to half-precision accuracy."""
     shape, filters = (2, 24, 24, 16), 8
     x = _random(shape, 0, dtype)
     kernel = _random((kernel_size, kernel_size, shape[-1], filters), 1, dtype) * 0.2
-    y_ref, _ = _tf_reference(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), None, strides,
-                             padding)
+    y_ref, _ = _tf_reference(
+        tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), None, strides, padding
+    )
     upstream = _random(y_ref.shape, 2, dtype)
-    y_ref, (dx_ref, dw_ref) = _tf_reference(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32),
-                                            tf.cast(upstream, tf.float32), strides, padding)
+    y_ref, (dx_ref, dw_ref) = _tf_reference(
+        tf.cast(x, tf.float32),
+        tf.cast(kernel, tf.float32),
+        tf.cast(upstream, tf.float32),
+        strides,
+        padding,
+    )
     y, (dx, dw) = _conv2d_and_gradients(x, kernel, upstream, strides, padding)
     assert (y.dtype, dx.dtype, dw.dtype) == (dtype, dtype, dtype)
     tolerance = 2e-2 if dtype == tf.bfloat16 else 2e-3
@@ -200,6 +220,7 @@ def test_half_precision(kernel_size, strides, padding, dtype):
 
 
 # ------------------------------------------------------------------------------------ the layer
+
 
 def _layer_pair(seed=0, input_shape=(2, 12, 10, 5), **kwargs):
     """A keras Conv2D and an accelerated one with the same config and weights (random bias)."""
@@ -213,12 +234,16 @@ def _layer_pair(seed=0, input_shape=(2, 12, 10, 5), **kwargs):
     return reference, ours
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(filters=6, kernel_size=3, padding="same", activation="relu"),
-    dict(filters=4, kernel_size=1, padding="valid"),
-    dict(filters=3, kernel_size=(3, 1), padding="valid", use_bias=False),
-    dict(filters=6, kernel_size=3, strides=2, padding="same"),  # plain Keras path
-], ids=["3x3-same-relu", "1x1-valid", "3x1-valid-nobias", "3x3-s2"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(filters=6, kernel_size=3, padding="same", activation="relu"),
+        dict(filters=4, kernel_size=1, padding="valid"),
+        dict(filters=3, kernel_size=(3, 1), padding="valid", use_bias=False),
+        dict(filters=6, kernel_size=3, strides=2, padding="same"),  # plain Keras path
+    ],
+    ids=["3x3-same-relu", "1x1-valid", "3x1-valid-nobias", "3x3-s2"],
+)
 def test_layer_values_and_gradients_equal_keras(kwargs):
     reference, ours = _layer_pair(**kwargs)
     x = _random((2, 12, 10, 5), 7)
@@ -247,18 +272,21 @@ def test_layer_mixed_bfloat16_values_and_gradients():
         results.append((y, tape.gradient(loss, layer.trainable_weights)))
     (y_ref, grads_ref), (y, grads) = results
     assert y.dtype == tf.bfloat16 and all(g.dtype == tf.float32 for g in grads)
-    np.testing.assert_array_equal(tf.cast(y, tf.float32).numpy(),
-                                  tf.cast(y_ref, tf.float32).numpy())
+    np.testing.assert_array_equal(
+        tf.cast(y, tf.float32).numpy(), tf.cast(y_ref, tf.float32).numpy()
+    )
     for grad, grad_ref in zip(grads, grads_ref):
         _assert_close(grad, grad_ref, rtol=3e-2, scaled_atol=3e-2)
 
 
 def test_layer_config_and_serialization_are_keras():
     """accel.apply changes neither the class, the config nor the serialized form."""
-    keras_layer = keras.layers.Conv2D(7, (3, 5), strides=(1, 2), padding="same",
-                                      activation="relu", use_bias=False, name="c")
-    ours = Conv2D(7, (3, 5), strides=(1, 2), padding="same", activation="relu", use_bias=False,
-                  name="c")
+    keras_layer = keras.layers.Conv2D(
+        7, (3, 5), strides=(1, 2), padding="same", activation="relu", use_bias=False, name="c"
+    )
+    ours = Conv2D(
+        7, (3, 5), strides=(1, 2), padding="same", activation="relu", use_bias=False, name="c"
+    )
     assert type(ours) is keras.layers.Conv2D
     assert ours.get_config() == keras_layer.get_config()
     serialized = keras.saving.serialize_keras_object(ours)
@@ -299,8 +327,10 @@ def test_fit_step_matches_keras_conv2d():
     x = _random((4, 16, 16, 3), 11).numpy()
     y = np.array([0, 1, 1, 0])
     for model in (keras_model, ours):
-        model.compile(optimizer=keras.optimizers.SGD(0.5),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
     initial = _tiny_model(keras.layers.Conv2D).get_weights()  # same seeds: the initial weights
     for layer_name in ("conv_a", "conv_b", "conv_c"):
@@ -319,6 +349,7 @@ def test_graph_inference_and_training_equal_keras():
     x = _random((2, 12, 10, 5), 4)
     results = []
     for layer in (reference, ours):
+
         @tf.function(input_signature=[spec])
         def step(x, layer=layer):
             with tf.GradientTape() as tape:
@@ -326,14 +357,17 @@ def test_graph_inference_and_training_equal_keras():
                 y = layer(x)
                 loss = tf.reduce_sum(y * tf.cos(y))
             return [layer(x), *tape.gradient(loss, [x] + layer.trainable_weights)]
+
         results.append(step(x))
     for got, want in zip(results[1], results[0]):
         _assert_close(got, want)
 
 
-@pytest.mark.parametrize("dtype,matmul_dtype", [(tf.bfloat16, tf.bfloat16),
-                                                (tf.float16, tf.float32)],
-                         ids=["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "dtype,matmul_dtype",
+    [(tf.bfloat16, tf.bfloat16), (tf.float16, tf.float32)],
+    ids=["bfloat16", "float16"],
+)
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_half_filter_gradient_matmul_dtype(dtype, matmul_dtype, kernel_size):
     """bfloat16 filter gradients run their matmuls on bfloat16 operands (float32 accumulation
@@ -349,32 +383,43 @@ def test_half_filter_gradient_matmul_dtype(dtype, matmul_dtype, kernel_size):
         return tape.gradient(y, kernel)
 
     graph = gradients.get_concrete_function(x, kernel).graph
-    matmul_types = {op.get_attr("T") for op in graph.get_operations()
-                    if op.type in ("MatMul", "BatchMatMulV2")}
+    matmul_types = {
+        op.get_attr("T") for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")
+    }
     for function in graph._functions.values():  # the custom gradient's body
-        matmul_types |= {tf.as_dtype(node.attr["T"].type) for node in function.definition.node_def
-                         if node.op in ("MatMul", "BatchMatMulV2")}
+        matmul_types |= {
+            tf.as_dtype(node.attr["T"].type)
+            for node in function.definition.node_def
+            if node.op in ("MatMul", "BatchMatMulV2")
+        }
     assert matmul_types == {matmul_dtype}
     dw = gradients(x, kernel)
-    _, (_, dw_ref) = _tf_reference(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32),
-                                   tf.ones([1, 20, 20, 4]), 1, "SAME")
+    _, (_, dw_ref) = _tf_reference(
+        tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), tf.ones([1, 20, 20, 4]), 1, "SAME"
+    )
     assert dw.dtype == dtype
     _assert_close(dw, dw_ref, rtol=2e-2, scaled_atol=2e-2)
 
 
 # ---------------------------------------------------------------------------- empty batch shapes
 
-@pytest.mark.parametrize("kernel_size,strides,padding", [
-    (3, 1, "same"), (3, 2, "same"), (1, 1, "valid"), (3, 1, "valid"), (5, 2, "valid")])
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding",
+    [(3, 1, "same"), (3, 2, "same"), (1, 1, "valid"), (3, 1, "valid"), (5, 2, "valid")],
+)
 def test_empty_batch_has_the_convolution_shape(kernel_size, strides, padding):
     """An empty batch comes out as [0, Ho, Wo, filters] (TensorFlow's oneDNN convolution returns
     its input there on some CPUs), eagerly, in tf.function with unknown shapes, with a tape
     recording (tfrcnn's gradient path) and without; the kernel's gradient is zero."""
     layer = Conv2D(6, kernel_size, strides=strides, padding=padding, activation="relu")
     layer.build((None, None, None, 5))
-    expected_hw = {("same", 1): (9, 11), ("same", 2): (5, 6), ("valid", 1): (9 - kernel_size + 1,
-                   11 - kernel_size + 1), ("valid", 2): ((9 - kernel_size) // 2 + 1,
-                                                         (11 - kernel_size) // 2 + 1)}
+    expected_hw = {
+        ("same", 1): (9, 11),
+        ("same", 2): (5, 6),
+        ("valid", 1): (9 - kernel_size + 1, 11 - kernel_size + 1),
+        ("valid", 2): ((9 - kernel_size) // 2 + 1, (11 - kernel_size) // 2 + 1),
+    }
     expected = (0, *expected_hw[(padding, strides)], 6)
     empty = tf.zeros([0, 9, 11, 5])
     assert tuple(layer(empty).shape) == expected

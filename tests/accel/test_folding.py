@@ -1,17 +1,17 @@
 """Batch norm folded into the convolution before it (tfrcnn.accel.folding): which pairs fold,
 equal values against the unfolded layers (numpy reference), and the cases that must not fold."""
+
 import contextlib
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfrcnn.backbones.common import BackboneModel
 from keras.layers import BatchNormalization, Conv2D, DepthwiseConv2D
 
 from tfrcnn import accel
 from tfrcnn.accel.folding import folding_scope, pair_conv_batch_norms
+from tfrcnn.backbones.common import BackboneModel
 
 
 def _randomise_batch_norms(model, seed=0):
@@ -44,6 +44,7 @@ def _net(name="net"):
 
 def _numpy_reference(model, x):
     """The network by hand in numpy (float64), batch norms from their moving statistics."""
+
     def weights(name):
         return [np.asarray(w, np.float64) for w in model.get_layer(name).weights]
 
@@ -57,7 +58,7 @@ def _numpy_reference(model, x):
         out = np.zeros(t.shape[:3] + (kernel.shape[3],))
         for i in range(kh):
             for j in range(kw):
-                out += p[:, i:i + t.shape[1], j:j + t.shape[2]] @ kernel[i, j]
+                out += p[:, i : i + t.shape[1], j : j + t.shape[2]] @ kernel[i, j]
         return out if bias is None else out + bias
 
     def depthwise(t, kernel, bias):
@@ -66,7 +67,7 @@ def _numpy_reference(model, x):
         out = np.zeros(t.shape[:3] + (cin, mult))
         for i in range(kh):
             for j in range(kw):
-                out += p[:, i:i + t.shape[1], j:j + t.shape[2], :, None] * kernel[i, j]
+                out += p[:, i : i + t.shape[1], j : j + t.shape[2], :, None] * kernel[i, j]
         return out.reshape(t.shape[:3] + (cin * mult,)) + bias
 
     x = np.asarray(x, np.float64)
@@ -82,13 +83,16 @@ def test_pairs_only_single_consumer_linear_convolutions():
     model = _net()
     plan = pair_conv_batch_norms(model)
     assert len(plan) == 2  # a -> a_bn and d -> d_bn
-    pairs = {model.get_layer(n).name: plan.norm_of.get(id(model.get_layer(n)))
-             for n in ("a", "d", "b", "c")}
+    pairs = {
+        model.get_layer(n).name: plan.norm_of.get(id(model.get_layer(n)))
+        for n in ("a", "d", "b", "c")
+    }
     assert pairs["a"].name == "a_bn" and pairs["d"].name == "d_bn"
     assert pairs["b"] is None and pairs["c"] is None
     # a convolution whose output is also a model output does not fold
-    both = accel.apply(BackboneModel(model.inputs, [model.get_layer("a").output,
-                                                    model.get_layer("a_bn").output]))
+    both = accel.apply(
+        BackboneModel(model.inputs, [model.get_layer("a").output, model.get_layer("a_bn").output])
+    )
     assert len(pair_conv_batch_norms(both)) == 0
 
 
@@ -99,8 +103,10 @@ def test_inference_call_folds_and_equals_the_reference(name):
     model = _net(name)
     x = np.random.default_rng(1).uniform(-1, 1, (2, 9, 7, 3)).astype(np.float32)
     expected = _numpy_reference(model, x)
-    for got in (tf.function(lambda t: model(t, training=False))(tf.constant(x)),
-                model(tf.constant(x), training=False)):
+    for got in (
+        tf.function(lambda t: model(t, training=False))(tf.constant(x)),
+        model(tf.constant(x), training=False),
+    ):
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-4)
 
@@ -123,8 +129,11 @@ def test_training_a_tape_and_sub_models_do_not_fold():
     raw = tf.nn.conv2d(x, kernel, 1, "SAME").numpy() + bias
     plain = keras.Model(model.inputs, model.get_layer("a").output)
     backbone = accel.apply(BackboneModel(model.inputs, [model.get_layer("a").output]))
-    for sub, scope in ((plain, contextlib.nullcontext()), (backbone, contextlib.nullcontext()),
-                       (backbone, folding_scope(model._fold_plan))):
+    for sub, scope in (
+        (plain, contextlib.nullcontext()),
+        (backbone, contextlib.nullcontext()),
+        (backbone, folding_scope(model._fold_plan)),
+    ):
         with scope:
             got = sub(x, training=False)
         got = got[0] if isinstance(got, list) else got
@@ -144,5 +153,6 @@ def test_half_precision_layers_do_not_fold():
         keras.mixed_precision.set_global_policy(previous)
     x = tf.constant(np.random.default_rng(3).uniform(-1, 1, (1, 6, 6, 3)).astype(np.float32))
     expected = _numpy_reference(model, x.numpy())
-    np.testing.assert_allclose(model(x, training=False)[1].numpy(), expected[1], rtol=0.05,
-                               atol=0.05)
+    np.testing.assert_allclose(
+        model(x, training=False)[1].numpy(), expected[1], rtol=0.05, atol=0.05
+    )

@@ -2,6 +2,7 @@
 starts, the user's choice kept, and what the allocator buys (page faults of a repeated op), each
 checked in a fresh interpreter: TensorFlow reads the settings once. And ``import tfrcnn`` changes
 no environment variable and no TensorFlow setting."""
+
 import json
 import os
 import subprocess
@@ -52,12 +53,21 @@ def probe(order="tfrcnn_first", *flags, **env):
     """The probe's report. oneDNN's custom ops are off unless ``env`` says otherwise: with them on
     (TensorFlow's default on CPUs with AVX512-VNNI / BF16 / AMX) TensorFlow always uses its own
     pooled oneDNN allocator and the variable tfrcnn sets has no effect to observe."""
-    environ = {k: v for k, v in os.environ.items()
-               if k not in (runtime.BFC_VARIABLE, runtime.LIMIT_VARIABLE)}
-    environ.update({"TF_ENABLE_ONEDNN_OPTS": "0", **env}, TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", PROBE, order, *flags], check=False, env=environ,
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (runtime.BFC_VARIABLE, runtime.LIMIT_VARIABLE)
+    }
+    environ.update({"TF_ENABLE_ONEDNN_OPTS": "0", **env}, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, order, *flags],
+        check=False,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -83,8 +93,10 @@ def test_choose_raises_the_pool_cap_to_the_machines_memory(monkeypatch):
     assert environ["TF_CPU_BFC_MEM_LIMIT_IN_MB"] == "1000"
 
 
-@pytest.mark.parametrize("value, expected", [("true", True), ("TRUE", True), ("1", True),
-                                             ("false", False), ("0", False), ("", False)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [("true", True), ("TRUE", True), ("1", True), ("false", False), ("0", False), ("", False)],
+)
 def test_bfc_requested_reads_the_variable_as_tensorflow_does(value, expected):
     assert runtime.bfc_requested({"TF_CPU_ALLOCATOR_USE_BFC": value}) is expected
     assert runtime.bfc_requested({}) is False
@@ -119,8 +131,9 @@ def test_onednn_pool_is_reported_as_bfc_whatever_the_variable():
     assert pooled["allocator"] == "bfc" and pooled["variable"] == "false"
     assert pooled["value"] == 3.0 * 4096 * 4096
     assert pooled["faults"] < 2000, pooled
-    assert pooled["log"] == [["probe", "INFO",
-                              "TensorFlow CPU allocator: bfc, oneDNN operations: on"]]
+    assert pooled["log"] == [
+        ["probe", "INFO", "TensorFlow CPU allocator: bfc, oneDNN operations: on"]
+    ]
 
 
 def test_choose_onednn_on_x86_64_and_keeps_the_users_choice():
@@ -155,8 +168,15 @@ print(json.dumps({"variable": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
 def _onednn_probe(order, **env):
     environ = {k: v for k, v in os.environ.items() if k != runtime.ONEDNN_VARIABLE}
     environ.update(env, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", ONEDNN_PROBE, order], check=False, env=environ,
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", ONEDNN_PROBE, order],
+        check=False,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -166,8 +186,10 @@ def test_configure_process_turns_onednn_on_unless_the_user_or_tensorflow_came_fi
         assert _onednn_probe("tfrcnn_first") == {"variable": "1", "enabled": True}
     else:  # elsewhere TensorFlow's own choice stands
         assert _onednn_probe("tfrcnn_first")["variable"] is None
-    assert _onednn_probe("tfrcnn_first", TF_ENABLE_ONEDNN_OPTS="0") == {"variable": "0",
-                                                                         "enabled": False}
+    assert _onednn_probe("tfrcnn_first", TF_ENABLE_ONEDNN_OPTS="0") == {
+        "variable": "0",
+        "enabled": False,
+    }
     report = _onednn_probe("tensorflow_first")
     assert report["variable"] is None  # TensorFlow's own choice for this CPU stands
     assert report["enabled"] in (True, False)
@@ -207,8 +229,15 @@ print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in
 
 def _run(probe):
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", probe], check=False, env=environ,
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=False,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

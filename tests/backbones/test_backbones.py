@@ -227,8 +227,9 @@ def test_imagenet_absent_from_cache_downloads_or_says_offline(tmp_path, monkeypa
         port = s.getsockname()[1]
     monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", f"http://127.0.0.1:{port}/")
     for name in ("vgg16", "resnet50_c4", "resnet50_fpn", "mobilenet_v3_fpn"):
-        with pytest.raises(DownloadError, match="no network: download .* or pass "
-                                                "backbone_weights=PATH"):
+        with pytest.raises(
+            DownloadError, match="no network: download .* or pass backbone_weights=PATH"
+        ):
             build_backbone(name, weights="imagenet")
     with pytest.raises(DownloadError, match="no network"):
         build_resnet50_c5_head(weights="imagenet")

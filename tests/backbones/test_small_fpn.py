@@ -9,8 +9,12 @@ def test_small_fpn_levels_for_odd_sizes():
     model, strides = build_backbone("small_fpn", fpn_channels=64)
     assert strides == (8, 16, 32, 64) == BACKBONE_STRIDES["small_fpn"]
     outs = model(np.zeros((1, 65, 97, 3), "float32"))
-    assert [tuple(o.shape) for o in outs] == [(1, 9, 13, 64), (1, 5, 7, 64), (1, 3, 4, 64),
-                                               (1, 2, 2, 64)]
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 9, 13, 64),
+        (1, 5, 7, 64),
+        (1, 3, 4, 64),
+        (1, 2, 2, 64),
+    ]
     assert backbone_channels("small_fpn", 64) == (64,) * 4
 
 

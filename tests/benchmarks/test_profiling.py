@@ -8,8 +8,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                "benchmarks"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+)
 from profiling import count_flops  # noqa: E402
 
 
@@ -20,8 +21,9 @@ def test_matmul_and_transposes():
     spec_bt = tf.TensorSpec([3, 5], tf.float32)
     flops = count_flops(lambda a, b: tf.matmul(a, b, transpose_b=True), spec_a, spec_bt)
     assert flops == {"MatMul": 240, "total": 240, "ops": 1}
-    batched = count_flops(lambda a, b: tf.matmul(a, b), tf.TensorSpec([4, 8, 5]),
-                          tf.TensorSpec([4, 5, 3]))
+    batched = count_flops(
+        lambda a, b: tf.matmul(a, b), tf.TensorSpec([4, 8, 5]), tf.TensorSpec([4, 5, 3])
+    )
     assert batched["total"] == 4 * 2 * 8 * 5 * 3
 
 
@@ -71,10 +73,12 @@ def test_model_flops_scale_with_batch():
     model = FasterRCNN.from_preset("tiny", num_classes=3)
 
     def spec(b):
-        return {"images": tf.TensorSpec([b, 160, 160, 3], tf.float32),
-                "image_shape": tf.TensorSpec([b, 2], tf.int32),
-                "image_scale": tf.TensorSpec([b], tf.float32),
-                "original_shape": tf.TensorSpec([b, 2], tf.int32)}
+        return {
+            "images": tf.TensorSpec([b, 160, 160, 3], tf.float32),
+            "image_shape": tf.TensorSpec([b, 2], tf.int32),
+            "image_scale": tf.TensorSpec([b], tf.float32),
+            "original_shape": tf.TensorSpec([b, 2], tf.int32),
+        }
 
     def infer(x):
         return model.inference_graph(x, training=False)
@@ -90,8 +94,7 @@ def test_model_flops_scale_with_batch():
     # the box head: two fc layers on test_post_nms_top_n ROIs of 7x7 pooled features, then the
     # class and box layers
     channels = model.backbone_model.outputs[0].shape[-1]
-    head = model.test_post_nms_top_n * 2 * (
-        7 * 7 * channels * 256 + 256 * 256 + 256 * 4 + 256 * 12)
+    head = model.test_post_nms_top_n * 2 * (7 * 7 * channels * 256 + 256 * 256 + 256 * 4 + 256 * 12)
     assert one["MatMul"] == head
 
 

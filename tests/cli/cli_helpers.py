@@ -6,8 +6,22 @@ import numpy as np
 from PIL import Image
 
 # The quickest real training run: tiny preset, 16 synthetic images, 1 epoch of 3 steps.
-QUICK = ["--set", "num_train=16", "--set", "num_val=8", "--set", "eval_every=1",
-         "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--verbose", "0"]
+QUICK = [
+    "--set",
+    "num_train=16",
+    "--set",
+    "num_val=8",
+    "--set",
+    "eval_every=1",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "2",
+    "--verbose",
+    "0",
+]
 
 
 def write_voc(root, splits):
@@ -34,11 +48,15 @@ def write_voc(root, splits):
             for (y1, x1, y2, x2), c in zip(boxes[keep], np.asarray(r["classes"])[keep]):
                 name = SYNTHETIC_CLASS_NAMES[int(c)]
                 names.append(name)
-                objects += (f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
-                            f"<xmin>{int(x1) + 1}</xmin><ymin>{int(y1) + 1}</ymin>"
-                            f"<xmax>{int(x2)}</xmax><ymax>{int(y2)}</ymax></bndbox></object>")
-            xml = (f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width>"
-                   f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>")
+                objects += (
+                    f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
+                    f"<xmin>{int(x1) + 1}</xmin><ymin>{int(y1) + 1}</ymin>"
+                    f"<xmax>{int(x2)}</xmax><ymax>{int(y2)}</ymax></bndbox></object>"
+                )
+            xml = (
+                f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width>"
+                f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>"
+            )
             with open(os.path.join(root, "Annotations", image_id + ".xml"), "w") as f:
                 f.write(xml)
             expected[image_id] = (boxes[keep].astype(np.float32), names)

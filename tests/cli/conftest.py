@@ -22,6 +22,8 @@ def trained_run(tmp_path_factory):
 
     run = str(tmp_path_factory.mktemp("run") / "demo")
     # a low score threshold: even this briefly trained model returns detections to score
-    assert main(["train", "--run-dir", run, "--set", "model.detection_score_threshold=0.001"]
-                + QUICK) == 0
+    assert (
+        main(["train", "--run-dir", run, "--set", "model.detection_score_threshold=0.001"] + QUICK)
+        == 0
+    )
     return run

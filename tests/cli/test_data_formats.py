@@ -25,21 +25,67 @@ def converted(shapes_voc, tmp_path_factory):
     root, _ = shapes_voc
     out = tmp_path_factory.mktemp("converted")
     for split in ("trainval", "test"):
-        assert main(["convert", "--source", root, "--split", split, "--to", "coco",
-                     "--output", str(out / f"{split}.json")]) == 0
-        assert main(["convert", "--source", root, "--split", split,
-                     "--output", str(out / split), "--shards", "2"]) == 0
-    assert main(["convert", "--source", str(out / "trainval-*.tfrecord"), "--to", "coco",
-                 "--output", str(out / "from_tfrecord.json")]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--source",
+                    root,
+                    "--split",
+                    split,
+                    "--to",
+                    "coco",
+                    "--output",
+                    str(out / f"{split}.json"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "convert",
+                    "--source",
+                    root,
+                    "--split",
+                    split,
+                    "--output",
+                    str(out / split),
+                    "--shards",
+                    "2",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "convert",
+                "--source",
+                str(out / "trainval-*.tfrecord"),
+                "--to",
+                "coco",
+                "--output",
+                str(out / "from_tfrecord.json"),
+            ]
+        )
+        == 0
+    )
     return root, out
 
 
 def test_convert_writes_each_format(converted):
     _, out = converted
     assert sorted(os.listdir(out)) == [
-        "from_tfrecord.json", "from_tfrecord_images", "test-00000-of-00002.tfrecord",
-        "test-00001-of-00002.tfrecord", "test.json", "trainval-00000-of-00002.tfrecord",
-        "trainval-00001-of-00002.tfrecord", "trainval.json"]
+        "from_tfrecord.json",
+        "from_tfrecord_images",
+        "test-00000-of-00002.tfrecord",
+        "test-00001-of-00002.tfrecord",
+        "test.json",
+        "trainval-00000-of-00002.tfrecord",
+        "trainval-00001-of-00002.tfrecord",
+        "trainval.json",
+    ]
     data = json.load(open(out / "trainval.json"))
     assert [c["name"] for c in data["categories"]] == ["ellipse", "rectangle", "triangle"]
     assert len(data["images"]) == 10 and len(os.listdir(out / "from_tfrecord_images")) == 10
@@ -55,16 +101,23 @@ def test_every_format_gives_the_voc_boxes(shapes_voc, converted):
         assert [voc_names[c] for c in classes] == expected[image_id][1]
     jpeg_dir = os.path.join(root, "JPEGImages")
     runs = {
-        "coco": {"data": "coco", "data_path": str(out / "trainval.json"), "image_dir": jpeg_dir,
-                 "val_data_path": str(out / "test.json")},
-        "tfrecord": {"data": "tfrecord", "data_path": str(out / "trainval-*.tfrecord"),
-                     "val_data_path": str(out / "test-*.tfrecord")},
+        "coco": {
+            "data": "coco",
+            "data_path": str(out / "trainval.json"),
+            "image_dir": jpeg_dir,
+            "val_data_path": str(out / "test.json"),
+        },
+        "tfrecord": {
+            "data": "tfrecord",
+            "data_path": str(out / "trainval-*.tfrecord"),
+            "val_data_path": str(out / "test-*.tfrecord"),
+        },
     }
     for kind, settings in runs.items():
         train, val, names = load_data(resolve_settings(settings))
         assert names == voc_names, kind
         assert len(train) == len(voc_train) and len(val) == len(voc_val), kind
-        assert (sum(len(r["boxes"]) for r in train) == sum(len(r["boxes"]) for r in voc_train))
+        assert sum(len(r["boxes"]) for r in train) == sum(len(r["boxes"]) for r in voc_train)
         got, want = _by_id(train + val), _by_id(voc_train + voc_val)
         assert got.keys() == want.keys(), kind
         for image_id in want:
@@ -85,16 +138,20 @@ def test_pixels_are_the_same_in_every_format(shapes_voc, converted):
     root, _ = shapes_voc
     _, out = converted
     batches = []
-    for kind, path in (("voc", root), ("tfrecord", str(out / "trainval-*.tfrecord")),
-                       ("coco", str(out / "from_tfrecord.json"))):
+    for kind, path in (
+        ("voc", root),
+        ("tfrecord", str(out / "trainval-*.tfrecord")),
+        ("coco", str(out / "from_tfrecord.json")),
+    ):
         records, _, _ = read_source(kind, path)
         records = sorted(records, key=lambda r: str(r["image_id"]))
         ds = make_dataset(records, batch_size=10, min_side=160, max_side=192)
         batches.append(next(iter(ds)))
     for other in batches[1:]:
         np.testing.assert_array_equal(other["images"].numpy(), batches[0]["images"].numpy())
-        np.testing.assert_allclose(other["gt_boxes"].numpy(), batches[0]["gt_boxes"].numpy(),
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            other["gt_boxes"].numpy(), batches[0]["gt_boxes"].numpy(), atol=1e-3
+        )
 
 
 def test_detect_format(shapes_voc, converted, tmp_path):
@@ -106,31 +163,60 @@ def test_detect_format(shapes_voc, converted, tmp_path):
     assert detect_format(str(out / "test-00000-of-00002.tfrecord")) == "tfrecord"
     junk = tmp_path / "notes.txt"
     junk.write_text("not data")
-    for path, message in ((str(junk), "neither a COCO JSON file nor a TFRecord"),
-                          (str(tmp_path), "folder without Annotations/"),
-                          (str(tmp_path / "none-*.tfrecord"), "no files match"),
-                          (str(tmp_path / "missing"), "data path not found")):
+    for path, message in (
+        (str(junk), "neither a COCO JSON file nor a TFRecord"),
+        (str(tmp_path), "folder without Annotations/"),
+        (str(tmp_path / "none-*.tfrecord"), "no files match"),
+        (str(tmp_path / "missing"), "data path not found"),
+    ):
         with pytest.raises(SourceError, match=message):
             detect_format(path)
 
 
-def test_train_and_evaluate_read_tfrecords_and_coco_from_the_path_alone(converted, tmp_path,
-                                                                        capsys):
+def test_train_and_evaluate_read_tfrecords_and_coco_from_the_path_alone(
+    converted, tmp_path, capsys
+):
     root, out = converted
     run = str(tmp_path / "run")
     # no --data: the pattern is recognised as TFRecords
-    assert main(["train", "--run-dir", run, "--data-path", str(out / "trainval-*.tfrecord"),
-                 "--val-data-path", str(out / "test-*.tfrecord")] + QUICK) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--run-dir",
+                run,
+                "--data-path",
+                str(out / "trainval-*.tfrecord"),
+                "--val-data-path",
+                str(out / "test-*.tfrecord"),
+            ]
+            + QUICK
+        )
+        == 0
+    )
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["run"]["data"] == "tfrecord"
     assert config["model"]["class_names"] == ["ellipse", "rectangle", "triangle"]
     capsys.readouterr()
     model = os.path.join(run, "model.keras")
-    assert main(["evaluate", model, "--data-path", str(out / "test.json"), "--image-dir",
-                 os.path.join(root, "JPEGImages")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                model,
+                "--data-path",
+                str(out / "test.json"),
+                "--image-dir",
+                os.path.join(root, "JPEGImages"),
+            ]
+        )
+        == 0
+    )
     coco_out = capsys.readouterr().out
-    assert main(["evaluate", model, "--data", "tfrecord", "--data-path",
-                 str(out / "test-*.tfrecord")]) == 0
+    assert (
+        main(["evaluate", model, "--data", "tfrecord", "--data-path", str(out / "test-*.tfrecord")])
+        == 0
+    )
     tf_out = capsys.readouterr().out
     assert main(["evaluate", model, "--data", "voc", "--data-path", root]) == 0
     voc_out = capsys.readouterr().out
@@ -148,19 +234,56 @@ def test_bccd_through_coco_and_tfrecord_has_the_voc_counts(tmp_path):
     bccd = bccd_path()
     assert os.path.isdir(bccd), f"the BCCD data set is expected at {bccd} (TFRCNN_BCCD)"
     for split in ("trainval", "test"):
-        assert main(["convert", "--source", bccd, "--split", split, "--to", "coco",
-                     "--output", str(tmp_path / f"{split}.json")]) == 0
-        assert main(["convert", "--source", bccd, "--split", split,
-                     "--output", str(tmp_path / split)]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--source",
+                    bccd,
+                    "--split",
+                    split,
+                    "--to",
+                    "coco",
+                    "--output",
+                    str(tmp_path / f"{split}.json"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(["convert", "--source", bccd, "--split", split, "--output", str(tmp_path / split)])
+            == 0
+        )
     voc = load_data(resolve_settings({"data": "voc", "data_path": bccd}))
-    coco = load_data(resolve_settings({
-        "data": "coco", "data_path": str(tmp_path / "trainval.json"),
-        "image_dir": os.path.join(bccd, "JPEGImages"), "val_data_path": str(tmp_path / "test.json")}))
-    tfrecord = load_data(resolve_settings({
-        "data": "tfrecord", "data_path": str(tmp_path / "trainval-*.tfrecord"),
-        "val_data_path": str(tmp_path / "test-*.tfrecord")}))
-    counts = [(len(train), sum(len(r["boxes"]) for r in train), len(val),
-               sum(len(r["boxes"]) for r in val), names) for train, val, names in (voc, coco, tfrecord)]
+    coco = load_data(
+        resolve_settings(
+            {
+                "data": "coco",
+                "data_path": str(tmp_path / "trainval.json"),
+                "image_dir": os.path.join(bccd, "JPEGImages"),
+                "val_data_path": str(tmp_path / "test.json"),
+            }
+        )
+    )
+    tfrecord = load_data(
+        resolve_settings(
+            {
+                "data": "tfrecord",
+                "data_path": str(tmp_path / "trainval-*.tfrecord"),
+                "val_data_path": str(tmp_path / "test-*.tfrecord"),
+            }
+        )
+    )
+    counts = [
+        (
+            len(train),
+            sum(len(r["boxes"]) for r in train),
+            len(val),
+            sum(len(r["boxes"]) for r in val),
+            names,
+        )
+        for train, val, names in (voc, coco, tfrecord)
+    ]
     assert counts[0] == counts[1] == counts[2]
     assert counts[0][4] == ["Platelets", "RBC", "WBC"]
 

@@ -10,32 +10,55 @@ import pytest
 
 from tfrcnn.cli import main
 
-SMALL = ["--set", "num_train=4", "--set", "num_val=2", "--epochs", "1", "--steps-per-epoch", "1",
-         "--verbose", "0"]
+SMALL = [
+    "--set",
+    "num_train=4",
+    "--set",
+    "num_val=2",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "1",
+    "--verbose",
+    "0",
+]
 
 # (argv, words the one line must hold); "VOC" stands for the shapes VOC folder of conftest.
 MISTAKES = [
-    (["train", "--data", "voc", "--data-path", "no_such_folder"],
-     ["data path not found: no_such_folder"]),
+    (
+        ["train", "--data", "voc", "--data-path", "no_such_folder"],
+        ["data path not found: no_such_folder"],
+    ),
     (["train", "--data-path", "empty_folder"], ["without Annotations/"]),
     (["train", "--data-path", "notes.txt"], ["neither a COCO JSON file nor a TFRecord"]),
-    (["train", "--data", "coco", "--data-path", "broken.json"] + SMALL,
-     ["cannot parse COCO annotation file", "broken.json"]),
+    (
+        ["train", "--data", "coco", "--data-path", "broken.json"] + SMALL,
+        ["cannot parse COCO annotation file", "broken.json"],
+    ),
     (["train", "--data", "tfrecord", "--data-path", "data/none-*.tfrecord"], ["no files match"]),
     (["train", "--data", "coco", "--data-path", "VOC"], ["is a Pascal VOC folder", "--data voc"]),
     (["train", "--data", "coco"], ["--data coco needs --data-path"]),
-    (["train", "--data-path", "VOC", "--data", "synthetic"],
-     ["--data-path is not used with --data synthetic"]),
-    (["train", "--data", "coco", "--data-path", "empty.json", "--image-dir", "no_images"],
-     ["--image-dir folder not found: no_images"]),
+    (
+        ["train", "--data-path", "VOC", "--data", "synthetic"],
+        ["--data-path is not used with --data synthetic"],
+    ),
+    (
+        ["train", "--data", "coco", "--data-path", "empty.json", "--image-dir", "no_images"],
+        ["--image-dir folder not found: no_images"],
+    ),
     (["train", "--set", "model.hed_units=[64,64]"], ["'hed_units'", "did you mean 'head_units'"]),
     (["train", "--set", "epoch=3"], ["unknown run setting 'epoch'", "did you mean 'epochs'"]),
     (["train", "--preset", "smal_fpn"], ["unknown preset 'smal_fpn'", "did you mean 'small_fpn'"]),
     (["train", "--set", "model.roi_op=roi_magic"] + SMALL, ["roi_op must be one of"]),
-    (["train", "--set", "model.anchor_scales=7"] + SMALL,
-     ["value of the wrong type", "model.anchor_scales", "--print-config"]),
-    (["train", "--preset", "mobilenet_v3_fpn", "--set", "model.backbone_weights=imagenet"] + SMALL,
-     ["weights='imagenet'", "is in the Keras cache", "pass its path"]),
+    (
+        ["train", "--set", "model.anchor_scales=7"] + SMALL,
+        ["value of the wrong type", "model.anchor_scales", "--print-config"],
+    ),
+    (
+        ["train", "--preset", "mobilenet_v3_fpn", "--set", "model.backbone_weights=imagenet"]
+        + SMALL,
+        ["weights='imagenet'", "is in the Keras cache", "pass its path"],
+    ),
     (["train", "--epochs", "0"], ["epochs must be a positive integer"]),
     (["train", "--precision", "float64"], ["invalid choice: 'float64'", "--help"]),
     (["train", "--config", "missing.yaml"], ["config file not found: missing.yaml"]),
@@ -50,14 +73,29 @@ MISTAKES = [
     (["evaluate", "broken.keras", "--out", "notes.txt"], ["--out notes.txt is a file"]),
     (["predict", "missing.jpg", "--model", "broken.keras"], ["image not found: missing.jpg"]),
     (["predict", "fake.jpg", "--model", "broken.keras"], ["fake.jpg"]),
-    (["predict", "fake.jpg", "--model", "x.keras", "--box-format", "xyz"],
-     ["invalid choice: 'xyz'"]),
-    (["convert", "--source", "VOC", "--to", "coco", "--output", "out/train"],
-     ["give --output a .json name"]),
+    (
+        ["predict", "fake.jpg", "--model", "x.keras", "--box-format", "xyz"],
+        ["invalid choice: 'xyz'"],
+    ),
+    (
+        ["convert", "--source", "VOC", "--to", "coco", "--output", "out/train"],
+        ["give --output a .json name"],
+    ),
     (["convert", "--source", "VOC", "--split", "no_split", "--output", "out/x"], ["no_split"]),
     (["convert", "--source", "notes.txt", "--output", "out/x"], ["--source", "notes.txt"]),
-    (["export", "broken.keras", "--format", "tflite", "--output", "m.tflite", "--input-size",
-      "19x"], ["--input-size '19x'", "e.g. 192x192"]),
+    (
+        [
+            "export",
+            "broken.keras",
+            "--format",
+            "tflite",
+            "--output",
+            "m.tflite",
+            "--input-size",
+            "19x",
+        ],
+        ["--input-size '19x'", "e.g. 192x192"],
+    ),
     (["export", "broken.keras", "--output", "notes.txt"], ["--output notes.txt is a file"]),
 ]
 
@@ -112,11 +150,26 @@ def test_the_table_covers_at_least_15_mistakes():
 def test_a_mistake_in_a_fresh_process_prints_only_the_line(tmp_path):
     """The real command: nothing but the one line on standard error (no TensorFlow start-up
     lines, no traceback), status 2, no run folder."""
-    out = subprocess.run([sys.executable, "-m", "tfrcnn.cli", "train", "--data", "voc",
-                          "--data-path", "missing_voc"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300, check=False,
-                         env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfrcnn.cli",
+            "train",
+            "--data",
+            "voc",
+            "--data-path",
+            "missing_voc",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
     assert out.returncode == 2
-    assert out.stderr.strip() == ("tfrcnn train: error: --data-path: data path not found: "
-                                  "missing_voc"), out.stderr
+    assert out.stderr.strip() == (
+        "tfrcnn train: error: --data-path: data path not found: missing_voc"
+    ), out.stderr
     assert os.listdir(tmp_path) == []

@@ -29,19 +29,33 @@ def _cocoeval_ap(gt_file, results_file):
     return evaluator.stats
 
 
-def test_evaluate_out_matches_the_printed_metrics_and_loads_in_pycocotools(trained_run, tmp_path,
-                                                                          capsys):
+def test_evaluate_out_matches_the_printed_metrics_and_loads_in_pycocotools(
+    trained_run, tmp_path, capsys
+):
     out = tmp_path / "eval"
-    assert main(["evaluate", os.path.join(trained_run, "model.keras"), "--num-val", "8",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                os.path.join(trained_run, "model.keras"),
+                "--num-val",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["images"] == 8 and metrics["voc"]["metric"] == "all-point"
     voc_line = re.search(r"VOC mAP@0.5 \(all-point\): ([0-9.]+)", printed)[1]
     assert voc_line == f"{metrics['voc']['mAP']:.4f}"
     coco_line = re.search(r"COCO: (.*)", printed)[1]
-    assert coco_line == ", ".join(f"{k} {metrics['coco'][k]:.4f}" for k in (
-        "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"))
+    assert coco_line == ", ".join(
+        f"{k} {metrics['coco'][k]:.4f}"
+        for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100")
+    )
     for name in ("rectangle", "ellipse", "triangle"):
         row = re.search(rf"{name} +([0-9.nan]+) +([0-9.nan]+) +([0-9.nan]+)", printed)
         assert row[1] == f"{metrics['voc']['per_class'][name]:.4f}"
@@ -61,8 +75,22 @@ def test_evaluate_on_coco_data_keeps_its_image_and_category_ids(trained_run, sha
     user's file and gets evaluate's AP."""
     root, _ = shapes_voc
     gt_file = tmp_path / "test.json"
-    assert main(["convert", "--source", root, "--split", "test", "--to", "coco",
-                 "--output", str(gt_file)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--source",
+                root,
+                "--split",
+                "test",
+                "--to",
+                "coco",
+                "--output",
+                str(gt_file),
+            ]
+        )
+        == 0
+    )
     data = json.load(open(gt_file))
     for image in data["images"]:
         image["id"] += 100
@@ -73,8 +101,21 @@ def test_evaluate_on_coco_data_keeps_its_image_and_category_ids(trained_run, sha
         cat["id"] *= 10
     gt_file.write_text(json.dumps(data))
     out = tmp_path / "eval"
-    assert main(["evaluate", os.path.join(trained_run, "model.keras"), "--data-path", str(gt_file),
-                 "--image-dir", os.path.join(root, "JPEGImages"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                os.path.join(trained_run, "model.keras"),
+                "--data-path",
+                str(gt_file),
+                "--image-dir",
+                os.path.join(root, "JPEGImages"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.load(open(out / "coco_results.json"))
     assert results and {d["image_id"] for d in results} <= {101, 102, 103, 104}
     assert {d["category_id"] for d in results} <= {10, 20, 30}
@@ -94,8 +135,18 @@ def test_predict_box_formats_and_coco_json(trained_run, tmp_path):
     boxes = {}
     for fmt in ("xyxy", "xywh", "yxyx"):
         out = tmp_path / fmt
-        argv = ["predict", str(image), "--model", model, "--out", str(out), "--score-threshold",
-                "0.0", "--box-format", fmt]
+        argv = [
+            "predict",
+            str(image),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.0",
+            "--box-format",
+            fmt,
+        ]
         if fmt == "xyxy":
             argv += ["--coco-json", str(tmp_path / "pred.json")]
         assert main(argv) == 0
@@ -122,8 +173,9 @@ def test_run_keeps_best_keras_and_tensorboard_detection_images(trained_run):
     state = json.load(open(best + ".json"))
     history = json.load(open(os.path.join(trained_run, "history.json")))
     assert state == {"val_mAP": pytest.approx(history["val_mAP"][0]), "epoch": 1}
-    assert os.path.isfile(best) and os.path.isfile(os.path.join(trained_run, "checkpoints",
-                                                                "last.keras"))
+    assert os.path.isfile(best) and os.path.isfile(
+        os.path.join(trained_run, "checkpoints", "last.keras")
+    )
     events = glob.glob(os.path.join(trained_run, "logs", "images", "events.out.tfevents.*"))
     assert len(events) == 1
     pictures = []
@@ -159,7 +211,8 @@ def test_best_checkpoint_saves_only_improvements_and_remembers_them(tmp_path):
     again.on_epoch_end(6, {"val_mAP": 0.4})
     assert json.load(open(path + ".json")) == {"val_mAP": 0.5, "epoch": 6}
     assert os.listdir(tmp_path) == ["best.keras", "best.keras.json"] or sorted(
-        os.listdir(tmp_path)) == ["best.keras", "best.keras.json"]
+        os.listdir(tmp_path)
+    ) == ["best.keras", "best.keras.json"]
 
 
 def test_saved_model_version_folders(trained_run, tmp_path):
@@ -203,8 +256,11 @@ def test_the_documented_rest_request_runs_through_serve_encoded(trained_run, tmp
     image = tmp_path / "img.png"
     pixels = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(image)
-    body = json.loads(_serving_request_template().replace(
-        "BASE64_IMAGE", base64.b64encode(image.read_bytes()).decode("ascii")))
+    body = json.loads(
+        _serving_request_template().replace(
+            "BASE64_IMAGE", base64.b64encode(image.read_bytes()).decode("ascii")
+        )
+    )
     assert body["signature_name"] == "serve_encoded"
     loaded = tf.saved_model.load(str(tmp_path / "served" / "1"))
     signature = loaded.signatures[body["signature_name"]]
@@ -214,7 +270,9 @@ def test_the_documented_rest_request_runs_through_serve_encoded(trained_run, tmp
     direct = loaded.signatures["serving_default"](images=tf.constant(pixels[None]))
     n = int(served["num_detections"][0])
     assert n == int(direct["num_detections"][0])
-    np.testing.assert_allclose(served["detection_boxes"][0, :n], direct["detection_boxes"][0, :n],
-                               atol=1e-3)
-    np.testing.assert_allclose(served["detection_scores"][0, :n],
-                               direct["detection_scores"][0, :n], atol=1e-5)
+    np.testing.assert_allclose(
+        served["detection_boxes"][0, :n], direct["detection_boxes"][0, :n], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        served["detection_scores"][0, :n], direct["detection_scores"][0, :n], atol=1e-5
+    )

@@ -27,8 +27,14 @@ print("LOADED", loaded, "SECONDS", time.perf_counter() - start)
 
 def test_help_of_every_command_imports_no_tensorflow():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    out = subprocess.run([sys.executable, "-c", HELP_CODE], capture_output=True, text=True,
-                         timeout=120, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_CODE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     last = out.stdout.strip().splitlines()[-1].split()
@@ -67,16 +73,32 @@ def test_train_help_lists_every_preset_and_the_defaults(capsys):
         assert e.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert ", ".join(config.preset_names()) in text
-    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"),
-                      ("--learning-rate", "learning_rate"), ("--steps-per-epoch",
-                                                             "steps_per_epoch")):
+    for flag, key in (
+        ("--epochs", "epochs"),
+        ("--batch-size", "batch_size"),
+        ("--learning-rate", "learning_rate"),
+        ("--steps-per-epoch", "steps_per_epoch"),
+    ):
         assert f"(default {config.RUN_DEFAULTS[key]})" in text, flag
 
 
 def test_print_config_is_the_resolved_yaml(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--preset", "small_fpn", "--epochs", "3",
-                 "--set", "model.head_units=[64,64]", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "small_fpn",
+                "--epochs",
+                "3",
+                "--set",
+                "model.head_units=[64,64]",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["run"]["preset"] == "small_fpn" and resolved["run"]["epochs"] == 3
     assert resolved["run"]["batch_size"] == config.RUN_DEFAULTS["batch_size"]

@@ -1,4 +1,5 @@
 """The COCO instances reader and writer (tfrcnn.data.coco), on hand-made JSON files and BCCD images."""
+
 import json
 import os
 import shutil
@@ -20,8 +21,14 @@ from tfrcnn.data.images import ImageReadError
 from tfrcnn.data.validation import AnnotationError
 from tfrcnn.data.voc import DatasetNotFoundError, read_voc
 
-BCCD_SAMPLE = ("BloodImage_00000", "BloodImage_00001", "BloodImage_00003", "BloodImage_00338",
-               "BloodImage_00010", "BloodImage_00020")
+BCCD_SAMPLE = (
+    "BloodImage_00000",
+    "BloodImage_00001",
+    "BloodImage_00003",
+    "BloodImage_00338",
+    "BloodImage_00010",
+    "BloodImage_00020",
+)
 
 
 def _image(folder, name, height=60, width=80, value=120):
@@ -36,8 +43,14 @@ def _json(path, images, annotations, categories):
 
 
 def _ann(ann_id, image_id, category_id, bbox, iscrowd=0):
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "iscrowd": iscrowd, "area": 0.0}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "iscrowd": iscrowd,
+        "area": 0.0,
+    }
 
 
 CATS_3_7_9 = [{"id": 9, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
@@ -49,16 +62,20 @@ def small(tmp_path):
     img_dir = tmp_path / "images"
     _image(img_dir, "a.jpg")
     _image(img_dir, "sub_b.png")
-    images = [{"id": 11, "file_name": "a.jpg", "height": 60, "width": 80},
-              {"id": 12, "file_name": "sub_b.png", "height": 60, "width": 80}]
+    images = [
+        {"id": 11, "file_name": "a.jpg", "height": 60, "width": 80},
+        {"id": 12, "file_name": "sub_b.png", "height": 60, "width": 80},
+    ]
     return tmp_path, str(img_dir), images
 
 
 def test_bbox_conversion_hand_case_and_category_remapping(small):
     tmp, img_dir, images = small
-    anns = [_ann(1, 11, 3, [10, 20, 30, 15]),          # x=10 y=20 w=30 h=15 -> [20, 10, 35, 40]
-            _ann(2, 11, 9, [0.5, 1.25, 2.5, 3.5]),     # -> [1.25, 0.5, 4.75, 3.0]
-            _ann(3, 12, 7, [70, 50, 10, 10])]          # touches the bottom-right corner exactly
+    anns = [
+        _ann(1, 11, 3, [10, 20, 30, 15]),  # x=10 y=20 w=30 h=15 -> [20, 10, 35, 40]
+        _ann(2, 11, 9, [0.5, 1.25, 2.5, 3.5]),  # -> [1.25, 0.5, 4.75, 3.0]
+        _ann(3, 12, 7, [70, 50, 10, 10]),
+    ]  # touches the bottom-right corner exactly
     path = _json(tmp / "a.json", images, anns, CATS_3_7_9)
     records, names, report = read_coco(path, img_dir)
     assert names == ["cat", "dog", "zebra"] and isinstance(names, CocoClassNames)
@@ -66,9 +83,9 @@ def test_bbox_conversion_hand_case_and_category_remapping(small):
     a, b = records
     np.testing.assert_array_equal(a["boxes"], [[20, 10, 35, 40], [1.25, 0.5, 4.75, 3.0]])
     assert a["boxes"].dtype == np.float32 and a["classes"].dtype == np.int32
-    np.testing.assert_array_equal(a["classes"], [0, 2])            # 3 -> 0, 9 -> 2
+    np.testing.assert_array_equal(a["classes"], [0, 2])  # 3 -> 0, 9 -> 2
     np.testing.assert_array_equal(b["boxes"], [[50, 70, 60, 80]])
-    np.testing.assert_array_equal(b["classes"], [1])               # 7 -> 1
+    np.testing.assert_array_equal(b["classes"], [1])  # 7 -> 1
     assert (a["image_id"], a["coco_id"], b["image_id"], b["coco_id"]) == ("a", 11, "sub_b", 12)
     assert a["path"] == os.path.join(img_dir, "a.jpg") and (a["height"], a["width"]) == (60, 80)
     np.testing.assert_array_equal(a["ann_ids"], [1, 2])
@@ -96,27 +113,39 @@ def test_iscrowd_kept_and_marked_and_empty_images(small):
     np.testing.assert_array_equal(records[0]["boxes"], [[0, 0, 30, 40], [5, 5, 15, 15]])
     assert records[1]["boxes"].shape == (0, 4) and records[1]["classes"].shape == (0,)
     assert records[1]["iscrowd"].shape == (0,)
-    assert report.empty_image == 1 and report.images == 2 and "kept with no boxes" in report.issues[0]
+    assert (
+        report.empty_image == 1 and report.images == 2 and "kept with no boxes" in report.issues[0]
+    )
     records, _, report = read_coco(path, img_dir, skip_empty=True)
     assert [r["image_id"] for r in records] == ["a"] and report.skipped_images == 1
 
 
 def test_bad_boxes_skip_and_strict_name_file_and_annotation(small):
     tmp, img_dir, images = small
-    anns = [_ann(1, 11, 3, [10, 10, 20, 20]),
-            _ann(21, 11, 3, [10, 10, 0, 5]),          # degenerate: zero width
-            _ann(22, 11, 7, [100, 10, 5, 5]),         # outside the 60x80 image
-            _ann(23, 11, 42, [10, 10, 5, 5]),         # unknown category id
-            _ann(24, 11, 7, [-5, 50, 20, 20]),        # partly outside: clipped
-            _ann(25, 11, 7, [10, 10, -3, 5]),         # inverted (negative width)
-            _ann(26, 11, 7, "junk")]                  # not a bbox: non-finite
+    anns = [
+        _ann(1, 11, 3, [10, 10, 20, 20]),
+        _ann(21, 11, 3, [10, 10, 0, 5]),  # degenerate: zero width
+        _ann(22, 11, 7, [100, 10, 5, 5]),  # outside the 60x80 image
+        _ann(23, 11, 42, [10, 10, 5, 5]),  # unknown category id
+        _ann(24, 11, 7, [-5, 50, 20, 20]),  # partly outside: clipped
+        _ann(25, 11, 7, [10, 10, -3, 5]),  # inverted (negative width)
+        _ann(26, 11, 7, "junk"),
+    ]  # not a bbox: non-finite
     path = _json(tmp / "bad.json", images, anns, CATS_3_7_9)
     records, _, report = read_coco(path, img_dir)
     np.testing.assert_array_equal(records[0]["boxes"], [[10, 10, 30, 30], [50, 0, 60, 15]])
     np.testing.assert_array_equal(records[0]["ann_ids"], [1, 24])
-    assert (report.degenerate, report.outside, report.bad_label, report.clipped, report.inverted,
-            report.non_finite) == (1, 1, 1, 1, 1, 1)
-    by_id = {i: m for m in report.issues for i in (21, 22, 23, 24, 25, 26) if f"annotation id {i} " in m}
+    assert (
+        report.degenerate,
+        report.outside,
+        report.bad_label,
+        report.clipped,
+        report.inverted,
+        report.non_finite,
+    ) == (1, 1, 1, 1, 1, 1)
+    by_id = {
+        i: m for m in report.issues for i in (21, 22, 23, 24, 25, 26) if f"annotation id {i} " in m
+    }
     assert len(by_id) == 6
     assert all("bad.json" in m and "a.jpg" in m for m in by_id.values())
     assert "degenerate" in by_id[21] and "bbox [x, y, w, h]=[10, 10, 0, 5]" in by_id[21]
@@ -124,19 +153,28 @@ def test_bad_boxes_skip_and_strict_name_file_and_annotation(small):
     assert "category_id=42: not a category of the file (ids: 3, 7, 9)" in by_id[23]
     for ann, kind in ((anns[1], "degenerate"), (anns[2], "outside"), (anns[3], "not a category")):
         strict_path = _json(tmp / f"strict_{ann['id']}.json", images, [anns[0], ann], CATS_3_7_9)
-        with pytest.raises(AnnotationError, match=rf"strict_{ann['id']}\.json annotation id {ann['id']} .*{kind}"):
+        with pytest.raises(
+            AnnotationError, match=rf"strict_{ann['id']}\.json annotation id {ann['id']} .*{kind}"
+        ):
             read_coco(strict_path, img_dir, mode="strict")
 
 
 def test_missing_image_unknown_image_id_and_size_mismatch(small):
     tmp, img_dir, images = small
-    images = images + [{"id": 13, "file_name": "gone.jpg", "height": 60, "width": 80},
-                       {"id": 14, "file_name": "half.jpg", "height": 30, "width": 40},
-                       {"id": 15, "file_name": "odd.jpg", "height": 30, "width": 70}]
+    images = images + [
+        {"id": 13, "file_name": "gone.jpg", "height": 60, "width": 80},
+        {"id": 14, "file_name": "half.jpg", "height": 30, "width": 40},
+        {"id": 15, "file_name": "odd.jpg", "height": 30, "width": 70},
+    ]
     _image(img_dir, "half.jpg")
     _image(img_dir, "odd.jpg")
-    anns = [_ann(1, 11, 3, [1, 1, 5, 5]), _ann(2, 13, 3, [1, 1, 5, 5]), _ann(3, 99, 3, [1, 1, 5, 5]),
-            _ann(4, 14, 3, [2, 3, 10, 5]), _ann(5, 15, 3, [1, 1, 5, 5])]
+    anns = [
+        _ann(1, 11, 3, [1, 1, 5, 5]),
+        _ann(2, 13, 3, [1, 1, 5, 5]),
+        _ann(3, 99, 3, [1, 1, 5, 5]),
+        _ann(4, 14, 3, [2, 3, 10, 5]),
+        _ann(5, 15, 3, [1, 1, 5, 5]),
+    ]
     path = _json(tmp / "a.json", images, anns, CATS_3_7_9)
     records, _, report = read_coco(path, img_dir)
     assert [r["image_id"] for r in records] == ["a", "sub_b", "half"]
@@ -165,7 +203,9 @@ def test_missing_and_malformed_json(small):
     with pytest.raises(ValueError, match="JSON object"):
         read_coco(tmp / "list.json", img_dir)
     with pytest.raises(ValueError, match="category id 3 appears twice"):
-        read_coco(_json(tmp / "dup.json", images, [], CATS_3_7_9 + [{"id": 3, "name": "x"}]), img_dir)
+        read_coco(
+            _json(tmp / "dup.json", images, [], CATS_3_7_9 + [{"id": 3, "name": "x"}]), img_dir
+        )
     with pytest.raises(DatasetNotFoundError, match="image folder not found"):
         read_coco(_json(tmp / "ok.json", images, [], CATS_3_7_9), tmp / "no_images")
     with pytest.raises(ValueError, match="mode must be"):
@@ -193,18 +233,22 @@ def test_round_trip_records_write_coco_read_coco(tmp_path):
     records[2]["difficult"] = np.arange(len(records[2]["boxes"])) == 1
     img_dir = os.path.join(root, "JPEGImages")
     out = write_coco(records, names, tmp_path / "out" / "bccd.json", image_dir=img_dir)
-    assert os.listdir(tmp_path / "out") == ["bccd.json"]        # no temporary file left
+    assert os.listdir(tmp_path / "out") == ["bccd.json"]  # no temporary file left
     back, back_names, report = read_coco(out, img_dir, check_images="none")
     assert back_names == names and back_names.category_ids == [1, 2, 3]
     assert report.images == len(records) == len(back)
-    assert report.degenerate == 0   # BloodImage_00338's zero-area box was already dropped by read_voc
+    assert (
+        report.degenerate == 0
+    )  # BloodImage_00338's zero-area box was already dropped by read_voc
     for r, b in zip(records, back):
         assert b["image_id"] == r["image_id"] and b["path"] == r["path"]
         assert (b["height"], b["width"]) == (r["height"], r["width"])
-        np.testing.assert_array_equal(b["boxes"], r["boxes"])     # exact: float64 bbox sums
+        np.testing.assert_array_equal(b["boxes"], r["boxes"])  # exact: float64 bbox sums
         np.testing.assert_array_equal(b["classes"], r["classes"])
         np.testing.assert_array_equal(b["difficult"], r["difficult"])
-        np.testing.assert_array_equal(b["iscrowd"], r.get("iscrowd", np.zeros(len(r["boxes"]), bool)))
+        np.testing.assert_array_equal(
+            b["iscrowd"], r.get("iscrowd", np.zeros(len(r["boxes"]), bool))
+        )
     # the original COCO ids survive a second round trip
     again = write_coco(back, back_names, tmp_path / "again.json", image_dir=img_dir)
     assert json.load(open(again))["images"] == json.load(open(out))["images"]
@@ -220,16 +264,34 @@ def test_round_trip_records_write_coco_read_coco(tmp_path):
 
 def test_write_coco_category_ids_and_bad_records(tmp_path):
     _image(tmp_path, "x.png", 20, 30)
-    rec = {"path": str(tmp_path / "x.png"), "image_id": "x", "boxes": np.array([[1, 2, 3, 4]], np.float32),
-           "classes": np.array([1], np.int32)}
+    rec = {
+        "path": str(tmp_path / "x.png"),
+        "image_id": "x",
+        "boxes": np.array([[1, 2, 3, 4]], np.float32),
+        "classes": np.array([1], np.int32),
+    }
     out = write_coco([rec], CocoClassNames(["cat", "dog"], [3, 7]), tmp_path / "a.json")
     data = json.load(open(out))
     assert data["categories"][1] == {"id": 7, "name": "dog", "supercategory": ""}
     assert data["images"] == [{"id": 1, "file_name": "x.png", "height": 20, "width": 30}]
-    assert data["annotations"][0]["category_id"] == 7 and data["annotations"][0]["bbox"] == [2, 1, 2, 2]
+    assert data["annotations"][0]["category_id"] == 7 and data["annotations"][0]["bbox"] == [
+        2,
+        1,
+        2,
+        2,
+    ]
     with pytest.raises(ValueError, match="class id 5 not in 0..1"):
         write_coco([dict(rec, classes=np.array([5]))], ["cat", "dog"], tmp_path / "b.json")
     with pytest.raises(ValueError, match="no 'path'"):
-        write_coco([{"image": np.zeros((4, 4, 3), np.uint8), "boxes": np.zeros((0, 4)),
-                     "classes": np.zeros(0)}], ["cat"], tmp_path / "c.json")
+        write_coco(
+            [
+                {
+                    "image": np.zeros((4, 4, 3), np.uint8),
+                    "boxes": np.zeros((0, 4)),
+                    "classes": np.zeros(0),
+                }
+            ],
+            ["cat"],
+            tmp_path / "c.json",
+        )
     assert not os.path.exists(tmp_path / "b.json") and not os.path.exists(tmp_path / "c.json")

@@ -10,25 +10,33 @@ from tfrcnn.data import compute_scale, make_dataset, make_synthetic_records
 
 def _record(h, w, boxes, classes, image_id, value=100):
     image = np.full((h, w, 3), value, np.uint8)
-    return {"image": image, "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-            "classes": np.array(classes, np.int32), "image_id": image_id}
+    return {
+        "image": image,
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "classes": np.array(classes, np.int32),
+        "image_id": image_id,
+    }
 
 
 def test_shapes_padding_and_scale():
-    records = [_record(120, 160, [[10, 20, 50, 80]], [1], "a"),
-               _record(100, 100, [], [], "empty")]
-    ds = make_dataset(records, batch_size=2, min_side=240, max_side=400, pad_to=(256, 320),
-                      max_boxes=4)
+    records = [_record(120, 160, [[10, 20, 50, 80]], [1], "a"), _record(100, 100, [], [], "empty")]
+    ds = make_dataset(
+        records, batch_size=2, min_side=240, max_side=400, pad_to=(256, 320), max_boxes=4
+    )
     batch = next(iter(ds))
     assert batch["images"].shape == (2, 256, 320, 3) and batch["images"].dtype == tf.float32
     np.testing.assert_array_equal(batch["image_shape"].numpy(), [[240, 320], [240, 240]])
     np.testing.assert_allclose(batch["image_scale"].numpy(), [2.0, 2.4])
     np.testing.assert_array_equal(batch["original_shape"].numpy(), [[120, 160], [100, 100]])
     np.testing.assert_allclose(batch["gt_boxes"][0, 0].numpy(), [20, 40, 100, 160])
-    assert np.all(batch["gt_boxes"][0, 1:].numpy() == -1) and np.all(batch["gt_boxes"][1].numpy() == -1)
+    assert np.all(batch["gt_boxes"][0, 1:].numpy() == -1) and np.all(
+        batch["gt_boxes"][1].numpy() == -1
+    )
     np.testing.assert_array_equal(batch["gt_classes"].numpy(), [[1, -1, -1, -1], [-1] * 4])
     # padding is zero, the valid region holds the (resized) pixels
-    assert np.all(batch["images"][0, 240:].numpy() == 0) and np.all(batch["images"][1, :, 240:].numpy() == 0)
+    assert np.all(batch["images"][0, 240:].numpy() == 0) and np.all(
+        batch["images"][1, :, 240:].numpy() == 0
+    )
     np.testing.assert_allclose(batch["images"][0, :240, :320].numpy(), 100.0, atol=1e-3)
     assert [i.decode() for i in batch["image_id"].numpy()] == ["a", "empty"]
 
@@ -45,16 +53,27 @@ def test_dynamic_padding_rounds_to_the_divisor_and_mixes_sizes():
 def test_flip_moves_boxes_with_the_pixels():
     image = np.zeros((100, 200, 3), np.uint8)
     image[10:30, 20:60] = 255
-    record = {"image": image, "boxes": np.array([[10, 20, 30, 60]], np.float32),
-              "classes": np.array([0], np.int32), "image_id": "m"}
+    record = {
+        "image": image,
+        "boxes": np.array([[10, 20, 30, 60]], np.float32),
+        "classes": np.array([0], np.int32),
+        "image_id": "m",
+    }
     seen_flipped = False
-    ds = make_dataset([record] * 8, batch_size=8, min_side=100, max_side=200, pad_to=(100, 256),
-                      training=True, seed=1)
+    ds = make_dataset(
+        [record] * 8,
+        batch_size=8,
+        min_side=100,
+        max_side=200,
+        pad_to=(100, 256),
+        training=True,
+        seed=1,
+    )
     batch = next(iter(ds))
     for i in range(8):
         box = batch["gt_boxes"][i, 0].numpy().astype(int)
         pixels = batch["images"][i].numpy()[..., 0]
-        inside = pixels[box[0]:box[2], box[1]:box[3]]
+        inside = pixels[box[0] : box[2], box[1] : box[3]]
         assert inside.min() > 200 and pixels.sum() == pytest.approx(inside.sum(), rel=1e-3)
         seen_flipped |= box[1] == 140
     assert seen_flipped
@@ -63,8 +82,9 @@ def test_flip_moves_boxes_with_the_pixels():
 def test_max_boxes_truncates_with_a_warning(caplog):
     record = _record(64, 64, [[i, i, i + 5, i + 5] for i in range(6)], [0] * 6, "crowded")
     with caplog.at_level("WARNING", logger="tfrcnn.data"):
-        batch = next(iter(make_dataset([record], batch_size=1, min_side=64, max_side=64,
-                                       max_boxes=4)))
+        batch = next(
+            iter(make_dataset([record], batch_size=1, min_side=64, max_side=64, max_boxes=4))
+        )
     assert batch["gt_boxes"].shape == (1, 4, 4)
     assert np.all(batch["gt_classes"].numpy() == 0)
     assert any("crowded" in r.getMessage() for r in caplog.records)
@@ -78,7 +98,9 @@ def test_lazy_records_from_files(tmp_path):
         Image.fromarray(r["image"]).save(path)
         lazy.append({k: v for k, v in r.items() if k != "image"} | {"path": str(path)})
     eager = list(make_dataset(records, batch_size=3, min_side=160, max_side=192, pad_to=(192, 192)))
-    from_files = list(make_dataset(lazy, batch_size=3, min_side=160, max_side=192, pad_to=(192, 192)))
+    from_files = list(
+        make_dataset(lazy, batch_size=3, min_side=160, max_side=192, pad_to=(192, 192))
+    )
     for key in ("images", "gt_boxes", "gt_classes", "image_shape"):
         np.testing.assert_array_equal(eager[0][key].numpy(), from_files[0][key].numpy())
 
@@ -86,8 +108,12 @@ def test_lazy_records_from_files(tmp_path):
 def test_bad_input_is_reported():
     with pytest.raises(ValueError, match="empty"):
         make_dataset([], batch_size=1)
-    bad = {"image": np.zeros((10, 10, 3), np.uint8), "boxes": np.zeros((2, 4), np.float32),
-           "classes": np.zeros((1,), np.int32), "image_id": "mismatch"}
+    bad = {
+        "image": np.zeros((10, 10, 3), np.uint8),
+        "boxes": np.zeros((2, 4), np.float32),
+        "classes": np.zeros((1,), np.int32),
+        "image_id": "mismatch",
+    }
     with pytest.raises(ValueError, match="mismatch"):
         make_dataset([bad])
     big = _record(300, 300, [[1, 1, 5, 5]], [0], "too-big")
@@ -104,11 +130,23 @@ def test_compute_scale():
 def test_external_proposals_are_padded_and_flip_with_the_image():
     image = np.zeros((100, 200, 3), np.uint8)
     image[10:30, 20:60] = 255
-    record = {"image": image, "boxes": np.array([[10, 20, 30, 60]], np.float32),
-              "classes": np.array([0], np.int32), "image_id": "p",
-              "proposals": np.array([[10, 20, 30, 60], [0, 0, 50, 50]], np.float32)}
-    ds = make_dataset([record] * 8, batch_size=8, min_side=200, max_side=400, pad_to=(200, 400),
-                      training=True, seed=3, num_proposals=4)
+    record = {
+        "image": image,
+        "boxes": np.array([[10, 20, 30, 60]], np.float32),
+        "classes": np.array([0], np.int32),
+        "image_id": "p",
+        "proposals": np.array([[10, 20, 30, 60], [0, 0, 50, 50]], np.float32),
+    }
+    ds = make_dataset(
+        [record] * 8,
+        batch_size=8,
+        min_side=200,
+        max_side=400,
+        pad_to=(200, 400),
+        training=True,
+        seed=3,
+        num_proposals=4,
+    )
     batch = next(iter(ds))
     assert batch["proposals"].shape == (8, 4, 4)
     flipped = 0
@@ -129,6 +167,7 @@ def test_voc_to_tfrecord_to_pipeline_matches_reading_voc(tmp_path):
     import shutil
 
     from conftest import bccd_path
+
     from tfrcnn.data import convert_to_tfrecord, read_voc, tfrecord_records
 
     root = bccd_path()
@@ -143,8 +182,9 @@ def test_voc_to_tfrecord_to_pipeline_matches_reading_voc(tmp_path):
         shutil.copy(f"{root}/JPEGImages/{i}.jpg", small / "JPEGImages")
     (small / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
     direct, names, _ = read_voc(str(small), "trainval")
-    paths, tf_names, _ = convert_to_tfrecord("voc", str(small), str(tmp_path / "rec"), num_shards=2,
-                                             split="trainval")
+    paths, tf_names, _ = convert_to_tfrecord(
+        "voc", str(small), str(tmp_path / "rec"), num_shards=2, split="trainval"
+    )
     via, via_names = tfrecord_records(paths)
     assert list(via_names) == list(names)
     common = dict(batch_size=3, min_side=240, max_side=320, pad_to=(240, 320), max_boxes=40)

@@ -14,9 +14,12 @@ from tfrcnn.data.synthetic import make_synthetic_records
 
 
 def _record(h, w, boxes, classes, image_id, value=50):
-    return {"image": np.full((h, w, 3), value, np.uint8),
-            "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-            "classes": np.array(classes, np.int32), "image_id": image_id}
+    return {
+        "image": np.full((h, w, 3), value, np.uint8),
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "classes": np.array(classes, np.int32),
+        "image_id": image_id,
+    }
 
 
 def test_compute_scale_numbers_and_tensors():
@@ -30,7 +33,9 @@ def test_compute_scale_numbers_and_tensors():
 
 def test_resize_image_and_boxes_values():
     # a horizontal ramp 0, 10, 20, ... upscaled x2 with half-pixel bilinear sampling
-    image = tf.tile(tf.reshape(tf.constant(np.arange(0, 80, 10, dtype=np.uint8)), [1, 8, 1]), [4, 1, 3])
+    image = tf.tile(
+        tf.reshape(tf.constant(np.arange(0, 80, 10, dtype=np.uint8)), [1, 8, 1]), [4, 1, 3]
+    )
     boxes = tf.constant([[1.0, 2.0, 3.0, 6.0]])
     resized, out_boxes, scale, size = resize_image_and_boxes(image, boxes, 8, 100)
     assert float(scale) == pytest.approx(2.0)
@@ -42,7 +47,9 @@ def test_resize_image_and_boxes_values():
     np.testing.assert_allclose(row[1:15], 10 * ((np.arange(1, 15) + 0.5) / 2 - 0.5), atol=1e-3)
     # downscaling (antialiased) keeps a flat image flat and scales the boxes by the same factor
     flat = tf.fill([300, 200, 3], tf.constant(77, tf.uint8))
-    small, small_boxes, scale, size = resize_image_and_boxes(flat, [[30.0, 20.0, 90.0, 100.0]], 50, 60)
+    small, small_boxes, scale, size = resize_image_and_boxes(
+        flat, [[30.0, 20.0, 90.0, 100.0]], 50, 60
+    )
     assert float(scale) == pytest.approx(0.2)
     np.testing.assert_array_equal(size.numpy(), [60, 40])
     np.testing.assert_allclose(small.numpy(), 77.0, atol=1e-3)
@@ -54,8 +61,12 @@ def _marked_record(image_id="marked"):
     image = np.full((60, 100, 3), 50, np.uint8)
     image[10, 20] = (255, 50, 50)
     image[29, 39] = (50, 255, 50)
-    return {"image": image, "boxes": np.array([[10, 20, 30, 40]], np.float32),
-            "classes": np.array([2], np.int32), "image_id": image_id}
+    return {
+        "image": image,
+        "boxes": np.array([[10, 20, 30, 40]], np.float32),
+        "classes": np.array([2], np.int32),
+        "image_id": image_id,
+    }
 
 
 def _flip_pattern(batch):
@@ -82,8 +93,15 @@ def test_flip_moves_box_corners_with_the_pixels_and_is_seeded():
     records = [_marked_record(f"m{i}") for i in range(8)]
 
     def make():
-        return make_dataset(records, batch_size=8, min_side=60, max_side=100, pad_to=(64, 128),
-                            training=True, seed=3)
+        return make_dataset(
+            records,
+            batch_size=8,
+            min_side=60,
+            max_side=100,
+            pad_to=(64, 128),
+            training=True,
+            seed=3,
+        )
 
     ds = make()
     epoch1 = next(iter(ds))
@@ -93,19 +111,22 @@ def test_flip_moves_box_corners_with_the_pixels_and_is_seeded():
     assert _flip_pattern(epoch2) != first  # redrawn each pass over the data
     again = next(iter(make()))
     assert _flip_pattern(again) == first  # the same seed gives the same batches
-    assert [i.decode() for i in again["image_id"].numpy()] == \
-        [i.decode() for i in epoch1["image_id"].numpy()]
+    assert [i.decode() for i in again["image_id"].numpy()] == [
+        i.decode() for i in epoch1["image_id"].numpy()
+    ]
     # evaluation does not flip (or shuffle)
-    plain = next(iter(make_dataset(records, batch_size=8, min_side=60, max_side=100,
-                                   pad_to=(64, 128))))
+    plain = next(
+        iter(make_dataset(records, batch_size=8, min_side=60, max_side=100, pad_to=(64, 128)))
+    )
     assert not any(_flip_pattern(plain))
     assert [i.decode() for i in plain["image_id"].numpy()] == [f"m{i}" for i in range(8)]
 
 
 def test_mixed_sizes_dynamic_padding_and_box_scaling():
     records = make_synthetic_records(5, seed=4, empty_fraction=0.0)
-    ds = make_dataset(records, batch_size=3, min_side=100, max_side=133, size_divisor=32,
-                      max_boxes=10)
+    ds = make_dataset(
+        records, batch_size=3, min_side=100, max_side=133, size_divisor=32, max_boxes=10
+    )
     batches = list(ds)
     assert [b["images"].shape[0] for b in batches] == [3, 2]  # no drop_remainder outside training
     k = 0
@@ -123,24 +144,33 @@ def test_mixed_sizes_dynamic_padding_and_box_scaling():
             np.testing.assert_array_equal(batch["original_shape"][i].numpy(), [h, w])
             np.testing.assert_array_equal(shapes[i], [round(h * scale), round(w * scale)])
             n = len(r["boxes"])
-            np.testing.assert_allclose(batch["gt_boxes"][i, :n].numpy(), r["boxes"] * scale,
-                                       rtol=1e-5)
+            np.testing.assert_allclose(
+                batch["gt_boxes"][i, :n].numpy(), r["boxes"] * scale, rtol=1e-5
+            )
             np.testing.assert_array_equal(batch["gt_classes"][i, :n].numpy(), r["classes"])
             assert np.all(batch["gt_boxes"][i, n:].numpy() == -1)
             assert np.all(batch["gt_classes"][i, n:].numpy() == -1)
             assert not batch["gt_difficult"][i].numpy().any()
             image = batch["images"][i].numpy()
-            assert np.all(image[shapes[i][0]:] == 0) and np.all(image[:, shapes[i][1]:] == 0)
+            assert np.all(image[shapes[i][0] :] == 0) and np.all(image[:, shapes[i][1] :] == 0)
             # the valid region is the resized picture: compare means with the original
-            valid = image[:shapes[i][0], :shapes[i][1]]
+            valid = image[: shapes[i][0], : shapes[i][1]]
             np.testing.assert_allclose(valid.mean((0, 1)), r["image"].mean((0, 1)), atol=2.0)
             assert batch["image_id"][i].numpy().decode() == r["image_id"]
 
 
 def test_training_defaults_drop_remainder_static_shapes_and_no_repeat():
     records = [_record(40, 40, [[1, 1, 9, 9]], [0], f"r{i}") for i in range(5)]
-    ds = make_dataset(records, batch_size=2, min_side=40, max_side=40, pad_to=(64, 64),
-                      max_boxes=3, training=True, seed=0)
+    ds = make_dataset(
+        records,
+        batch_size=2,
+        min_side=40,
+        max_side=40,
+        pad_to=(64, 64),
+        max_boxes=3,
+        training=True,
+        seed=0,
+    )
     spec = ds.element_spec
     assert spec["images"].shape == (2, 64, 64, 3) and spec["images"].dtype == tf.float32
     assert spec["gt_boxes"].shape == (2, 3, 4) and spec["gt_classes"].dtype == tf.int32
@@ -148,8 +178,21 @@ def test_training_defaults_drop_remainder_static_shapes_and_no_repeat():
     assert spec["image_shape"].dtype == tf.int32 and spec["image_scale"].dtype == tf.float32
     ids = [i.decode() for b in ds for i in b["image_id"].numpy()]
     assert len(ids) == 4 and len(set(ids)) == 4  # 2 full batches, then the dataset ends
-    assert len(list(make_dataset(records, batch_size=2, min_side=40, max_side=40, training=True,
-                                 drop_remainder=False))) == 3
+    assert (
+        len(
+            list(
+                make_dataset(
+                    records,
+                    batch_size=2,
+                    min_side=40,
+                    max_side=40,
+                    training=True,
+                    drop_remainder=False,
+                )
+            )
+        )
+        == 3
+    )
 
 
 def test_record_sources_list_callable_generator_and_files(tmp_path):
@@ -167,8 +210,14 @@ def test_record_sources_list_callable_generator_and_files(tmp_path):
             continue
         path = tmp_path / f"{r['image_id']}.png"
         Image.fromarray(r["image"]).save(path)
-        lazy.append({"path": str(path), "boxes": r["boxes"], "classes": r["classes"],
-                     "image_id": r["image_id"]})
+        lazy.append(
+            {
+                "path": str(path),
+                "boxes": r["boxes"],
+                "classes": r["classes"],
+                "image_id": r["image_id"],
+            }
+        )
     for source in (from_callable, gen, lazy):
         batch = next(iter(make_dataset(source, batch_size=4, min_side=128, max_side=192)))
         for key in ("images", "gt_boxes", "gt_classes", "image_shape", "image_scale", "image_id"):
@@ -178,15 +227,23 @@ def test_record_sources_list_callable_generator_and_files(tmp_path):
 def test_grayscale_file_becomes_rgb(tmp_path):
     path = tmp_path / "gray.png"
     Image.fromarray(np.full((30, 40), 90, np.uint8)).save(path)
-    record = {"path": str(path), "boxes": np.array([[0, 0, 10, 10]], np.float32),
-              "classes": np.array([0], np.int32), "image_id": "gray"}
+    record = {
+        "path": str(path),
+        "boxes": np.array([[0, 0, 10, 10]], np.float32),
+        "classes": np.array([0], np.int32),
+        "image_id": "gray",
+    }
     batch = next(iter(make_dataset([record], batch_size=1, min_side=30, max_side=40)))
     assert batch["images"].shape == (1, 32, 64, 3)
     np.testing.assert_allclose(batch["images"][0, :30, :40].numpy(), 90.0, atol=1e-3)
 
 
 def test_missing_file_names_the_path(tmp_path):
-    record = {"path": str(tmp_path / "nowhere.jpg"), "boxes": np.zeros((0, 4), np.float32),
-              "classes": np.zeros((0,), np.int32), "image_id": "missing"}
+    record = {
+        "path": str(tmp_path / "nowhere.jpg"),
+        "boxes": np.zeros((0, 4), np.float32),
+        "classes": np.zeros((0,), np.int32),
+        "image_id": "missing",
+    }
     with pytest.raises(Exception, match="nowhere.jpg"):
         next(iter(make_dataset([record], batch_size=1, min_side=32, max_side=32)))

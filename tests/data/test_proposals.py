@@ -1,4 +1,5 @@
 """Selective search, the proposal file and the fixed-size padding of tfrcnn.data.proposals."""
+
 import os
 import sys
 import zipfile
@@ -7,8 +8,13 @@ import numpy as np
 import pytest
 
 from tfrcnn.data import proposals as proposals_module
-from tfrcnn.data.proposals import (load_proposals, pad_proposals, save_proposals,
-                                   selective_search, unique_boxes)
+from tfrcnn.data.proposals import (
+    load_proposals,
+    pad_proposals,
+    save_proposals,
+    selective_search,
+    unique_boxes,
+)
 
 
 def _iou(a, b):
@@ -29,8 +35,10 @@ def _has_ximgproc():
 
 
 needs_opencv = pytest.mark.skipif(
-    not _has_ximgproc(), reason="opencv-contrib (cv2.ximgproc) is not installed: "
-    "pip install opencv-contrib-python-headless (the 'selective_search' / 'test' extra)")
+    not _has_ximgproc(),
+    reason="opencv-contrib (cv2.ximgproc) is not installed: "
+    "pip install opencv-contrib-python-headless (the 'selective_search' / 'test' extra)",
+)
 
 RECTANGLES = ([20, 30, 60, 90], [70, 100, 110, 150])  # yxyx
 
@@ -68,10 +76,10 @@ def test_unique_boxes_keeps_first_occurrences_in_order():
 def test_save_load_round_trip(tmp_path):
     data = {
         "BloodImage_00001": np.array([[1.5, 2, 30, 40], [0, 0, 10, 10]], np.float32),
-        "file": np.array([[0, 0, 1, 1]], np.float64),        # would clash with np.savez(file=...)
-        "allow_pickle": np.zeros((0, 4), np.float32),          # an image with no proposals
+        "file": np.array([[0, 0, 1, 1]], np.float64),  # would clash with np.savez(file=...)
+        "allow_pickle": np.zeros((0, 4), np.float32),  # an image with no proposals
         "dir/with.dots and spaces": np.arange(12, dtype=np.float32).reshape(3, 4),
-        7: np.ones((1, 4), np.float32),                        # ids become str
+        7: np.ones((1, 4), np.float32),  # ids become str
     }
     path = tmp_path / "props.npz"
     save_proposals(path, data)
@@ -133,7 +141,9 @@ def test_selective_search_finds_two_rectangles():
     boxes = selective_search(image, mode="fast", max_proposals=2000, min_size=0, num_threads=1)
     assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 2
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
-    assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 120) and np.all(boxes[:, [1, 3]] <= 160)
+    assert (
+        np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 120) and np.all(boxes[:, [1, 3]] <= 160)
+    )
     assert len(np.unique(boxes, axis=0)) == len(boxes)  # deduplicated
     for rect in RECTANGLES:
         assert max(_iou(rect, b) for b in boxes) >= 0.7, rect
@@ -153,7 +163,9 @@ def test_selective_search_options():
     np.testing.assert_array_equal(selective_search(image, min_size=0, seed=3), first)
     assert len(selective_search(image, min_size=0, max_proposals=3)) == 3
     big = selective_search(image, min_size=30)
-    assert len(big) > 0 and np.all(big[:, 2] - big[:, 0] >= 30) and np.all(big[:, 3] - big[:, 1] >= 30)
+    assert (
+        len(big) > 0 and np.all(big[:, 2] - big[:, 0] >= 30) and np.all(big[:, 3] - big[:, 1] >= 30)
+    )
     # A 2x upscaled image searched at max_side=160 gives boxes in the big image's pixels.
     large = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
     scaled = selective_search(large, min_size=0, max_side=160)

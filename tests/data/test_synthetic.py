@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
-from tfrcnn.data.synthetic import (MIN_OBJECT_SIZE, SYNTHETIC_CLASS_NAMES, make_synthetic_records,
-                                   synthetic_splits)
+from tfrcnn.data.synthetic import (
+    MIN_OBJECT_SIZE,
+    SYNTHETIC_CLASS_NAMES,
+    make_synthetic_records,
+    synthetic_splits,
+)
 
 
 def _pairwise_iou(boxes):
@@ -73,8 +77,10 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["boxes"], y["boxes"])
         np.testing.assert_array_equal(x["classes"], y["classes"])
-    assert not any(x["image"].shape == y["image"].shape and np.array_equal(x["image"], y["image"])
-                   for x, y in zip(a, c))
+    assert not any(
+        x["image"].shape == y["image"].shape and np.array_equal(x["image"], y["image"])
+        for x, y in zip(a, c)
+    )
 
 
 def test_boxes_are_tight_around_the_drawn_pixels():
@@ -114,7 +120,9 @@ def test_splits_are_disjoint_and_sized():
     assert all(64 <= r["image"].shape[0] <= 96 for r in train + val)
     for t in train:
         for v in val:
-            assert t["image"].shape != v["image"].shape or not np.array_equal(t["image"], v["image"])
+            assert t["image"].shape != v["image"].shape or not np.array_equal(
+                t["image"], v["image"]
+            )
     same, _ = synthetic_splits(num_train=8, num_val=4, seed=1, min_size=64, max_size=96)
     np.testing.assert_array_equal(same[3]["image"], train[3]["image"])
 

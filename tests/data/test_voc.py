@@ -1,4 +1,5 @@
 """The Pascal VOC reader (tfrcnn.data.voc) on BCCD and on small broken VOC folders built in tmp_path."""
+
 import collections
 import os
 import shutil
@@ -31,13 +32,17 @@ def _xml(filename, size, objects):
     if filename:
         parts.append(f"<filename>{filename}</filename>")
     if size:
-        parts.append(f"<size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>")
+        parts.append(
+            f"<size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>"
+        )
     for obj in objects:
         name, xmin, ymin, xmax, ymax = obj[:5]
         difficult = obj[5] if len(obj) > 5 else 0
-        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
-                     f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
-                     "</bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+            f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
+            "</bndbox></object>"
+        )
     parts.append("</annotation>")
     return "\n".join(parts)
 
@@ -79,7 +84,7 @@ def test_bccd_acceptance_counts_and_zero_area_boxes():
     assert report.summary() == "364 images, 4886 boxes kept; issues: 2 degenerate"
     r = records[0]
     assert set(r) == {"path", "image_id", "boxes", "classes", "difficult", "height", "width"}
-    assert "image" not in r and os.path.isfile(r["path"])   # lazy
+    assert "image" not in r and os.path.isfile(r["path"])  # lazy
     assert r["boxes"].dtype == np.float32 and r["classes"].dtype == np.int32
     assert r["difficult"].dtype == bool and not any(x["difficult"].any() for x in records)
     assert (r["height"], r["width"]) == (480, 640)
@@ -134,8 +139,12 @@ def test_bccd_label_not_in_class_names(bccd_copy):
 def test_one_based_inclusive_corners_become_continuous(tmp_path):
     np.testing.assert_array_equal(voc_to_yxyx([[1, 1, 10, 10]]), [[0, 0, 10, 10]])
     root = _make_voc(tmp_path, ["a"])
-    _write(root, "a", _xml("a.jpg", (20, 30), [("cat", 1, 1, 10, 10), ("dog", 21, 5, 30, 20)]),
-           _gray_image(20, 30))
+    _write(
+        root,
+        "a",
+        _xml("a.jpg", (20, 30), [("cat", 1, 1, 10, 10), ("dog", 21, 5, 30, 20)]),
+        _gray_image(20, 30),
+    )
     records, names, report = read_voc(root)
     assert names == ["cat", "dog"]
     # xmin=1, xmax=10 -> x1=0, x2=10; a box to the right and bottom borders ends at W and H
@@ -146,10 +155,12 @@ def test_one_based_inclusive_corners_become_continuous(tmp_path):
 
 def test_inverted_outside_and_clipped_boxes(tmp_path):
     root = _make_voc(tmp_path, ["a"])
-    objects = [("cat", 1, 1, 10, 10),       # good
-               ("cat", 8, 2, 4, 9),         # inverted: xmax < xmin
-               ("cat", 40, 5, 50, 9),       # entirely right of the 30 px wide image
-               ("cat", 25, -3, 35, 6)]      # partly outside: clipped
+    objects = [
+        ("cat", 1, 1, 10, 10),  # good
+        ("cat", 8, 2, 4, 9),  # inverted: xmax < xmin
+        ("cat", 40, 5, 50, 9),  # entirely right of the 30 px wide image
+        ("cat", 25, -3, 35, 6),
+    ]  # partly outside: clipped
     _write(root, "a", _xml("a.jpg", (20, 30), objects), _gray_image(20, 30))
     records, _, report = read_voc(root)
     np.testing.assert_array_equal(records[0]["boxes"], [[0, 0, 10, 10], [0, 24, 6, 30]])
@@ -157,7 +168,10 @@ def test_inverted_outside_and_clipped_boxes(tmp_path):
     assert report.boxes == 2
     xml = os.path.join(root, "Annotations", "a.xml")
     assert f"{xml} box 1 ('cat', xmin=8 ymin=2 xmax=4 ymax=9" in report.issues[0]
-    assert f"{xml} box 2" in report.issues[1] and "entirely outside the 20x30 image" in report.issues[1]
+    assert (
+        f"{xml} box 2" in report.issues[1]
+        and "entirely outside the 20x30 image" in report.issues[1]
+    )
     assert "clipped to [0, 24, 6, 30]" in report.issues[2]
     with pytest.raises(AnnotationError, match=r"a\.xml box 1 .*inverted"):
         read_voc(root, mode="strict")
@@ -169,12 +183,18 @@ def test_exif_rotated_jpeg_boxes_follow_the_pixels(tmp_path):
     ids = ["o6", "o8"]
     root = _make_voc(tmp_path, ids)
     stored = np.zeros((40, 60, 3), np.uint8)
-    stored[6:16, 10:40] = 255                       # rows 6..15, columns 10..39
+    stored[6:16, 10:40] = 255  # rows 6..15, columns 10..39
     for image_id, orientation in zip(ids, (6, 8)):
         exif = Image.Exif()
         exif[0x0112] = orientation
-        _write(root, image_id, _xml(None, (40, 60), [("mark", 11, 7, 40, 16)]),
-               Image.fromarray(stored), quality=95, exif=exif.tobytes())
+        _write(
+            root,
+            image_id,
+            _xml(None, (40, 60), [("mark", 11, 7, 40, 16)]),
+            Image.fromarray(stored),
+            quality=95,
+            exif=exif.tobytes(),
+        )
     records, _, report = read_voc(root)
     assert report.size_mismatch == 2 and report.images == 2
     assert "mapped with EXIF orientation 6" in report.issues[0]
@@ -182,8 +202,10 @@ def test_exif_rotated_jpeg_boxes_follow_the_pixels(tmp_path):
         image = load_image(r["path"])
         assert image.shape == (60, 40, 3) and (r["height"], r["width"]) == (60, 40)
         ys, xs = np.nonzero(image[..., 0] > 128)
-        np.testing.assert_array_equal(r["boxes"][0], [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
-    np.testing.assert_array_equal(records[0]["boxes"], [[10, 24, 40, 34]])   # rotated clockwise
+        np.testing.assert_array_equal(
+            r["boxes"][0], [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+        )
+    np.testing.assert_array_equal(records[0]["boxes"], [[10, 24, 40, 34]])  # rotated clockwise
     with pytest.raises(AnnotationError, match=r"o6\.xml: <size> .*disagrees"):
         read_voc(root, mode="strict")
 
@@ -204,15 +226,25 @@ def test_size_mismatch_scale_is_repaired_and_others_skipped(tmp_path):
     # check_image_size=False trusts the XML
     records, _, report = read_voc(root, check_image_size=False)
     assert report.size_mismatch == 0 and len(records) == 3
-    assert (records[0]["height"], records[0]["width"]) == (20, 30)   # the real size
+    assert (records[0]["height"], records[0]["width"]) == (20, 30)  # the real size
 
 
 def test_png_named_jpg_and_4000px_image_read_without_decoding(tmp_path, monkeypatch):
     root = _make_voc(tmp_path, ["png", "big"])
-    _write(root, "png", _xml("png.jpg", (20, 30), [("a", 1, 1, 5, 5)]), _gray_image(20, 30),
-           format="PNG")
-    _write(root, "big", _xml("big.jpg", (3000, 4000), [("a", 3001, 2001, 4000, 3000)]),
-           _gray_image(3000, 4000), quality=80)
+    _write(
+        root,
+        "png",
+        _xml("png.jpg", (20, 30), [("a", 1, 1, 5, 5)]),
+        _gray_image(20, 30),
+        format="PNG",
+    )
+    _write(
+        root,
+        "big",
+        _xml("big.jpg", (3000, 4000), [("a", 3001, 2001, 4000, 3000)]),
+        _gray_image(3000, 4000),
+        quality=80,
+    )
 
     def no_decode(self, *a, **k):
         raise AssertionError("read_voc decoded pixels")
@@ -231,8 +263,13 @@ def test_missing_image_bad_xml_and_filename_fallback(tmp_path):
     ids = ["named", "missing", "badxml", "noxml"]
     root = _make_voc(tmp_path, ids)
     # <filename> names a file that exists under another name than the id
-    _write(root, "named", _xml("photo 1.png", (20, 30), [("a", 1, 1, 5, 5)]), _gray_image(20, 30),
-           image_name="photo 1.png")
+    _write(
+        root,
+        "named",
+        _xml("photo 1.png", (20, 30), [("a", 1, 1, 5, 5)]),
+        _gray_image(20, 30),
+        image_name="photo 1.png",
+    )
     _write(root, "missing", _xml("missing.jpg", (20, 30), [("a", 1, 1, 5, 5)]))
     with open(os.path.join(root, "Annotations", "badxml.xml"), "w") as f:
         f.write("<annotation><object>")
@@ -249,8 +286,12 @@ def test_missing_image_bad_xml_and_filename_fallback(tmp_path):
 
 def test_difficult_and_empty_images(tmp_path):
     root = _make_voc(tmp_path, ["d", "empty"])
-    _write(root, "d", _xml(None, (20, 30), [("a", 1, 1, 5, 5, 1), ("a", 2, 2, 8, 8, 0)]),
-           _gray_image(20, 30))
+    _write(
+        root,
+        "d",
+        _xml(None, (20, 30), [("a", 1, 1, 5, 5, 1), ("a", 2, 2, 8, 8, 0)]),
+        _gray_image(20, 30),
+    )
     _write(root, "empty", _xml(None, (20, 30), []), _gray_image(20, 30))
     records, _, report = read_voc(root)
     assert records[0]["difficult"].tolist() == [True, False]
@@ -270,7 +311,10 @@ def test_empty_split_missing_split_and_empty_folder(tmp_path):
     split_file = os.path.join(root, "ImageSets", "Main", "trainval.txt")
     with pytest.raises(ValueError, match=f"split file {split_file} lists no image ids"):
         read_voc(root, class_names=["a"])
-    with pytest.raises(DatasetNotFoundError, match=r"split file not found: .*val\.txt \(available splits: test, trainval\)"):
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"split file not found: .*val\.txt \(available splits: test, trainval\)",
+    ):
         read_voc(root, "val", class_names=["a"])
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -284,8 +328,10 @@ def test_empty_split_missing_split_and_empty_folder(tmp_path):
 
 def test_all_images_unusable_is_an_error_and_report_accumulates(tmp_path):
     root = _make_voc(tmp_path, ["a"])
-    _write(root, "a", _xml("a.jpg", (20, 30), [("a", 1, 1, 5, 5)]))   # no image
-    with pytest.raises(ValueError, match=r"no usable images in .* trainval: 0 images, 0 boxes kept"):
+    _write(root, "a", _xml("a.jpg", (20, 30), [("a", 1, 1, 5, 5)]))  # no image
+    with pytest.raises(
+        ValueError, match=r"no usable images in .* trainval: 0 images, 0 boxes kept"
+    ):
         read_voc(root)
     report = ValidationReport()
     _gray_image(20, 30).save(os.path.join(root, "JPEGImages", "a.jpg"))

@@ -9,12 +9,19 @@ NAMES = ["cell", "blob"]
 
 
 def _gt(boxes, classes, **extra):
-    return {"boxes": np.array(boxes, "float32").reshape(-1, 4), "classes": np.array(classes), **extra}
+    return {
+        "boxes": np.array(boxes, "float32").reshape(-1, 4),
+        "classes": np.array(classes),
+        **extra,
+    }
 
 
 def _det(boxes, classes, scores):
-    return {"boxes": np.array(boxes, "float32").reshape(-1, 4), "classes": np.array(classes),
-            "scores": np.array(scores, "float32")}
+    return {
+        "boxes": np.array(boxes, "float32").reshape(-1, 4),
+        "classes": np.array(classes),
+        "scores": np.array(scores, "float32"),
+    }
 
 
 def test_perfect_detections_score_one():
@@ -38,11 +45,11 @@ def test_half_the_objects_found():
 def test_a_shifted_box_counts_only_at_low_iou():
     # IoU of the detection with the object is 0.6: a hit at 0.5 and 0.55, a miss from 0.65 up.
     gt_box = [0, 0, 100, 100]
-    det_box = [0, 25, 100, 125]   # overlap 75 x 100 = 7500, union 12500 -> IoU 0.6
+    det_box = [0, 25, 100, 125]  # overlap 75 x 100 = 7500, union 12500 -> IoU 0.6
     stats = evaluate_coco([_det([det_box], [0], [0.9])], [_gt([gt_box], [0])], ["cell"])
     assert stats["AP50"] == pytest.approx(1.0)
     assert stats["AP75"] == pytest.approx(0.0)
-    assert stats["AP"] == pytest.approx(0.3)   # 3 of the 10 IoU thresholds (0.50, 0.55, 0.60)
+    assert stats["AP"] == pytest.approx(0.3)  # 3 of the 10 IoU thresholds (0.50, 0.55, 0.60)
 
 
 def test_difficult_objects_are_ignored_and_empty_results_are_fine():

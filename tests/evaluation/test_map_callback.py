@@ -17,8 +17,14 @@ CLASSES = np.array([0, 2], np.int32)
 def _dataset():
     image = np.full((100, 120, 3), 80, np.uint8)
     record = {"image": image, "boxes": GT, "classes": CLASSES, "image_id": "one"}
-    return make_dataset([record, dict(record, image_id="two")], batch_size=2, min_side=50,
-                        max_side=60, pad_to=(64, 64), max_boxes=4)
+    return make_dataset(
+        [record, dict(record, image_id="two")],
+        batch_size=2,
+        min_side=50,
+        max_side=60,
+        pad_to=(64, 64),
+        max_boxes=4,
+    )
 
 
 class ConstantDetector(keras.Model):
@@ -26,16 +32,19 @@ class ConstantDetector(keras.Model):
 
     def __init__(self, shift=0.0):
         super().__init__()
-        self.shift = self.add_weight(shape=(), initializer=keras.initializers.Constant(shift),
-                                     trainable=False, name="shift")
+        self.shift = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(shift), trainable=False, name="shift"
+        )
 
     def call(self, inputs, training=False):
         b = tf.shape(inputs["images"])[0]
         boxes = tf.tile(tf.constant(GT)[None], [b, 1, 1]) + self.shift
-        return {"detection_boxes": boxes,
-                "detection_scores": tf.fill([b, 2], 0.9),
-                "detection_classes": tf.tile(tf.constant(CLASSES)[None], [b, 1]),
-                "num_detections": tf.fill([b], 2)}
+        return {
+            "detection_boxes": boxes,
+            "detection_scores": tf.fill([b, 2], 0.9),
+            "detection_classes": tf.tile(tf.constant(CLASSES)[None], [b, 1]),
+            "num_detections": tf.fill([b], 2),
+        }
 
     def train_step(self, data):
         return {"loss": tf.constant(0.0)}
@@ -61,12 +70,22 @@ def test_callback_in_fit_reaches_history_and_csv_logger(tmp_path, capsys):
     data = _dataset()
     model = ConstantDetector()
     model.compile()
-    callback = MeanAveragePrecisionCallback(data, num_classes=3,
-                                            class_names=["rect", "ellipse", "tri"], every=2,
-                                            name="val_mAP", verbose=1)
+    callback = MeanAveragePrecisionCallback(
+        data,
+        num_classes=3,
+        class_names=["rect", "ellipse", "tri"],
+        every=2,
+        name="val_mAP",
+        verbose=1,
+    )
     log_path = tmp_path / "log.csv"
-    history = model.fit(data, epochs=4, verbose=0, shuffle=False,
-                        callbacks=[callback, keras.callbacks.CSVLogger(str(log_path))])
+    history = model.fit(
+        data,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[callback, keras.callbacks.CSVLogger(str(log_path))],
+    )
     assert history.history["val_mAP"] == pytest.approx([1.0] * 4)
     assert history.history["val_mAP/rect"] == pytest.approx([1.0] * 4)
     assert np.all(np.isnan(history.history["val_mAP/ellipse"]))  # no ground truth of that class

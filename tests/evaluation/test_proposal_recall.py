@@ -1,12 +1,18 @@
 """Proposal recall (Faster R-CNN Fig. 2 / Hosang et al.) and its producers and reports."""
+
 import os
 
 import numpy as np
 import pytest
 
 from tests.conftest import bccd_path
-from tfrcnn.evaluation.proposals import (DEFAULT_IOU_THRESHOLDS, format_recall_table,
-                                         plot_recall_curves, proposal_recall, rpn_proposals)
+from tfrcnn.evaluation.proposals import (
+    DEFAULT_IOU_THRESHOLDS,
+    format_recall_table,
+    plot_recall_curves,
+    proposal_recall,
+    rpn_proposals,
+)
 
 GT = [0, 0, 10, 10]
 IOU_045 = [0, 0, 10, 4.5]  # IoU with GT: 45 / 100
@@ -15,8 +21,9 @@ IOU_080 = [0, 0, 10, 8]
 
 
 def test_default_thresholds():
-    np.testing.assert_allclose(DEFAULT_IOU_THRESHOLDS, [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
-                                                        0.85, 0.9, 0.95])
+    np.testing.assert_allclose(
+        DEFAULT_IOU_THRESHOLDS, [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    )
 
 
 def test_recall_hand_case_depends_on_top_n():
@@ -33,8 +40,9 @@ def test_recall_hand_case_depends_on_top_n():
     assert r["num_gt"] == 1 and r["num_images"] == 1
     assert r["mean_proposals"] == {1: 1, 2: 2, 3: 3, 300: 3}
     # The 0.45 box last: one proposal is enough.
-    r = proposal_recall([np.array([IOU_060, IOU_045])], [np.array([GT])], iou_thresholds=[0.5],
-                        top_n=1)
+    r = proposal_recall(
+        [np.array([IOU_060, IOU_045])], [np.array([GT])], iou_thresholds=[0.5], top_n=1
+    )
     np.testing.assert_array_equal(r["recall"][1], [1.0])
 
 
@@ -45,8 +53,9 @@ def test_recall_counts_over_all_gt_and_skips_images_without_gt():
     props_b = np.array([[0, 0, 50, 50]], np.float32)
     gt_c = np.zeros((0, 4), np.float32)  # no ground truth: does not count
     props_c = np.array([[5, 5, 9, 9]], np.float32)
-    r = proposal_recall([props_a, props_b, props_c], [gt_a, gt_b, gt_c],
-                        iou_thresholds=[0.5, 0.85], top_n=(1, 2))
+    r = proposal_recall(
+        [props_a, props_b, props_c], [gt_a, gt_b, gt_c], iou_thresholds=[0.5, 0.85], top_n=(1, 2)
+    )
     assert r["num_gt"] == 3 and r["num_images"] == 2
     np.testing.assert_allclose(r["recall"][1], [2 / 3, 1 / 3])
     np.testing.assert_allclose(r["recall"][2], [2 / 3, 1 / 3])
@@ -90,8 +99,11 @@ def test_recall_matches_a_slow_reference():
     for n in (5, 20, 100):
         expected = []
         for t in thresholds:
-            hit = sum(any(iou(g, p) >= t for p in props[:n]) for props, g_all in zip(proposals, gts)
-                      for g in g_all)
+            hit = sum(
+                any(iou(g, p) >= t for p in props[:n])
+                for props, g_all in zip(proposals, gts)
+                for g in g_all
+            )
             expected.append(hit / sum(len(g) for g in gts))
         np.testing.assert_allclose(r["recall"][n], expected)
 
@@ -109,8 +121,9 @@ def test_recall_input_errors():
 
 def _results():
     r = proposal_recall([np.array([IOU_045, IOU_060, IOU_080])], [np.array([GT])], top_n=(1, 3))
-    s = proposal_recall([np.array([IOU_080])], [np.array([GT])], iou_thresholds=[0.5, 0.6],
-                        top_n=(1,))
+    s = proposal_recall(
+        [np.array([IOU_080])], [np.array([GT])], iou_thresholds=[0.5, 0.6], top_n=(1,)
+    )
     return {"RPN": {**r, "seconds": 0.0123}, "selective search": s}
 
 
@@ -152,14 +165,16 @@ def test_rpn_proposals_of_an_untrained_model_on_bccd():
         assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
     # Sorted by score: the first proposals are the model's top scoring ones.
     import tensorflow as tf
+
     from tfrcnn.data.images import load_image
 
     image = load_image(records[0]["path"])[None]
     out = model.propose(tf.constant(image), max_proposals=100)
-    scores = out["proposal_scores"].numpy()[0][:int(out["num_proposals"][0])]
+    scores = out["proposal_scores"].numpy()[0][: int(out["num_proposals"][0])]
     assert np.all(np.diff(scores) <= 1e-6)
-    np.testing.assert_allclose(proposals[0], out["proposal_boxes"].numpy()[0][:len(scores)],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        proposals[0], out["proposal_boxes"].numpy()[0][: len(scores)], atol=1e-3
+    )
     r = proposal_recall(proposals, [rec["boxes"] for rec in records], top_n=(100,))
     assert r["num_gt"] == sum(len(rec["boxes"]) for rec in records)
     assert 0.0 <= r["average_recall"][100] <= 1.0

@@ -26,8 +26,11 @@ def _gt(boxes, classes, difficult=None):
 
 
 def _det(boxes, classes, scores):
-    return {"boxes": np.array(boxes, float).reshape(-1, 4), "classes": np.array(classes),
-            "scores": np.array(scores, float)}
+    return {
+        "boxes": np.array(boxes, float).reshape(-1, 4),
+        "classes": np.array(classes),
+        "scores": np.array(scores, float),
+    }
 
 
 def test_devkit_rules():
@@ -68,20 +71,25 @@ class _Echo:
 
     def __call__(self, inputs, training=False):
         import tensorflow as tf
+
         batch = next(self.batches)
         scale = batch["image_scale"][:, None, None]
         valid = batch["gt_classes"] >= 0
-        return {"detection_boxes": tf.where(valid[..., None], batch["gt_boxes"] / scale, 0.0),
-                "detection_scores": tf.cast(valid, tf.float32),
-                "detection_classes": batch["gt_classes"],
-                "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
+        return {
+            "detection_boxes": tf.where(valid[..., None], batch["gt_boxes"] / scale, 0.0),
+            "detection_scores": tf.cast(valid, tf.float32),
+            "detection_classes": batch["gt_classes"],
+            "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        }
 
 
 def test_evaluate_model_with_a_perfect_fake_model():
     from tfrcnn.data import make_dataset, make_synthetic_records
+
     records = make_synthetic_records(6, seed=3, empty_fraction=0.0)
-    ds = make_dataset(records, batch_size=3, min_side=100, max_side=120, pad_to=(120, 120),
-                      max_boxes=8)
+    ds = make_dataset(
+        records, batch_size=3, min_side=100, max_side=120, pad_to=(120, 120), max_boxes=8
+    )
     result = evaluate_model(_Echo(list(ds)), ds, num_classes=3)
     assert result["mAP"] == pytest.approx(1.0)
     assert result["num_gt"].sum() == sum(len(r["boxes"]) for r in records)

@@ -13,17 +13,21 @@ from tfrcnn.evaluation.voc import evaluate_detections, evaluate_model, voc_ap
 
 
 def _gt(boxes, classes, difficult=None):
-    gt = {"boxes": np.array(boxes, np.float32).reshape(-1, 4),
-          "classes": np.array(classes, np.int32).reshape(-1)}
+    gt = {
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "classes": np.array(classes, np.int32).reshape(-1),
+    }
     if difficult is not None:
         gt["difficult"] = np.array(difficult, bool)
     return gt
 
 
 def _det(boxes, classes, scores):
-    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4),
-            "classes": np.array(classes, np.int32).reshape(-1),
-            "scores": np.array(scores, np.float32).reshape(-1)}
+    return {
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "classes": np.array(classes, np.int32).reshape(-1),
+        "scores": np.array(scores, np.float32).reshape(-1),
+    }
 
 
 # Worked example, class 0, four positives (g1, g2 in image A; g3, g4 in image B), five detections
@@ -49,10 +53,14 @@ ELEVEN_POINT = 6.2 / 11
 
 
 def _worked_example():
-    gts = [_gt([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 0]),
-           _gt([[0, 0, 20, 20], [50, 50, 60, 60], [70, 0, 90, 20]], [0, 0, 2])]
-    dets = [_det([[0, 0, 10, 10], [0, 0, 10, 10], [25, 20, 45, 40]], [0, 0, 0], [0.9, 0.6, 0.5]),
-            _det([[80, 80, 90, 90], [0, 0, 20, 18], [5, 5, 15, 15]], [0, 0, 1], [0.8, 0.7, 0.99])]
+    gts = [
+        _gt([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 0]),
+        _gt([[0, 0, 20, 20], [50, 50, 60, 60], [70, 0, 90, 20]], [0, 0, 2]),
+    ]
+    dets = [
+        _det([[0, 0, 10, 10], [0, 0, 10, 10], [25, 20, 45, 40]], [0, 0, 0], [0.9, 0.6, 0.5]),
+        _det([[80, 80, 90, 90], [0, 0, 20, 18], [5, 5, 15, 15]], [0, 0, 1], [0.8, 0.7, 0.99]),
+    ]
     return dets, gts
 
 
@@ -90,7 +98,11 @@ def test_evaluate_detections_worked_example():
 
 
 def test_perfect_detections_score_one():
-    gts = [_gt([[0, 0, 10, 10], [5, 30, 25, 60]], [0, 1]), _gt([[40, 40, 80, 90]], [1]), _gt([], [])]
+    gts = [
+        _gt([[0, 0, 10, 10], [5, 30, 25, 60]], [0, 1]),
+        _gt([[40, 40, 80, 90]], [1]),
+        _gt([], []),
+    ]
     dets = [_det(g["boxes"], g["classes"], np.linspace(0.9, 0.5, len(g["classes"]))) for g in gts]
     for use_07 in (False, True):
         result = evaluate_detections(dets, gts, num_classes=2, use_07_metric=use_07)
@@ -128,8 +140,10 @@ def test_difficult_boxes_are_neither_positives_nor_false_positives():
 
 def test_duplicates_and_detections_in_images_without_ground_truth_are_false_positives():
     gts = [_gt([[0, 0, 10, 10]], [0]), _gt([], [])]
-    dets = [_det([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0], [0.9, 0.95]),
-            _det([[0, 0, 10, 10]], [0], [0.99])]
+    dets = [
+        _det([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0], [0.9, 0.95]),
+        _det([[0, 0, 10, 10]], [0], [0.99]),
+    ]
     result = evaluate_detections(dets, gts, num_classes=1)
     # score order: FP (empty image), TP, FP (duplicate): recall 0, 1, 1; precision 0, 1/2, 1/3
     np.testing.assert_allclose(result["precision"][0], [0, 0.5, 1 / 3])
@@ -170,12 +184,16 @@ class FakeModel:
             boxes[i, n] = [0, 0, 8, 8]
             scores[i, n] = 0.1
             classes[i, n] = 0
-            boxes[i, n + 1:] = 999.0  # garbage past num_detections must be ignored
-            classes[i, n + 1:] = 1
-            scores[i, n + 1:] = 1.0
+            boxes[i, n + 1 :] = 999.0  # garbage past num_detections must be ignored
+            classes[i, n + 1 :] = 1
+            scores[i, n + 1 :] = 1.0
             counts[i] = n + 1
-        return {"detection_boxes": tf.constant(boxes), "detection_scores": tf.constant(scores),
-                "detection_classes": tf.constant(classes), "num_detections": tf.constant(counts)}
+        return {
+            "detection_boxes": tf.constant(boxes),
+            "detection_scores": tf.constant(scores),
+            "detection_classes": tf.constant(classes),
+            "num_detections": tf.constant(counts),
+        }
 
 
 def test_evaluate_model_with_a_fake_model():
@@ -192,8 +210,13 @@ def test_evaluate_model_with_a_fake_model():
     dets, gts = [], []
     for r in records:
         n = len(r["boxes"])
-        dets.append(_det(np.concatenate([r["boxes"] + 1, [[0, 0, 8, 8]]]),
-                         np.concatenate([r["classes"], [0]]), [0.9] * n + [0.1]))
+        dets.append(
+            _det(
+                np.concatenate([r["boxes"] + 1, [[0, 0, 8, 8]]]),
+                np.concatenate([r["classes"], [0]]),
+                [0.9] * n + [0.1],
+            )
+        )
         gts.append(_gt(r["boxes"], r["classes"]))
     expected = evaluate_detections(dets, gts, num_classes=3)
     assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)

@@ -17,14 +17,19 @@ from tfrcnn.models import FasterRCNN
 
 CLASS_NAMES = ("cat", "dog", "red blood cell")
 SIZES = ((64, 80), (120, 90), (200, 300))  # three sizes: landscape, portrait, larger
-OUTPUTS = ("detection_boxes", "detection_boxes_normalized", "detection_scores",
-           "detection_classes", "num_detections")
+OUTPUTS = (
+    "detection_boxes",
+    "detection_boxes_normalized",
+    "detection_scores",
+    "detection_classes",
+    "num_detections",
+)
 
 
 def _image(height, width, seed):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image[height // 4: height // 2, width // 4: width // 2] = (250, 20, 20)  # a bright block
+    image[height // 4 : height // 2, width // 4 : width // 2] = (250, 20, 20)  # a bright block
     return image
 
 
@@ -71,7 +76,8 @@ def test_metadata_on_the_loaded_object_and_signature(loaded, model):
     assert sorted(loaded.signatures) == ["metadata", "serve_encoded", "serving_default"]
     assert [n.decode() for n in loaded.class_names.numpy()] == list(CLASS_NAMES)
     assert json.loads(loaded.config_json.numpy().decode()) == json.loads(
-        json.dumps(model.get_config()))
+        json.dumps(model.get_config())
+    )
     meta = loaded.signatures["metadata"]()
     assert [n.decode() for n in meta["class_names"].numpy()] == list(CLASS_NAMES)
     assert int(meta["num_classes"]) == 3 and int(meta["max_detections"]) == 100
@@ -95,8 +101,9 @@ def test_serving_default_equals_keras_predict_at_three_sizes(model, loaded):
         np.testing.assert_allclose(got["detection_boxes"], expected["detection_boxes"], atol=1e-4)
         np.testing.assert_allclose(got["detection_scores"], expected["detection_scores"], atol=1e-5)
         size = np.array([height, width, height, width], np.float32)
-        np.testing.assert_allclose(got["detection_boxes_normalized"] * size,
-                                   got["detection_boxes"], atol=1e-4)
+        np.testing.assert_allclose(
+            got["detection_boxes_normalized"] * size, got["detection_boxes"], atol=1e-4
+        )
         assert got["detection_boxes_normalized"].min() >= 0.0
         assert got["detection_boxes_normalized"].max() <= 1.0
         assert got["detection_classes"].dtype == np.int32
@@ -107,8 +114,13 @@ def test_serve_encoded_mixed_sizes_and_formats(loaded):
     encoded_fn = loaded.signatures["serve_encoded"]
     rgb = [_image(h, w, i) for i, (h, w) in enumerate(SIZES)]
     gray = _image(72, 96, 7)[:, :, :1]
-    payloads = [tf.io.encode_png(rgb[0]), tf.io.encode_png(rgb[1]), tf.io.encode_png(rgb[2]),
-                tf.io.encode_png(gray), tf.io.encode_jpeg(rgb[0], quality=95)]
+    payloads = [
+        tf.io.encode_png(rgb[0]),
+        tf.io.encode_png(rgb[1]),
+        tf.io.encode_png(rgb[2]),
+        tf.io.encode_png(gray),
+        tf.io.encode_jpeg(rgb[0], quality=95),
+    ]
     got = {k: v.numpy() for k, v in encoded_fn(encoded_images=tf.stack(payloads)).items()}
     assert got["detection_boxes"].shape == (5, 100, 4)
     # PNG is lossless: the same result as the uint8 signature on the same pixels.
@@ -116,11 +128,15 @@ def test_serve_encoded_mixed_sizes_and_formats(loaded):
     for i, image in enumerate(references):
         expected = {k: v.numpy()[0] for k, v in serve(images=tf.constant(image[None])).items()}
         np.testing.assert_array_equal(got["detection_classes"][i], expected["detection_classes"])
-        np.testing.assert_allclose(got["detection_boxes"][i], expected["detection_boxes"], atol=1e-4)
-        np.testing.assert_allclose(got["detection_boxes_normalized"][i],
-                                   expected["detection_boxes_normalized"], atol=1e-6)
-        np.testing.assert_allclose(got["detection_scores"][i], expected["detection_scores"],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            got["detection_boxes"][i], expected["detection_boxes"], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            got["detection_boxes_normalized"][i], expected["detection_boxes_normalized"], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            got["detection_scores"][i], expected["detection_scores"], atol=1e-5
+        )
     # The JPEG decodes to its own size; boxes stay inside that image.
     height, width = SIZES[0]
     assert got["detection_boxes"][4][:, 2].max() <= height
@@ -146,7 +162,10 @@ def test_zero_detections_are_padded(tmp_path):
     np.testing.assert_array_equal(got["detection_classes"], -1)
     # The default class names when the model has none.
     assert [n.decode() for n in tf.saved_model.load(path).class_names.numpy()] == [
-        "class_0", "class_1", "class_2"]
+        "class_0",
+        "class_1",
+        "class_2",
+    ]
 
 
 def test_loads_and_runs_where_tfrcnn_and_keras_cannot_be_imported(exported, tmp_path):
@@ -177,32 +196,64 @@ def test_loads_and_runs_where_tfrcnn_and_keras_cannot_be_imported(exported, tmp_
         }}))
     """)
     # the first call of each signature compiles its XLA functions: minutes on a loaded 2-core machine
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_subprocess_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"boxes": [1, 100, 4], "num": 100, "encoded": [1, 100],
-                      "names": list(CLASS_NAMES), "tfrcnn_loaded": False}
+    assert report == {
+        "boxes": [1, 100, 4],
+        "num": 100,
+        "encoded": [1, 100],
+        "names": list(CLASS_NAMES),
+        "tfrcnn_loaded": False,
+    }
 
 
 def _saved_model_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
-                          cwd=cwd, env=_subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
+        cwd=cwd,
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_saved_model_cli_show_and_run(exported, tmp_path):
     shown = _saved_model_cli("show", "--all", "--dir", exported, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
-    for text in ("signature_def['serving_default']", "signature_def['serve_encoded']",
-                 "signature_def['metadata']", "images", "encoded_images", *OUTPUTS):
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['serve_encoded']",
+        "signature_def['metadata']",
+        "images",
+        "encoded_images",
+        *OUTPUTS,
+    ):
         assert text in shown.stdout, text
     # TF 2.21's saved_model_cli evaluates --input_exprs with ast.literal_eval only (no numpy
     # calls), so the same zeros image goes in as a .npy file through --inputs.
     npy = str(tmp_path / "images.npy")
     np.save(npy, np.zeros((1, 64, 80, 3), dtype=np.uint8))
-    ran = _saved_model_cli("run", "--dir", exported, "--tag_set", "serve", "--signature_def",
-                           "serving_default", "--inputs", f"images={npy}", cwd=tmp_path)
+    ran = _saved_model_cli(
+        "run",
+        "--dir",
+        exported,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+        "--inputs",
+        f"images={npy}",
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "detection_boxes" in ran.stdout and "num_detections" in ran.stdout
 

@@ -14,8 +14,9 @@ SIZES = ((97, 130), (128, 128), (150, 90))
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["vgg16", "mobilenet_v3_fpn"])
 def test_preset_saved_model_equals_keras(preset, tmp_path):
-    model = FasterRCNN.from_preset(preset, num_classes=3, image_min_side=128, image_max_side=160,
-                                   class_names=["a", "b", "c"])
+    model = FasterRCNN.from_preset(
+        preset, num_classes=3, image_min_side=128, image_max_side=160, class_names=["a", "b", "c"]
+    )
     path = tfrcnn.export.saved_model(model, str(tmp_path / preset))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     rng = np.random.default_rng(0)

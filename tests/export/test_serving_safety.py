@@ -26,16 +26,22 @@ OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_dete
 def bomb_png(height, width):
     """An 8-bit grayscale PNG of constant pixels, built row by row (its decoded size never sits in
     memory): 20,000 x 20,000 is about 400 KB of file."""
+
     def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     compressor = zlib.compressobj(9)
     row = b"\0" * (width + 1)  # filter byte 0 + one byte a pixel
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def _png(image):
@@ -54,8 +60,13 @@ def _image(seed, height=72, width=88):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(1)
-    model = FasterRCNN(num_classes=3, image_min_side=64, image_max_side=96,
-                       detection_score_threshold=0.0, max_detections=20)
+    model = FasterRCNN(
+        num_classes=3,
+        image_min_side=64,
+        image_max_side=96,
+        detection_score_threshold=0.0,
+        max_detections=20,
+    )
     path = str(tmp_path_factory.mktemp("serving") / "tiny")
     saved_model(model, path)
     return path
@@ -101,13 +112,21 @@ def test_serve_encoded_refuses_a_decompression_bomb_without_allocating_it(export
                               n=int(second["num_detections"][0]))))
     """)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         timeout=600, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["error"] is not None
-    assert ("encoded_images[0]: image of 20000 x 20000 pixels (400.0 megapixels) is above the "
-            "decoded-size limit of 40.0 megapixels (max_image_pixels)") in result["error"]
+    assert (
+        "encoded_images[0]: image of 20000 x 20000 pixels (400.0 megapixels) is above the "
+        "decoded-size limit of 40.0 megapixels (max_image_pixels)"
+    ) in result["error"]
     assert result["grew_kb"] < 500 * 1024
     assert result["same"] and result["n"] == 20
 
@@ -115,11 +134,15 @@ def test_serve_encoded_refuses_a_decompression_bomb_without_allocating_it(export
 def test_serve_encoded_names_the_refused_image_of_a_batch_and_keeps_serving(loaded):
     serve = loaded.signatures["serve_encoded"]
     good = _png(_image(3))
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"encoded_images\[1\]: image of 9000 x 5000 pixels \(45\.0 megapixels\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"encoded_images\[1\]: image of 9000 x 5000 pixels \(45\.0 megapixels\)",
+    ):
         serve(encoded_images=tf.constant([good, bomb_png(9000, 5000)]))
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"encoded_images\[0\]: not a JPEG, PNG, GIF, BMP or WebP image"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"encoded_images\[0\]: not a JPEG, PNG, GIF, BMP or WebP image",
+    ):
         serve(encoded_images=tf.constant([b"this is not an image at all, just text"]))
     out = serve(encoded_images=tf.constant([good]))
     ref = loaded.signatures["serving_default"](images=tf.constant(_image(3)[None]))
@@ -132,21 +155,30 @@ def test_the_limit_is_a_model_setting_saved_with_the_export(tmp_path):
     assert model.get_config()["max_image_pixels"] == 5000
     path = saved_model(model, str(tmp_path / "small_limit"))
     serve = tf.saved_model.load(path).signatures["serve_encoded"]
-    assert int(serve(encoded_images=tf.constant([_png(_image(0, 50, 100))]))["num_detections"][0]) >= 0
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"image of 50 x 101 pixels \(0\.0 megapixels\) is above the "
-                             r"decoded-size limit of 0\.0 megapixels"):
+    assert (
+        int(serve(encoded_images=tf.constant([_png(_image(0, 50, 100))]))["num_detections"][0]) >= 0
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image of 50 x 101 pixels \(0\.0 megapixels\) is above the "
+        r"decoded-size limit of 0\.0 megapixels",
+    ):
         serve(encoded_images=tf.constant([_png(_image(0, 50, 101))]))
 
 
-@pytest.mark.parametrize("images, shape", [
-    (np.zeros((72, 88, 3), np.uint8), "72, 88, 3"),
-    (np.zeros((1, 72, 88, 1), np.uint8), "1, 72, 88, 1"),
-    (np.zeros((1, 72, 88, 4), np.uint8), "1, 72, 88, 4"),
-])
+@pytest.mark.parametrize(
+    "images, shape",
+    [
+        (np.zeros((72, 88, 3), np.uint8), "72, 88, 3"),
+        (np.zeros((1, 72, 88, 1), np.uint8), "1, 72, 88, 1"),
+        (np.zeros((1, 72, 88, 4), np.uint8), "1, 72, 88, 4"),
+    ],
+)
 def test_serving_default_refuses_the_wrong_layout(loaded, images, shape):
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"images must be \[B, H, W, 3\] RGB pixels, got shape \[{shape}\]"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=rf"images must be \[B, H, W, 3\] RGB pixels, got shape \[{shape}\]",
+    ):
         loaded.signatures["serving_default"](images=tf.constant(images))
 
 

@@ -46,8 +46,12 @@ def _assert_well_formed(out):
     assert np.isfinite(out["detection_boxes"]).all() and np.isfinite(out["detection_scores"]).all()
     assert ((out["detection_classes"][0, :n] >= 0) & (out["detection_classes"][0, :n] < 3)).all()
     assert (out["detection_classes"][0, n:] == -1).all()
-    np.testing.assert_allclose(out["detection_boxes_normalized"] * np.array(SIZE * 2, np.float32),
-                               out["detection_boxes"], rtol=2e-3, atol=1e-3)  # fp16 constants
+    np.testing.assert_allclose(
+        out["detection_boxes_normalized"] * np.array(SIZE * 2, np.float32),
+        out["detection_boxes"],
+        rtol=2e-3,
+        atol=1e-3,
+    )  # fp16 constants
 
 
 def _match(expected, got, box_tol, score_tol):
@@ -61,8 +65,12 @@ def _match(expected, got, box_tol, score_tol):
     for i in range(n):
         box_err = np.abs(got["detection_boxes"][0, :n] - expected["detection_boxes"][0, i]).max(-1)
         score_err = np.abs(got["detection_scores"][0, :n] - expected["detection_scores"][0, i])
-        ok = ((got["detection_classes"][0, :n] == expected["detection_classes"][0, i])
-              & (box_err <= box_tol) & (score_err <= score_tol) & ~used)
+        ok = (
+            (got["detection_classes"][0, :n] == expected["detection_classes"][0, i])
+            & (box_err <= box_tol)
+            & (score_err <= score_tol)
+            & ~used
+        )
         assert ok.any(), f"detection {i} of the reference has no match"
         j = int(np.flatnonzero(ok)[np.argmin(box_err[ok])])
         used[j] = True
@@ -105,16 +113,25 @@ def test_float16_dynamic_int8_and_int8_convert_and_run(model, float32_report, tm
     representative = [_image(seed, (120, 160))[0] for seed in range(4)]
     deviations = {}
     for quantization in ("float16", "dynamic_int8", "int8"):
-        report = tflite(model, tmp_path / f"{quantization}.tflite", quantization=quantization,
-                        input_size=SIZE, representative_images=representative, latency_runs=2)
+        report = tflite(
+            model,
+            tmp_path / f"{quantization}.tflite",
+            quantization=quantization,
+            input_size=SIZE,
+            representative_images=representative,
+            latency_runs=2,
+        )
         assert report["bytes"] < float32_report["bytes"]
         assert not [op for op in report["operators"] if op.startswith("Flex") or op == "CUSTOM"]
         got = run_tflite(report["path"], image)
         _assert_well_formed(got)
         assert int(got["num_detections"][0]) == D
         # Order-free deviation: the sorted score lists.
-        deviations[quantization] = float(np.abs(np.sort(got["detection_scores"][0])
-                                                - np.sort(reference["detection_scores"][0])).max())
+        deviations[quantization] = float(
+            np.abs(
+                np.sort(got["detection_scores"][0]) - np.sort(reference["detection_scores"][0])
+            ).max()
+        )
     print("sorted-score deviation from float32:", deviations)
     assert deviations["float16"] < 2e-3
     assert deviations["dynamic_int8"] < 0.1

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import global_policy
 
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.ops.anchors import anchor_shapes, generate_anchors
-from conftest import global_policy
 
 
 def test_anchors_equal_the_op_for_the_feature_size():
@@ -16,8 +16,9 @@ def test_anchors_equal_the_op_for_the_feature_size():
     expected = generate_anchors((3, 5), 16.0, (32.0, 64.0), (0.5, 1.0, 2.0), offset=0.5)
     assert anchors.shape == (3 * 5 * 6, 4)
     np.testing.assert_array_equal(anchors.numpy(), expected.numpy())
-    np.testing.assert_array_equal(layer.anchor_shapes().numpy(),
-                                  anchor_shapes((32.0, 64.0), (0.5, 1.0, 2.0)).numpy())
+    np.testing.assert_array_equal(
+        layer.anchor_shapes().numpy(), anchor_shapes((32.0, 64.0), (0.5, 1.0, 2.0)).numpy()
+    )
 
 
 def test_hand_computed_anchors_of_a_small_grid():
@@ -25,7 +26,9 @@ def test_hand_computed_anchors_of_a_small_grid():
     anchors = AnchorGenerator(stride=8, scales=(4,), aspect_ratios=(1,))(tf.zeros([1, 1, 2, 3]))
     np.testing.assert_allclose(anchors.numpy(), [[2, 2, 6, 6], [2, 10, 6, 14]])
     # offset 0: centres at the cell corners (0, 0) and (0, 8).
-    anchors = AnchorGenerator(stride=8, scales=(4,), aspect_ratios=(1,), offset=0.0)(tf.zeros([1, 1, 2, 3]))
+    anchors = AnchorGenerator(stride=8, scales=(4,), aspect_ratios=(1,), offset=0.0)(
+        tf.zeros([1, 1, 2, 3])
+    )
     np.testing.assert_allclose(anchors.numpy(), [[-2, -2, 2, 2], [-2, 6, 2, 10]])
 
 
@@ -38,10 +41,12 @@ def test_count_and_location_major_order():
     grid = anchors.reshape(h, w, a, 4)
     centres_y = 0.5 * (grid[..., 0] + grid[..., 2])
     centres_x = 0.5 * (grid[..., 1] + grid[..., 3])
-    np.testing.assert_allclose(centres_y, np.broadcast_to(((np.arange(h) + 0.5) * 4)[:, None, None], (h, w, a)),
-                               atol=1e-5)
-    np.testing.assert_allclose(centres_x, np.broadcast_to(((np.arange(w) + 0.5) * 4)[None, :, None], (h, w, a)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        centres_y, np.broadcast_to(((np.arange(h) + 0.5) * 4)[:, None, None], (h, w, a)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        centres_x, np.broadcast_to(((np.arange(w) + 0.5) * 4)[None, :, None], (h, w, a)), atol=1e-5
+    )
     # ratio outer, scale inner: a = r * 3 + s; height s * sqrt(r), width s / sqrt(r).
     heights = grid[0, 0, :, 2] - grid[0, 0, :, 0]
     widths = grid[0, 0, :, 3] - grid[0, 0, :, 1]
@@ -60,7 +65,9 @@ def test_compute_output_shape():
 
 
 def test_get_config_round_trip():
-    layer = AnchorGenerator(stride=8, scales=[16, 32], aspect_ratios=[1.0, 2.0], offset=0.0, name="anc")
+    layer = AnchorGenerator(
+        stride=8, scales=[16, 32], aspect_ratios=[1.0, 2.0], offset=0.0, name="anc"
+    )
     config = layer.get_config()
     assert config["stride"] == 8.0 and config["scales"] == (16.0, 32.0)
     assert config["aspect_ratios"] == (1.0, 2.0) and config["offset"] == 0.0
@@ -77,9 +84,9 @@ def test_keras_round_trip_with_dynamic_feature_size(tmp_path):
         x = np.zeros((1,) + size + (3,), "float32")
         out = model(x)
         np.testing.assert_array_equal(loaded(x).numpy(), out.numpy())
-        np.testing.assert_array_equal(out.numpy(), generate_anchors(size, 8, (16., 32.), (0.5, 1., 2.)).numpy())
-
-
+        np.testing.assert_array_equal(
+            out.numpy(), generate_anchors(size, 8, (16.0, 32.0), (0.5, 1.0, 2.0)).numpy()
+        )
 
 
 def test_float32_anchors_under_mixed_bfloat16():
@@ -89,5 +96,6 @@ def test_float32_anchors_under_mixed_bfloat16():
         anchors = layer(tf.zeros([1, 40, 40, 2], tf.bfloat16))
         assert layer(keras.Input((40, 40, 2))).dtype == "float32"
     assert anchors.dtype == tf.float32
-    np.testing.assert_array_equal(anchors.numpy(),
-                                  generate_anchors((40, 40), 16, (90.5, 181.0), (0.5, 1., 2.)).numpy())
+    np.testing.assert_array_equal(
+        anchors.numpy(), generate_anchors((40, 40), 16, (90.5, 181.0), (0.5, 1.0, 2.0)).numpy()
+    )

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import global_policy
 
 from tfrcnn.layers.image_resizer import ImageResizer
-from conftest import global_policy
 
 
 def _image(h, w, b=1, seed=0):
@@ -54,7 +54,9 @@ def test_large_image_capped_by_max_side():
     np.testing.assert_array_equal(original_shape.numpy(), [[4000, 3000]])
     np.testing.assert_allclose(images.numpy()[0, :1000, :750], 7.0, rtol=1e-6)
     # An elongated image: 4000 x 1000 with (600, 1000): the longer side is capped at 1000.
-    _, image_shape, image_scale, _ = ImageResizer(600, 1000, 32)(np.zeros((1, 4000, 1000, 3), np.uint8))
+    _, image_shape, image_scale, _ = ImageResizer(600, 1000, 32)(
+        np.zeros((1, 4000, 1000, 3), np.uint8)
+    )
     np.testing.assert_array_equal(image_shape.numpy(), [[1000, 250]])
     np.testing.assert_allclose(image_scale.numpy(), [0.25], rtol=1e-6)
 
@@ -86,7 +88,9 @@ def test_get_config_round_trip():
 
 def test_keras_round_trip_with_uint8_input(tmp_path):
     inputs = keras.Input((None, None, 3), dtype="uint8")
-    images, image_shape, image_scale, original_shape = ImageResizer(40, 64, 16, name="resize")(inputs)
+    images, image_shape, image_scale, original_shape = ImageResizer(40, 64, 16, name="resize")(
+        inputs
+    )
     assert tuple(images.shape) == (None, None, None, 3) and tuple(image_shape.shape) == (None, 2)
     assert image_shape.dtype == "int32" and tuple(image_scale.shape) == (None,)
     assert original_shape.dtype == "int32" and tuple(original_shape.shape) == (None, 2)
@@ -101,8 +105,6 @@ def test_keras_round_trip_with_uint8_input(tmp_path):
     np.testing.assert_array_equal(want[1].numpy(), [[38, 64], [38, 64]])  # scale min(40/30, 64/50)
     assert want[0].shape == (2, 48, 64, 3)
     np.testing.assert_array_equal(want[3].numpy(), [[30, 50], [30, 50]])
-
-
 
 
 def test_float_pixels_not_rounded_under_mixed_bfloat16():

@@ -1,18 +1,19 @@
 """ProposalLayer against a slow numpy reference; padding, valid region, gradients, round trips."""
+
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import global_policy
 
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.proposal_layer import ProposalLayer
 from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.ops.anchors import generate_anchors
-from conftest import global_policy
-
 
 # ---------------------------------------------------------------- slow, obvious numpy reference
+
 
 def _np_decode(deltas, anchors, weights):
     ha = anchors[:, 2] - anchors[:, 0]
@@ -53,7 +54,9 @@ def _reference(objectness, deltas, anchors, image_shape, pre, post, nms_iou, min
         for logits, d, a in zip(objectness, deltas, anchors):
             p = _np_softmax_object(logits[b].astype(np.float64))
             order = np.argsort(-p, kind="stable")[:pre]
-            level_boxes = _np_decode(d[b][order].astype(np.float64), a[order].astype(np.float64), weights)
+            level_boxes = _np_decode(
+                d[b][order].astype(np.float64), a[order].astype(np.float64), weights
+            )
             level_boxes[:, [0, 2]] = np.clip(level_boxes[:, [0, 2]], 0, h)
             level_boxes[:, [1, 3]] = np.clip(level_boxes[:, [1, 3]], 0, w)
             boxes.append(level_boxes)
@@ -77,7 +80,10 @@ def _reference(objectness, deltas, anchors, image_shape, pre, post, nms_iou, min
 def _random_inputs(seed=0):
     rng = np.random.default_rng(seed)
     sizes, strides, scales = [(4, 4), (2, 2)], [8, 16], [(8.0, 16.0, 24.0), (24.0, 32.0, 48.0)]
-    anchors = [generate_anchors(s, st, sc, (0.5, 1.0, 2.0)).numpy() for s, st, sc in zip(sizes, strides, scales)]
+    anchors = [
+        generate_anchors(s, st, sc, (0.5, 1.0, 2.0)).numpy()
+        for s, st, sc in zip(sizes, strides, scales)
+    ]
     objectness = [rng.normal(size=(2, len(a), 2)).astype("float32") * 2 for a in anchors]
     deltas = [rng.normal(size=(2, len(a), 4)).astype("float32") * 0.4 for a in anchors]
     image_shape = np.array([[32, 32], [20, 26]], np.int32)  # a different valid region per image
@@ -87,13 +93,15 @@ def _random_inputs(seed=0):
 def test_matches_numpy_reference_two_levels_two_image_sizes():
     objectness, deltas, anchors, image_shape = _random_inputs()
     weights = (2.0, 2.0, 1.0, 0.5)
-    layer = ProposalLayer(pre_nms_top_n=20, post_nms_top_n=24, nms_iou=0.6, min_size=2.0,
-                          box_weights=weights)
+    layer = ProposalLayer(
+        pre_nms_top_n=20, post_nms_top_n=24, nms_iou=0.6, min_size=2.0, box_weights=weights
+    )
     boxes, scores, valid = layer(objectness, deltas, anchors, image_shape)
     assert boxes.shape == (2, 24, 4) and scores.shape == (2, 24) and valid.shape == (2, 24)
     assert valid.dtype == tf.bool
-    ref_boxes, ref_scores, ref_valid = _reference(objectness, deltas, anchors, image_shape,
-                                                  20, 24, 0.6, 2.0, weights)
+    ref_boxes, ref_scores, ref_valid = _reference(
+        objectness, deltas, anchors, image_shape, 20, 24, 0.6, 2.0, weights
+    )
     np.testing.assert_array_equal(valid.numpy(), ref_valid)
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(boxes.numpy(), ref_boxes, rtol=1e-5, atol=1e-4)
@@ -104,8 +112,9 @@ def test_matches_reference_when_post_nms_top_n_truncates():
     objectness, deltas, anchors, image_shape = _random_inputs(seed=3)
     layer = ProposalLayer(pre_nms_top_n=1000, post_nms_top_n=5, nms_iou=0.7)
     boxes, scores, valid = layer(objectness, deltas, anchors, image_shape)
-    ref_boxes, ref_scores, ref_valid = _reference(objectness, deltas, anchors, image_shape,
-                                                  1000, 5, 0.7, 0.0, (1.0, 1.0, 1.0, 1.0))
+    ref_boxes, ref_scores, ref_valid = _reference(
+        objectness, deltas, anchors, image_shape, 1000, 5, 0.7, 0.0, (1.0, 1.0, 1.0, 1.0)
+    )
     assert ref_valid.all()
     np.testing.assert_array_equal(valid.numpy(), ref_valid)
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-5, atol=1e-6)
@@ -124,12 +133,15 @@ def test_single_level_tensors_equal_a_list_of_one():
 
 
 def test_padding_when_few_boxes_survive():
-    anchors = np.array([[0, 0, 10, 10], [0, 1, 10, 11], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
+    anchors = np.array(
+        [[0, 0, 10, 10], [0, 1, 10, 11], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32
+    )
     logits = np.array([[[0.0, 3.0], [0.0, 2.0], [0.0, 1.0], [0.0, 4.0]]], np.float32)
     deltas = np.zeros((1, 4, 4), np.float32)
     image_shape = np.array([[40, 40]], np.int32)  # the last anchor is entirely outside: zero area
     boxes, scores, valid = ProposalLayer(pre_nms_top_n=10, post_nms_top_n=6, nms_iou=0.7)(
-        logits, deltas, anchors, image_shape)
+        logits, deltas, anchors, image_shape
+    )
     # Anchor 1 overlaps anchor 0 with IoU 9/11 > 0.7 and a lower score: suppressed.
     np.testing.assert_array_equal(valid.numpy(), [[True, True, False, False, False, False]])
     np.testing.assert_allclose(boxes.numpy()[0, :2], [[0, 0, 10, 10], [20, 20, 30, 30]])
@@ -140,11 +152,14 @@ def test_padding_when_few_boxes_survive():
 
 
 def test_min_size_drops_boxes_with_a_side_at_or_below_it():
-    anchors = np.array([[0, 0, 4, 20], [0, 0, 20, 3], [30, 30, 36, 36], [10, 40, 10, 50]], np.float32)
+    anchors = np.array(
+        [[0, 0, 4, 20], [0, 0, 20, 3], [30, 30, 36, 36], [10, 40, 10, 50]], np.float32
+    )
     logits = np.zeros((1, 4, 2), np.float32)
     logits[0, :, 1] = [4.0, 3.0, 2.0, 1.0]
     boxes, _, valid = ProposalLayer(10, 4, min_size=4.0)(
-        logits, np.zeros((1, 4, 4), np.float32), anchors, np.array([[64, 64]], np.int32))
+        logits, np.zeros((1, 4, 4), np.float32), anchors, np.array([[64, 64]], np.int32)
+    )
     # height 4 (== min_size), width 3, zero height: dropped; 6 x 6 kept.
     np.testing.assert_array_equal(valid.numpy(), [[True, False, False, False]])
     np.testing.assert_allclose(boxes.numpy()[0, 0], [30, 30, 36, 36])
@@ -179,8 +194,14 @@ def test_gradient_flows_from_proposals_to_deltas():
 
 
 def test_symbolic_call_and_get_config_round_trip():
-    layer = ProposalLayer(pre_nms_top_n=12, post_nms_top_n=7, nms_iou=0.6, min_size=1.5,
-                          box_weights=(1, 1, 2, 2), name="proposals")
+    layer = ProposalLayer(
+        pre_nms_top_n=12,
+        post_nms_top_n=7,
+        nms_iou=0.6,
+        min_size=1.5,
+        box_weights=(1, 1, 2, 2),
+        name="proposals",
+    )
     config = layer.get_config()
     assert config["pre_nms_top_n"] == 12 and config["post_nms_top_n"] == 7
     assert config["nms_iou"] == 0.6 and config["min_size"] == 1.5
@@ -189,7 +210,11 @@ def test_symbolic_call_and_get_config_round_trip():
     obj, dl = keras.Input((30, 2)), keras.Input((30, 4))
     anchors = keras.Input((4,), batch_size=30)
     p, s, v = layer([obj], [dl], [anchors], keras.Input((2,), dtype="int32"))
-    assert tuple(p.shape) == (None, 7, 4) and tuple(s.shape) == (None, 7) and tuple(v.shape) == (None, 7)
+    assert (
+        tuple(p.shape) == (None, 7, 4)
+        and tuple(s.shape) == (None, 7)
+        and tuple(v.shape) == (None, 7)
+    )
     assert v.dtype == "bool"
 
 
@@ -199,7 +224,8 @@ def test_keras_round_trip_in_a_functional_rpn(tmp_path):
     anchors = AnchorGenerator(stride=8, scales=(8, 16), name="anchors")(features)
     obj, deltas = RPNHead(num_anchors=6, channels=8, name="rpn")(features)
     boxes, scores, valid = ProposalLayer(pre_nms_top_n=40, post_nms_top_n=8, name="proposals")(
-        [obj], [deltas], [anchors], image_shape)
+        [obj], [deltas], [anchors], image_shape
+    )
     model = keras.Model([features, image_shape], [boxes, scores, valid])
     path = str(tmp_path / "proposals.keras")
     model.save(path)
@@ -211,8 +237,6 @@ def test_keras_round_trip_in_a_functional_rpn(tmp_path):
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert want[2].numpy().any()
-
-
 
 
 def test_same_proposals_under_mixed_bfloat16():

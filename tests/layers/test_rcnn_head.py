@@ -1,4 +1,5 @@
 """RCNNHead: shapes (fc, conv, rank-2), class-major delta layout, dropout, init, config, round trips."""
+
 import keras
 import numpy as np
 import pytest
@@ -38,8 +39,12 @@ def test_rank2_input_with_no_fc_layers():
     logits, deltas = head(x)
     assert logits.shape == (5, 5) and deltas.shape == (5, 4, 4)
     # Only the two predictors: logits = x W + b.
-    np.testing.assert_allclose(logits.numpy(), x @ head.classifier.kernel.numpy() + head.classifier.bias.numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits.numpy(),
+        x @ head.classifier.kernel.numpy() + head.classifier.bias.numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_deltas_are_class_major():
@@ -55,7 +60,7 @@ def test_deltas_are_class_major():
     assert raw.shape == (6, 12)
     for k in range(6):
         for c in range(3):
-            np.testing.assert_array_equal(deltas.numpy()[k, c], raw[k, 4 * c:4 * c + 4])
+            np.testing.assert_array_equal(deltas.numpy()[k, c], raw[k, 4 * c : 4 * c + 4])
 
 
 def test_predictor_initialisation():
@@ -98,17 +103,22 @@ def test_symbolic_shapes():
 
 
 def test_get_config_round_trip():
-    head = RCNNHead(num_classes=5, head_type="conv", units=[32], conv_channels=[8, 8], dropout=0.25,
-                    name="head")
+    head = RCNNHead(
+        num_classes=5, head_type="conv", units=[32], conv_channels=[8, 8], dropout=0.25, name="head"
+    )
     config = head.get_config()
     assert config["num_classes"] == 5 and config["head_type"] == "conv"
-    assert config["units"] == (32,) and config["conv_channels"] == (8, 8) and config["dropout"] == 0.25
+    assert (
+        config["units"] == (32,) and config["conv_channels"] == (8, 8) and config["dropout"] == 0.25
+    )
     assert RCNNHead.from_config(config).get_config() == config
 
 
-@pytest.mark.parametrize("kwargs", [dict(units=(8, 8), dropout=0.5),
-                                    dict(head_type="conv", conv_channels=(4,), units=(8,))],
-                         ids=["fc", "conv"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(units=(8, 8), dropout=0.5), dict(head_type="conv", conv_channels=(4,), units=(8,))],
+    ids=["fc", "conv"],
+)
 def test_keras_round_trip_reproduces_outputs(kwargs, tmp_path):
     inputs = keras.Input((3, 3, 4))
     logits, deltas = RCNNHead(num_classes=3, name="head", **kwargs)(inputs)

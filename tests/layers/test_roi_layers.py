@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import global_policy
 
 from tfrcnn.layers._roi_common import flatten_rois
 from tfrcnn.layers.multilevel_roi_align import MultiLevelROIAlign
@@ -12,7 +13,6 @@ from tfrcnn.layers.precise_roi_pooling import PreciseROIPooling
 from tfrcnn.layers.roi_align import ROIAlign
 from tfrcnn.layers.roi_pooling import ROIPooling
 from tfrcnn.ops.roi import multilevel_roi_align, precise_roi_pool, roi_align, roi_pool
-from conftest import global_policy
 
 B, R, H, W, C = 2, 3, 8, 10, 3
 
@@ -23,8 +23,13 @@ def _features(seed=0, h=H, w=W):
 
 def _rois():
     # Input pixels of a stride-4 map (32 x 40 image); different ROIs in the two images.
-    return np.array([[[0, 0, 16, 16], [4, 6, 30, 38], [10, 3, 14, 25]],
-                     [[2, 2, 9, 31], [0, 0, 32, 40], [20, 20, 28, 36]]], np.float32)
+    return np.array(
+        [
+            [[0, 0, 16, 16], [4, 6, 30, 38], [10, 3, 14, 25]],
+            [[2, 2, 9, 31], [0, 0, 32, 40], [20, 20, 28, 36]],
+        ],
+        np.float32,
+    )
 
 
 def _flat_reference(rois):
@@ -34,16 +39,37 @@ def _flat_reference(rois):
 
 
 LAYERS = [
-    (ROIPooling, dict(output_size=(2, 3), spatial_scale=0.25),
-     lambda f, b, i: roi_pool(f, b, i, output_size=(2, 3), spatial_scale=0.25)),
-    (ROIAlign, dict(output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2, aligned=True),
-     lambda f, b, i: roi_align(f, b, i, output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2,
-                               aligned=True)),
-    (ROIAlign, dict(output_size=3, spatial_scale=0.25, sampling_ratio=1, aligned=False, method="gather"),
-     lambda f, b, i: roi_align(f, b, i, output_size=(3, 3), spatial_scale=0.25, sampling_ratio=1,
-                               aligned=False, method="gather")),
-    (PreciseROIPooling, dict(output_size=(2, 2), spatial_scale=0.25),
-     lambda f, b, i: precise_roi_pool(f, b, i, output_size=(2, 2), spatial_scale=0.25)),
+    (
+        ROIPooling,
+        dict(output_size=(2, 3), spatial_scale=0.25),
+        lambda f, b, i: roi_pool(f, b, i, output_size=(2, 3), spatial_scale=0.25),
+    ),
+    (
+        ROIAlign,
+        dict(output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2, aligned=True),
+        lambda f, b, i: roi_align(
+            f, b, i, output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2, aligned=True
+        ),
+    ),
+    (
+        ROIAlign,
+        dict(output_size=3, spatial_scale=0.25, sampling_ratio=1, aligned=False, method="gather"),
+        lambda f, b, i: roi_align(
+            f,
+            b,
+            i,
+            output_size=(3, 3),
+            spatial_scale=0.25,
+            sampling_ratio=1,
+            aligned=False,
+            method="gather",
+        ),
+    ),
+    (
+        PreciseROIPooling,
+        dict(output_size=(2, 2), spatial_scale=0.25),
+        lambda f, b, i: precise_roi_pool(f, b, i, output_size=(2, 2), spatial_scale=0.25),
+    ),
 ]
 IDS = ["roi_pool", "roi_align", "roi_align_gather", "precise_roi_pool"]
 
@@ -62,13 +88,19 @@ def test_equals_the_op_on_flattened_rois(cls, kwargs, op):
     out = cls(**kwargs)(features, rois)
     boxes, box_indices = _flat_reference(rois)
     expected = op(features, boxes, box_indices)
-    assert out.shape == expected.shape == (B * R,) + tuple(np.broadcast_to(kwargs["output_size"], 2)) + (C,)
+    assert (
+        out.shape
+        == expected.shape
+        == (B * R,) + tuple(np.broadcast_to(kwargs["output_size"], 2)) + (C,)
+    )
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
     # Order preserved: ROI r of image b is row b * R + r, pooled from image b only.
     for b in range(B):
         for r in range(R):
-            single = op(features[b:b + 1], rois[b, r:r + 1], np.zeros([1], np.int32))
-            np.testing.assert_allclose(out.numpy()[b * R + r], single.numpy()[0], rtol=1e-6, atol=1e-6)
+            single = op(features[b : b + 1], rois[b, r : r + 1], np.zeros([1], np.int32))
+            np.testing.assert_allclose(
+                out.numpy()[b * R + r], single.numpy()[0], rtol=1e-6, atol=1e-6
+            )
 
 
 def test_roi_pool_hand_values_on_a_numbered_map():
@@ -84,15 +116,29 @@ def test_roi_pool_hand_values_on_a_numbered_map():
 def test_multilevel_equals_the_op_on_flattened_rois():
     rng = np.random.default_rng(1)
     # Levels 2 and 3 of a 64 x 64 image: 16 x 16 and 8 x 8 maps.
-    maps = [rng.normal(size=(B, 64 // 2 ** l, 64 // 2 ** l, C)).astype("float32") for l in (2, 3)]
-    rois = np.array([[[0, 0, 8, 8], [0, 0, 60, 60], [10, 12, 40, 30]],
-                     [[5, 5, 50, 62], [30, 30, 34, 36], [0, 0, 64, 64]]], np.float32)
-    layer = MultiLevelROIAlign(output_size=(2, 2), sampling_ratio=2, min_level=2,
-                               canonical_scale=32.0, canonical_level=3)
+    maps = [rng.normal(size=(B, 64 // 2**l, 64 // 2**l, C)).astype("float32") for l in (2, 3)]
+    rois = np.array(
+        [
+            [[0, 0, 8, 8], [0, 0, 60, 60], [10, 12, 40, 30]],
+            [[5, 5, 50, 62], [30, 30, 34, 36], [0, 0, 64, 64]],
+        ],
+        np.float32,
+    )
+    layer = MultiLevelROIAlign(
+        output_size=(2, 2), sampling_ratio=2, min_level=2, canonical_scale=32.0, canonical_level=3
+    )
     out = layer(maps, rois)
     boxes, box_indices = _flat_reference(rois)
-    expected = multilevel_roi_align(maps, boxes, box_indices, output_size=(2, 2), sampling_ratio=2,
-                                    min_level=2, canonical_scale=32.0, canonical_level=3)
+    expected = multilevel_roi_align(
+        maps,
+        boxes,
+        box_indices,
+        output_size=(2, 2),
+        sampling_ratio=2,
+        min_level=2,
+        canonical_scale=32.0,
+        canonical_level=3,
+    )
     assert out.shape == (B * R, 2, 2, C)
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
     # Row b * R + r is ROI r of image b on its level: compare one ROI of each level with roi_align.
@@ -122,12 +168,22 @@ def test_symbolic_shapes_and_get_config(cls, kwargs, op):
     assert cls.from_config(config).get_config() == config
     out = layer(keras.Input((None, None, C)), keras.Input((5, 4)))
     assert tuple(out.shape) == (None,) + config["output_size"] + (C,)
-    assert layer.compute_output_shape((2, H, W, C), (2, 5, 4)) == (10,) + config["output_size"] + (C,)
+    assert layer.compute_output_shape((2, H, W, C), (2, 5, 4)) == (10,) + config["output_size"] + (
+        C,
+    )
 
 
 def test_multilevel_symbolic_shapes_and_get_config():
-    layer = MultiLevelROIAlign(output_size=(3, 3), sampling_ratio=1, aligned=False, min_level=3,
-                               canonical_scale=112.0, canonical_level=5, method="gather", name="ml")
+    layer = MultiLevelROIAlign(
+        output_size=(3, 3),
+        sampling_ratio=1,
+        aligned=False,
+        min_level=3,
+        canonical_scale=112.0,
+        canonical_level=5,
+        method="gather",
+        name="ml",
+    )
     config = layer.get_config()
     assert config["output_size"] == (3, 3) and config["sampling_ratio"] == 1
     assert config["aligned"] is False and config["min_level"] == 3
@@ -152,18 +208,20 @@ def test_keras_round_trip_reproduces_outputs(cls, kwargs, op, tmp_path):
 
 def test_multilevel_keras_round_trip_reproduces_outputs(tmp_path):
     p2, p3, rois = keras.Input((16, 16, C)), keras.Input((8, 8, C)), keras.Input((R, 4))
-    out = MultiLevelROIAlign(output_size=(2, 2), canonical_scale=32.0, canonical_level=3,
-                             name="ml")([p2, p3], rois)
+    out = MultiLevelROIAlign(
+        output_size=(2, 2), canonical_scale=32.0, canonical_level=3, name="ml"
+    )([p2, p3], rois)
     model = keras.Model([p2, p3, rois], out)
     path = str(tmp_path / "ml.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
     rng = np.random.default_rng(2)
-    x = [rng.normal(size=(B, 16, 16, C)).astype("float32"),
-         rng.normal(size=(B, 8, 8, C)).astype("float32"), _rois() * 2]
+    x = [
+        rng.normal(size=(B, 16, 16, C)).astype("float32"),
+        rng.normal(size=(B, 8, 8, C)).astype("float32"),
+        _rois() * 2,
+    ]
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
-
-
 
 
 @pytest.mark.parametrize("cls, kwargs, op", LAYERS, ids=IDS)

@@ -1,4 +1,5 @@
 """RPNHead: shapes, the flattened layout, initialisation, mixed precision, config and .keras round trips."""
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -3,20 +3,24 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import global_policy
 
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 from tfrcnn.ops.anchors import generate_anchors
 from tfrcnn.ops.boxes import encode_boxes
 from tfrcnn.ops.matching import IGNORE, NEGATIVE, POSITIVE
-from conftest import global_policy
 
 
 def _np_iou(anchors, gt):
     """float32 IoU [N, M] computed like ops.box_iou (so ties compare equal); 0 for degenerate boxes."""
     a, g = anchors[:, None, :], gt[None, :, :]
-    ih = np.maximum(np.minimum(a[..., 2], g[..., 2]) - np.maximum(a[..., 0], g[..., 0]), np.float32(0))
-    iw = np.maximum(np.minimum(a[..., 3], g[..., 3]) - np.maximum(a[..., 1], g[..., 1]), np.float32(0))
+    ih = np.maximum(
+        np.minimum(a[..., 2], g[..., 2]) - np.maximum(a[..., 0], g[..., 0]), np.float32(0)
+    )
+    iw = np.maximum(
+        np.minimum(a[..., 3], g[..., 3]) - np.maximum(a[..., 1], g[..., 1]), np.float32(0)
+    )
     inter = ih * iw
     area = lambda b: np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)  # noqa: E731
     a1, a2 = area(a), area(g)
@@ -35,8 +39,12 @@ def _reference(anchors, gt_boxes, gt_classes, image_shape, allowed_border=0.0, p
         if allowed_border is None:
             inside = np.ones(n, bool)
         else:
-            inside = ((anchors[:, 0] >= -allowed_border) & (anchors[:, 1] >= -allowed_border)
-                      & (anchors[:, 2] <= h + allowed_border) & (anchors[:, 3] <= w + allowed_border))
+            inside = (
+                (anchors[:, 0] >= -allowed_border)
+                & (anchors[:, 1] >= -allowed_border)
+                & (anchors[:, 2] <= h + allowed_border)
+                & (anchors[:, 3] <= w + allowed_border)
+            )
         real = np.flatnonzero(gt_classes[b] >= 0)
         if len(real) == 0:
             labels[b][inside] = NEGATIVE
@@ -64,9 +72,16 @@ def _reference(anchors, gt_boxes, gt_classes, image_shape, allowed_border=0.0, p
 
 
 def _problem():
-    anchors = generate_anchors((4, 6), 8, (8.0, 16.0), (0.5, 1.0, 2.0)).numpy()  # 144 anchors, 32 x 48
-    gt_boxes = np.array([[[2, 3, 18, 14], [14, 20, 30, 44], [0, 0, 0, 0]],
-                         [[5, 5, 9, 11], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
+    anchors = generate_anchors(
+        (4, 6), 8, (8.0, 16.0), (0.5, 1.0, 2.0)
+    ).numpy()  # 144 anchors, 32 x 48
+    gt_boxes = np.array(
+        [
+            [[2, 3, 18, 14], [14, 20, 30, 44], [0, 0, 0, 0]],
+            [[5, 5, 9, 11], [0, 0, 0, 0], [0, 0, 0, 0]],
+        ],
+        np.float32,
+    )
     gt_classes = np.array([[0, 3, -1], [1, -1, -1]], np.int32)
     image_shape = np.array([[32, 48], [24, 40]], np.int32)
     return anchors, gt_boxes, gt_classes, image_shape
@@ -78,7 +93,9 @@ def _check_against_reference(layer, allowed_border):
     ref_labels, ref_matched = _reference(anchors, gt_boxes, gt_classes, image_shape, allowed_border)
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     positive = ref_labels == POSITIVE
-    expected = encode_boxes(np.take_along_axis(gt_boxes, ref_matched[..., None], axis=1), anchors[None]).numpy()
+    expected = encode_boxes(
+        np.take_along_axis(gt_boxes, ref_matched[..., None], axis=1), anchors[None]
+    ).numpy()
     expected = np.where(positive[..., None], expected, 0.0)
     np.testing.assert_allclose(targets.numpy(), expected, rtol=1e-5, atol=1e-5)
     return ref_labels
@@ -95,7 +112,9 @@ def test_matches_the_paper_rule_with_border_anchors_ignored():
 
 def test_allowed_border_none_keeps_crossing_anchors():
     anchors = _problem()[0]
-    ref_none = _check_against_reference(RPNTargetAssigner(batch_size_per_image=288, allowed_border=None), None)
+    ref_none = _check_against_reference(
+        RPNTargetAssigner(batch_size_per_image=288, allowed_border=None), None
+    )
     ref_zero = _reference(*_problem(), allowed_border=0.0)[0]
     crossing = (anchors[:, 0] < 0) | (anchors[:, 1] < 0)
     assert np.all(ref_zero[:, crossing] == IGNORE)
@@ -126,7 +145,9 @@ def test_image_without_ground_truth():
     anchors, gt_boxes, gt_classes, image_shape = _problem()
     gt_classes = gt_classes.copy()
     gt_classes[1] = -1
-    labels, targets = RPNTargetAssigner(batch_size_per_image=32)(anchors, gt_boxes, gt_classes, image_shape)
+    labels, targets = RPNTargetAssigner(batch_size_per_image=32)(
+        anchors, gt_boxes, gt_classes, image_shape
+    )
     labels, targets = labels.numpy(), targets.numpy()
     assert set(np.unique(labels[1])) <= {NEGATIVE, IGNORE}
     assert (labels[1] == NEGATIVE).sum() == 32
@@ -139,15 +160,23 @@ def test_outputs_carry_no_gradient():
     anchors, gt_boxes, gt_classes, image_shape = _problem()
     gt = tf.Variable(gt_boxes)
     with tf.GradientTape() as tape:
-        _, targets = RPNTargetAssigner(batch_size_per_image=288)(anchors, gt, gt_classes, image_shape)
+        _, targets = RPNTargetAssigner(batch_size_per_image=288)(
+            anchors, gt, gt_classes, image_shape
+        )
         total = tf.reduce_sum(targets)
     assert tape.gradient(total, gt) is None
 
 
 def test_get_config_round_trip():
-    layer = RPNTargetAssigner(positive_iou=0.6, negative_iou=0.2, batch_size_per_image=64,
-                              positive_fraction=0.25, allowed_border=None, box_weights=(2, 2, 1, 1),
-                              name="rpn_targets")
+    layer = RPNTargetAssigner(
+        positive_iou=0.6,
+        negative_iou=0.2,
+        batch_size_per_image=64,
+        positive_fraction=0.25,
+        allowed_border=None,
+        box_weights=(2, 2, 1, 1),
+        name="rpn_targets",
+    )
     config = layer.get_config()
     assert config["positive_iou"] == 0.6 and config["negative_iou"] == 0.2
     assert config["batch_size_per_image"] == 64 and config["positive_fraction"] == 0.25
@@ -162,7 +191,8 @@ def test_keras_round_trip_in_a_functional_model(tmp_path):
     image_shape = keras.Input((2,), dtype="int32")
     anchors = AnchorGenerator(stride=8, scales=(8, 16), name="anchors")(features)
     labels, targets = RPNTargetAssigner(batch_size_per_image=288, name="targets")(
-        anchors, gt_boxes, gt_classes, image_shape)
+        anchors, gt_boxes, gt_classes, image_shape
+    )
     assert tuple(labels.shape) == (None, 144) and tuple(targets.shape) == (None, 144, 4)
     assert labels.dtype == "int32"
     model = keras.Model([features, gt_boxes, gt_classes, image_shape], [labels, targets])
@@ -175,8 +205,6 @@ def test_keras_round_trip_in_a_functional_model(tmp_path):
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(want[0].numpy(), _reference(*_problem())[0])
-
-
 
 
 def test_same_targets_under_mixed_bfloat16():

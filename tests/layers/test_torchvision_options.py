@@ -1,4 +1,5 @@
 """The settings that make the proposal layer and the decoder compute what torchvision computes."""
+
 import numpy as np
 
 from tfrcnn.layers.detection_decoder import DetectionDecoder
@@ -23,8 +24,9 @@ def test_nms_per_level_and_score_threshold():
     # sigmoid(-3) = 0.047 < 0.05: dropped by the threshold
     layer = ProposalLayer(10, 5, 0.7, nms_per_level=True, score_threshold=0.05)
     _, scores, valid = layer([o0, o1], [d0, d1], [a0, a1], image_shape)
-    np.testing.assert_allclose(np.asarray(scores)[0, :2], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(scores)[0, :2], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))], rtol=1e-6
+    )
     assert int(np.sum(valid)) == 2
 
 
@@ -35,13 +37,21 @@ def test_decoder_per_axis_scale_and_min_size():
     rois = np.array([[[10, 20, 110, 220], [50, 50, 50.005, 60]]], np.float32)
     valid = np.ones((1, 2), bool)
     decoder = DetectionDecoder(1, min_size=1e-2)
-    out = decoder(logits, deltas, rois, valid, np.array([[300, 400]], np.int32),
-                  np.array([[2.0, 4.0]], np.float32), np.array([[150, 100]], np.int32))
+    out = decoder(
+        logits,
+        deltas,
+        rois,
+        valid,
+        np.array([[300, 400]], np.int32),
+        np.array([[2.0, 4.0]], np.float32),
+        np.array([[150, 100]], np.int32),
+    )
     assert int(out["num_detections"][0]) == 1  # the thin box is dropped
     # y divided by 2, x by 4
     np.testing.assert_allclose(out["detection_boxes"][0, 0], [5, 5, 55, 55], rtol=1e-6)
-    out = DetectionDecoder(1)(logits, deltas, rois, valid, np.array([[300, 400]], np.int32),
-                              np.array([2.0], np.float32))
+    out = DetectionDecoder(1)(
+        logits, deltas, rois, valid, np.array([[300, 400]], np.int32), np.array([2.0], np.float32)
+    )
     assert int(out["num_detections"][0]) == 2  # min_size 0 keeps any non-empty box
     np.testing.assert_allclose(out["detection_boxes"][0, 0], [5, 10, 55, 110], rtol=1e-6)
     assert DetectionDecoder.from_config(decoder.get_config()).min_size == 1e-2

@@ -27,8 +27,12 @@ def _batch(height=96, width=128, empty=(False, False), seed=0):
         classes[i, :2] = [0, 1]
         images[i, 10:50, 12:60] = 250.0
         images[i, 30:90, 40:120, 1] = 10.0
-    return {"images": images, "image_shape": np.array([[height, width]] * batch, "int32"),
-            "gt_boxes": boxes, "gt_classes": classes}
+    return {
+        "images": images,
+        "image_shape": np.array([[height, width]] * batch, "int32"),
+        "gt_boxes": boxes,
+        "gt_classes": classes,
+    }
 
 
 def _weights_snapshot(layers):
@@ -146,14 +150,21 @@ def _second_stage_grad(model, data, variable):
 @pytest.mark.parametrize("roi_op", ["roi_align", "precise_roi_pool"])
 def test_non_approximate_joint_training_flows_into_rpn_box_regression(roi_op):
     keras.utils.set_random_seed(3)
-    model = FasterRCNN(num_classes=3, roi_op=roi_op, training_scheme="non_approximate_joint",
-                       add_gt_to_proposals=False, rcnn_positive_fraction=0.5)
+    model = FasterRCNN(
+        num_classes=3,
+        roi_op=roi_op,
+        training_scheme="non_approximate_joint",
+        add_gt_to_proposals=False,
+        rcnn_positive_fraction=0.5,
+    )
     grad = _second_stage_grad(model, _batch(), model.rpn_head.box_deltas.kernel)
     assert np.abs(grad).sum() > 0
 
 
 def test_approximate_joint_training_stops_second_stage_gradient_at_proposals():
-    model = FasterRCNN(num_classes=3, training_scheme="approximate_joint", add_gt_to_proposals=False)
+    model = FasterRCNN(
+        num_classes=3, training_scheme="approximate_joint", add_gt_to_proposals=False
+    )
     grad = _second_stage_grad(model, _batch(), model.rpn_head.box_deltas.kernel)
     assert np.all(grad == 0)
 
@@ -162,7 +173,12 @@ def test_alternating_training_freezes_the_right_parts():
     model = FasterRCNN(num_classes=3, training_scheme="alternating")
     ds = tf.data.Dataset.from_tensors(_batch()).repeat()
     parts = {"backbone": [model.backbone_model], "rpn": [model.rpn_head], "head": [model.rcnn_head]}
-    expected = [(True, True, False), (True, False, True), (False, True, False), (False, False, True)]
+    expected = [
+        (True, True, False),
+        (True, False, True),
+        (False, True, False),
+        (False, False, True),
+    ]
     changed = []
 
     class Recorder(keras.callbacks.Callback):
@@ -171,20 +187,34 @@ def test_alternating_training_freezes_the_right_parts():
 
         def on_train_end(self, logs=None):
             after = {k: _weights_snapshot(v) for k, v in parts.items()}
-            changed.append(tuple(
-                any(not np.array_equal(a, b) for a, b in zip(self.before[k], after[k]))
-                for k in ("backbone", "rpn", "head")))
+            changed.append(
+                tuple(
+                    any(not np.array_equal(a, b) for a, b in zip(self.before[k], after[k]))
+                    for k in ("backbone", "rpn", "head")
+                )
+            )
 
-    histories = train_alternating(model, ds, epochs_per_stage=(1, 1, 1, 1), steps_per_epoch=2,
-                                  callbacks=[Recorder()], verbose=0,
-                                  optimizer_factory=lambda: keras.optimizers.Adam(1e-3))
-    assert [name for name, _ in histories] == ["1_rpn", "2_fast_rcnn", "3_rpn_finetune",
-                                               "4_fast_rcnn_finetune"]
+    histories = train_alternating(
+        model,
+        ds,
+        epochs_per_stage=(1, 1, 1, 1),
+        steps_per_epoch=2,
+        callbacks=[Recorder()],
+        verbose=0,
+        optimizer_factory=lambda: keras.optimizers.Adam(1e-3),
+    )
+    assert [name for name, _ in histories] == [
+        "1_rpn",
+        "2_fast_rcnn",
+        "3_rpn_finetune",
+        "4_fast_rcnn_finetune",
+    ]
     assert changed == expected
     # the RPN stages optimise RPN terms only, the detector stages the detector terms only
     assert histories[0][1].history["loss"][0] == pytest.approx(
         histories[0][1].history["rpn_cls_loss"][0] + histories[0][1].history["rpn_box_loss"][0],
-        rel=1e-4)
+        rel=1e-4,
+    )
     assert all(layer.trainable for layer in (model.backbone_model, model.rpn_head, model.rcnn_head))
 
 
@@ -214,8 +244,12 @@ def test_anchor_generator_and_rpn_head_agree_on_order():
 
 
 def test_fast_rcnn_on_external_proposals_trains_and_predicts():
-    model = FasterRCNN(num_classes=3, proposal_source="external", num_external_proposals=16,
-                       detection_score_threshold=0.0)
+    model = FasterRCNN(
+        num_classes=3,
+        proposal_source="external",
+        num_external_proposals=16,
+        detection_score_threshold=0.0,
+    )
     data = _batch()
     proposals = np.zeros((2, 16, 4), "float32")
     proposals[:, :3] = [[8, 10, 52, 62], [28, 38, 92, 118], [0, 0, 40, 40]]

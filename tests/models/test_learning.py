@@ -16,7 +16,8 @@ def test_tiny_overfits_eight_images():
     train = make_dataset(records, training=True, flip=False, seed=0, **common).repeat()
     model = FasterRCNN.from_preset("tiny", num_classes=3)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, STEPS - 20, alpha=0.1, warmup_target=3e-3, warmup_steps=20)
+        0.0, STEPS - 20, alpha=0.1, warmup_target=3e-3, warmup_steps=20
+    )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, clipnorm=10.0))
     model.fit(train, steps_per_epoch=STEPS, epochs=1, verbose=0)
     result = evaluate_model(model, make_dataset(records, training=False, **common), num_classes=3)

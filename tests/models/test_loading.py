@@ -22,8 +22,13 @@ def _class_names(config):
 
 
 def test_a_saved_model_loads_with_safe_mode_and_holds_no_code(tmp_path):
-    model = FasterRCNN(num_classes=2, image_min_side=64, image_max_side=96,
-                       detection_score_threshold=0.0, max_detections=10)
+    model = FasterRCNN(
+        num_classes=2,
+        image_min_side=64,
+        image_max_side=96,
+        detection_score_threshold=0.0,
+        max_detections=10,
+    )
     path = str(tmp_path / "model.keras")
     model.save(path)
     with zipfile.ZipFile(path) as archive:

@@ -20,9 +20,16 @@ def _records(tmp_path, sizes):
     for i, (h, w) in enumerate(sizes):
         path = str(tmp_path / f"im{i}.png")
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-        records.append({"image_id": f"im{i}", "path": path, "height": h, "width": w,
-                        "boxes": np.array([[h * 0.2, w * 0.2, h * 0.7, w * 0.6]], np.float32),
-                        "classes": np.array([i % 3], np.int32)})
+        records.append(
+            {
+                "image_id": f"im{i}",
+                "path": path,
+                "height": h,
+                "width": w,
+                "boxes": np.array([[h * 0.2, w * 0.2, h * 0.7, w * 0.6]], np.float32),
+                "classes": np.array([i % 3], np.int32),
+            }
+        )
     return records
 
 
@@ -42,8 +49,16 @@ def test_mixed_sizes_train_with_one_trace_and_predict_without_retracing_per_size
     sizes = [(120, 160), (160, 120), (100, 100), (150, 190), (90, 170), (160, 160)]
     records = _records(tmp_path, sizes)
     model = _CountingModel(num_classes=3, preset="tiny")
-    ds = make_dataset(records, batch_size=2, min_side=160, max_side=192, pad_to=(192, 192),
-                      size_divisor=8, training=True, seed=0)
+    ds = make_dataset(
+        records,
+        batch_size=2,
+        min_side=160,
+        max_side=192,
+        pad_to=(192, 192),
+        size_divisor=8,
+        training=True,
+        seed=0,
+    )
     shapes = {tuple(batch["images"].shape) for batch in ds}
     assert shapes == {(2, 192, 192, 3)}
     model.compile(optimizer=keras.optimizers.SGD(0.01))

@@ -1,12 +1,17 @@
 """Tests of tfrcnn.ops.anchors: a hand-written grid, a loop reference, dynamic sizes."""
+
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrcnn.ops.anchors import (anchor_shapes, anchors_inside_mask, generate_anchors,
-                                generate_multilevel_anchors)
+from tfrcnn.ops.anchors import (
+    anchor_shapes,
+    anchors_inside_mask,
+    generate_anchors,
+    generate_multilevel_anchors,
+)
 
 R2 = math.sqrt(2.0)
 
@@ -28,8 +33,14 @@ def test_anchor_shapes_order_area_and_ratio():
     shapes = anchor_shapes([8, 16], [0.5, 1, 2]).numpy()
     assert shapes.dtype == np.float32 and shapes.shape == (6, 2)
     # Ratio outer, scale inner: (0.5, 8), (0.5, 16), (1, 8), (1, 16), (2, 8), (2, 16).
-    expected = [[8 / R2, 8 * R2], [16 / R2, 16 * R2], [8, 8], [16, 16], [8 * R2, 8 / R2],
-                [16 * R2, 16 / R2]]
+    expected = [
+        [8 / R2, 8 * R2],
+        [16 / R2, 16 * R2],
+        [8, 8],
+        [16, 16],
+        [8 * R2, 8 / R2],
+        [16 * R2, 16 / R2],
+    ]
     np.testing.assert_allclose(shapes, expected, rtol=1e-6)
     np.testing.assert_allclose(shapes[:, 0] * shapes[:, 1], [64, 256] * 3, rtol=1e-6)
     np.testing.assert_allclose(shapes[:, 0] / shapes[:, 1], [0.5, 0.5, 1, 1, 2, 2], rtol=1e-6)
@@ -56,16 +67,20 @@ def test_two_by_two_grid_by_hand():
     np.testing.assert_allclose((grid[1, 0, :, :2] + grid[1, 0, :, 2:]) / 2, [[24, 8]] * 6)
 
 
-@pytest.mark.parametrize("size,stride,scales,ratios,offset", [
-    ((3, 5), 16, (128, 256, 512), (0.5, 1, 2), 0.5),
-    ((7, 2), 8, (32,), (0.5, 1, 2), 0.0),
-    ((4, 4), 32.0, (20.0, 40.0), (1.0, 3.0, 0.25, 1.5), 0.25),
-    ((1, 1), 4, (8,), (1,), 0.5),
-])
+@pytest.mark.parametrize(
+    "size,stride,scales,ratios,offset",
+    [
+        ((3, 5), 16, (128, 256, 512), (0.5, 1, 2), 0.5),
+        ((7, 2), 8, (32,), (0.5, 1, 2), 0.0),
+        ((4, 4), 32.0, (20.0, 40.0), (1.0, 3.0, 0.25, 1.5), 0.25),
+        ((1, 1), 4, (8,), (1,), 0.5),
+    ],
+)
 def test_matches_loop_reference(size, stride, scales, ratios, offset):
     got = generate_anchors(size, stride, scales, ratios, offset).numpy()
-    np.testing.assert_allclose(got, loop_anchors(*size, stride, scales, ratios, offset),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        got, loop_anchors(*size, stride, scales, ratios, offset), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_dynamic_feature_size_in_tf_function():
@@ -76,8 +91,9 @@ def test_dynamic_feature_size_in_tf_function():
         return generate_anchors(feature_size, 16, (32, 64), (0.5, 1, 2))
 
     got = anchors_for(tf.zeros([1, 64, 96, 3])).numpy()
-    np.testing.assert_allclose(got, loop_anchors(4, 6, 16, (32, 64), (0.5, 1, 2)),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        got, loop_anchors(4, 6, 16, (32, 64), (0.5, 1, 2)), rtol=1e-5, atol=1e-4
+    )
     got = anchors_for(tf.zeros([1, 32, 16, 3])).numpy()  # same trace, another size
     assert got.shape == (2 * 1 * 6, 4)
 
@@ -94,14 +110,19 @@ def test_dynamic_feature_size_in_tf_function():
 def test_multilevel_per_level_and_shared_scales():
     sizes, strides, ratios = [(4, 4), (2, 3), (1, 1)], [8, 16, 32], (0.5, 1, 2)
     per_level = generate_multilevel_anchors(sizes, strides, [[32], [64], [128]], ratios).numpy()
-    expected = np.concatenate([loop_anchors(*sizes[0], 8, (32,), ratios),
-                               loop_anchors(*sizes[1], 16, (64,), ratios),
-                               loop_anchors(*sizes[2], 32, (128,), ratios)])
+    expected = np.concatenate(
+        [
+            loop_anchors(*sizes[0], 8, (32,), ratios),
+            loop_anchors(*sizes[1], 16, (64,), ratios),
+            loop_anchors(*sizes[2], 32, (128,), ratios),
+        ]
+    )
     assert per_level.shape == ((16 + 6 + 1) * 3, 4)
     np.testing.assert_allclose(per_level, expected, rtol=1e-5, atol=1e-4)
     shared = generate_multilevel_anchors(sizes, strides, (16, 24), ratios).numpy()
-    expected = np.concatenate([loop_anchors(*s, st, (16, 24), ratios)
-                               for s, st in zip(sizes, strides)])
+    expected = np.concatenate(
+        [loop_anchors(*s, st, (16, 24), ratios) for s, st in zip(sizes, strides)]
+    )
     np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="one stride a level"):
         generate_multilevel_anchors(sizes, [8, 16], (16,), ratios)
@@ -110,15 +131,19 @@ def test_multilevel_per_level_and_shared_scales():
 
 
 def test_anchors_inside_mask():
-    anchors = np.array([[0, 0, 10, 10], [-1, 0, 5, 5], [0, 0, 10, 11], [2, 2, 8, 8],
-                        [-3, -3, 12, 12]], np.float32)
-    np.testing.assert_array_equal(anchors_inside_mask(anchors, (10, 10)).numpy(),
-                                  [True, False, False, True, False])
-    np.testing.assert_array_equal(anchors_inside_mask(anchors, (10, 10), allowed_border=1).numpy(),
-                                  [True, True, True, True, False])
+    anchors = np.array(
+        [[0, 0, 10, 10], [-1, 0, 5, 5], [0, 0, 10, 11], [2, 2, 8, 8], [-3, -3, 12, 12]], np.float32
+    )
+    np.testing.assert_array_equal(
+        anchors_inside_mask(anchors, (10, 10)).numpy(), [True, False, False, True, False]
+    )
+    np.testing.assert_array_equal(
+        anchors_inside_mask(anchors, (10, 10), allowed_border=1).numpy(),
+        [True, True, True, True, False],
+    )
     per_image = anchors_inside_mask(anchors, np.array([[10, 10], [8, 20]], np.int32)).numpy()
-    np.testing.assert_array_equal(per_image, [[True, False, False, True, False],
-                                              [False, False, False, True, False]])
+    np.testing.assert_array_equal(
+        per_image, [[True, False, False, True, False], [False, False, False, True, False]]
+    )
     batched = anchors_inside_mask(np.stack([anchors, anchors + 100]), [[10, 10], [200, 200]])
-    np.testing.assert_array_equal(batched.numpy(),
-                                  [[True, False, False, True, False], [True] * 5])
+    np.testing.assert_array_equal(batched.numpy(), [[True, False, False, True, False], [True] * 5])

@@ -1,13 +1,23 @@
 """Tests of tfrcnn.ops.boxes against hand-computed values and slow numpy references."""
+
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrcnn.ops.boxes import (BOX_FORMATS, box_area, box_iou, clip_boxes, convert_boxes,
-                              decode_boxes, denormalize_boxes, encode_boxes, normalize_boxes,
-                              valid_box_mask)
+from tfrcnn.ops.boxes import (
+    BOX_FORMATS,
+    box_area,
+    box_iou,
+    clip_boxes,
+    convert_boxes,
+    decode_boxes,
+    denormalize_boxes,
+    encode_boxes,
+    normalize_boxes,
+    valid_box_mask,
+)
 
 
 def random_boxes(rng, n, size=100.0, degenerate=0.0):
@@ -101,8 +111,10 @@ def reference_encode(boxes, anchors, weights):
     cy, cx = b[:, 0] + h / 2, b[:, 1] + w / 2
     cya, cxa = a[:, 0] + ha / 2, a[:, 1] + wa / 2
     wy, wx, wh, ww = weights
-    return np.stack([wy * (cy - cya) / ha, wx * (cx - cxa) / wa,
-                     wh * np.log(h / ha), ww * np.log(w / wa)], axis=1)
+    return np.stack(
+        [wy * (cy - cya) / ha, wx * (cx - cxa) / wa, wh * np.log(h / ha), ww * np.log(w / wa)],
+        axis=1,
+    )
 
 
 def sized_boxes(rng, n, min_size, max_size, extent=500.0):
@@ -120,16 +132,18 @@ def test_encode_matches_formula_and_decode_inverts_it(weights):
     # Below the decode clamp (which is one-sided): log(h / ha) < log(1000 / 16).
     assert np.all(reference_encode(boxes, anchors, (1, 1, 1, 1))[:, 2:] < math.log(1000 / 16))
     deltas = encode_boxes(boxes, anchors, weights)
-    np.testing.assert_allclose(deltas.numpy(), reference_encode(boxes, anchors, weights),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        deltas.numpy(), reference_encode(boxes, anchors, weights), rtol=1e-4, atol=1e-4
+    )
     decoded = decode_boxes(deltas, anchors, weights).numpy()
     np.testing.assert_allclose(decoded, boxes, rtol=1e-4, atol=1e-3)
 
 
 def test_decode_clamps_scale_and_stays_finite_for_huge_deltas():
     anchors = np.array([[0.0, 0.0, 16.0, 16.0]] * 4, np.float32)
-    deltas = np.array([[0, 0, 10, 10], [100, -100, 100, -100], [-100, 100, -100, 100],
-                       [0, 0, 0, 0]], np.float32)
+    deltas = np.array(
+        [[0, 0, 10, 10], [100, -100, 100, -100], [-100, 100, -100, 100], [0, 0, 0, 0]], np.float32
+    )
     boxes = decode_boxes(deltas, anchors).numpy()
     assert np.all(np.isfinite(boxes))
     # dh, dw = 10 are clamped to log(1000/16): the box is 1000 px, centred on the anchor.
@@ -164,10 +178,12 @@ def test_encode_broadcasts_anchors():
 
 def test_clip_boxes_single_and_per_image_shapes():
     boxes = np.array([[-5.0, 3.0, 50.0, 120.0], [10.0, -1.0, 20.0, 30.0]], np.float32)
-    np.testing.assert_allclose(clip_boxes(boxes, (40, 100)).numpy(),
-                               [[0, 3, 40, 100], [10, 0, 20, 30]])
-    np.testing.assert_allclose(clip_boxes(boxes, tf.constant([40.0, 100.0])).numpy(),
-                               [[0, 3, 40, 100], [10, 0, 20, 30]])
+    np.testing.assert_allclose(
+        clip_boxes(boxes, (40, 100)).numpy(), [[0, 3, 40, 100], [10, 0, 20, 30]]
+    )
+    np.testing.assert_allclose(
+        clip_boxes(boxes, tf.constant([40.0, 100.0])).numpy(), [[0, 3, 40, 100], [10, 0, 20, 30]]
+    )
     batch = np.stack([boxes, boxes])  # [2, 2, 4]
     shapes = np.array([[40, 100], [15, 25]], np.int32)
     got = clip_boxes(batch, shapes).numpy()
@@ -176,13 +192,19 @@ def test_clip_boxes_single_and_per_image_shapes():
     # [B, K, N, 4] boxes broadcast over the middle dims; [B, 4] boxes too.
     deep = np.stack([batch, batch], axis=1)  # [2, 2, 2, 4]
     np.testing.assert_allclose(clip_boxes(deep, shapes).numpy()[:, 0], got)
-    np.testing.assert_allclose(clip_boxes(boxes, shapes).numpy(),
-                               [[0, 3, 40, 100], [10, 0, 15, 25]])
+    np.testing.assert_allclose(
+        clip_boxes(boxes, shapes).numpy(), [[0, 3, 40, 100], [10, 0, 15, 25]]
+    )
 
 
 def test_clip_boxes_in_tf_function_with_unknown_shapes():
-    fn = tf.function(clip_boxes, input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
-                                                   tf.TensorSpec([None, 2], tf.int32)])
+    fn = tf.function(
+        clip_boxes,
+        input_signature=[
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, 2], tf.int32),
+        ],
+    )
     boxes = np.array([[[-5.0, 3.0, 50.0, 120.0]], [[1.0, 2.0, 3.0, 4.0]]], np.float32)
     got = fn(boxes, np.array([[40, 100], [2, 3]], np.int32)).numpy()
     np.testing.assert_allclose(got, [[[0, 3, 40, 100]], [[1, 2, 2, 3]]])
@@ -194,8 +216,9 @@ def test_normalize_and_denormalize():
     norm = normalize_boxes(boxes, shapes).numpy()
     np.testing.assert_allclose(norm[:, 0], [[0.1, 0.1, 0.3, 0.2], [0.2, 0.5, 0.6, 1.0]], rtol=1e-6)
     np.testing.assert_allclose(denormalize_boxes(norm, shapes).numpy(), boxes, rtol=1e-6)
-    np.testing.assert_allclose(normalize_boxes(boxes[0], (100, 200)).numpy(),
-                               [[0.1, 0.1, 0.3, 0.2]], rtol=1e-6)
+    np.testing.assert_allclose(
+        normalize_boxes(boxes[0], (100, 200)).numpy(), [[0.1, 0.1, 0.3, 0.2]], rtol=1e-6
+    )
 
 
 def test_convert_boxes_hand_values_and_round_trips():
@@ -220,12 +243,20 @@ def test_convert_boxes_hand_values_and_round_trips():
 
 
 def test_valid_box_mask():
-    boxes = [[0, 0, 10, 10], [0, 0, 0, 10], [0, 0, 10, -1], [0, 0, float("nan"), 1],
-             [0, 0, float("inf"), 5], [0, 0, 2, 2]]
-    np.testing.assert_array_equal(valid_box_mask(boxes).numpy(),
-                                  [True, False, False, False, False, True])
-    np.testing.assert_array_equal(valid_box_mask(boxes, min_size=2.0).numpy(),
-                                  [True, False, False, False, False, False])
+    boxes = [
+        [0, 0, 10, 10],
+        [0, 0, 0, 10],
+        [0, 0, 10, -1],
+        [0, 0, float("nan"), 1],
+        [0, 0, float("inf"), 5],
+        [0, 0, 2, 2],
+    ]
+    np.testing.assert_array_equal(
+        valid_box_mask(boxes).numpy(), [True, False, False, False, False, True]
+    )
+    np.testing.assert_array_equal(
+        valid_box_mask(boxes, min_size=2.0).numpy(), [True, False, False, False, False, False]
+    )
     assert valid_box_mask(np.zeros((2, 3, 4))).shape == (2, 3)
 
 
@@ -241,9 +272,11 @@ def test_gradients_of_decode_and_iou_match_numeric():
     anchors = tf.constant([[0.0, 0.0, 16.0, 16.0], [10.0, 20.0, 40.0, 30.0]])
     deltas = tf.constant([[0.1, -0.2, 0.3, -0.1], [0.0, 0.5, -0.4, 0.2]])
     theoretical, numerical = tf.test.compute_gradient(
-        lambda d: decode_boxes(d, anchors, (10.0, 10.0, 5.0, 5.0)), [deltas], delta=1e-2)
+        lambda d: decode_boxes(d, anchors, (10.0, 10.0, 5.0, 5.0)), [deltas], delta=1e-2
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-2, atol=1e-2)
     boxes = tf.constant([[1.0, 2.0, 12.0, 15.0], [8.0, 18.0, 30.0, 33.0]])
     theoretical, numerical = tf.test.compute_gradient(
-        lambda b: box_iou(b, anchors), [boxes], delta=1e-2)
+        lambda b: box_iou(b, anchors), [boxes], delta=1e-2
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-2, atol=1e-3)

@@ -22,16 +22,22 @@ from tfrcnn.ops.image_header import (
 
 def bomb_png(height, width):
     """An 8-bit grayscale PNG of zeros, compressed row by row (20,000 x 20,000 is about 400 KB)."""
+
     def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     compressor = zlib.compressobj(9)
     row = b"\0" * (width + 1)
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def _encode(fmt, size, mode="RGB", **options):
@@ -40,12 +46,22 @@ def _encode(fmt, size, mode="RGB", **options):
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fmt, mode, options", [
-    ("PNG", "RGB", {}), ("PNG", "L", {}), ("PNG", "RGBA", {}), ("JPEG", "RGB", {}),
-    ("JPEG", "L", {"progressive": True}), ("JPEG", "RGB", {"exif": b"Exif\0\0" + b"x" * 3000}),
-    ("GIF", "P", {}), ("BMP", "RGB", {}), ("WEBP", "RGB", {}), ("WEBP", "RGB", {"lossless": True}),
-    ("WEBP", "RGBA", {"exif": b"Exif\0\0abc"}),
-])
+@pytest.mark.parametrize(
+    "fmt, mode, options",
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "L", {}),
+        ("PNG", "RGBA", {}),
+        ("JPEG", "RGB", {}),
+        ("JPEG", "L", {"progressive": True}),
+        ("JPEG", "RGB", {"exif": b"Exif\0\0" + b"x" * 3000}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+        ("WEBP", "RGB", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("WEBP", "RGBA", {"exif": b"Exif\0\0abc"}),
+    ],
+)
 def test_header_size_matches_the_decoded_size(fmt, mode, options):
     for width, height in ((301, 123), (17, 4099), (1, 1)):
         data = _encode(fmt, (width, height), mode, **options)
@@ -65,13 +81,16 @@ def test_top_down_bmp_and_unknown_bytes():
 def test_check_refuses_above_the_limit_and_passes_below():
     data = _encode("PNG", (100, 50))
     assert check_encoded_image(tf.constant(data), 5000).numpy() == data
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"encoded_images\[3\]: image of 50 x 100 pixels \(0\.0 megapixels\) "
-                             r"is above the decoded-size limit of 0\.0 megapixels"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"encoded_images\[3\]: image of 50 x 100 pixels \(0\.0 megapixels\) "
+        r"is above the decoded-size limit of 0\.0 megapixels",
+    ):
         check_encoded_image(tf.constant(data), 4999, index=3)
     assert too_large_message(50, 100, 4999) == (
         "image of 50 x 100 pixels (0.0 megapixels) is above the decoded-size limit of 0.0 "
-        "megapixels (max_image_pixels): resize it first, or raise max_image_pixels")
+        "megapixels (max_image_pixels): resize it first, or raise max_image_pixels"
+    )
     assert MAX_IMAGE_PIXELS == 40_000_000
 
 

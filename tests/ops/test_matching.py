@@ -1,10 +1,17 @@
 """Tests of tfrcnn.ops.matching: a loop matcher, hand-made cases, sampler counts and coverage."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrcnn.ops.matching import (IGNORE, NEGATIVE, POSITIVE, balanced_sample,
-                                 balanced_sample_mask, match_boxes)
+from tfrcnn.ops.matching import (
+    IGNORE,
+    NEGATIVE,
+    POSITIVE,
+    balanced_sample,
+    balanced_sample_mask,
+    match_boxes,
+)
 
 
 def loop_iou(a, b):
@@ -73,24 +80,29 @@ def random_scene(rng, batch, n, m):
     return boxes, gt, classes
 
 
-@pytest.mark.parametrize("pos,neg,lower,low_quality", [
-    (0.7, 0.3, 0.0, True),  # RPN
-    (0.5, 0.5, 0.0, False),  # Fast R-CNN ROIs
-    (0.6, 0.4, 0.1, True),
-])
+@pytest.mark.parametrize(
+    "pos,neg,lower,low_quality",
+    [
+        (0.7, 0.3, 0.0, True),  # RPN
+        (0.5, 0.5, 0.0, False),  # Fast R-CNN ROIs
+        (0.6, 0.4, 0.1, True),
+    ],
+)
 def test_matches_loop_reference(pos, neg, lower, low_quality):
     rng = np.random.default_rng(7)
     boxes, gt, classes = random_scene(rng, 3, 60, 6)
     classes[2] = -1  # one image without objects
     valid = rng.uniform(size=(3, 60)) < 0.85
-    matched, labels, max_iou = match_boxes(boxes, gt, classes, pos, neg, lower, low_quality,
-                                           valid_mask=valid)
+    matched, labels, max_iou = match_boxes(
+        boxes, gt, classes, pos, neg, lower, low_quality, valid_mask=valid
+    )
     assert matched.dtype == tf.int32 and labels.dtype == tf.int32 and max_iou.dtype == tf.float32
     assert matched.shape == labels.shape == max_iou.shape == (3, 60)
     counts = {POSITIVE: 0, NEGATIVE: 0, IGNORE: 0}
     for b in range(3):
-        ref_m, ref_l, ref_iou = loop_match(boxes[b], gt[b], classes[b], pos, neg, lower,
-                                           low_quality, valid[b])
+        ref_m, ref_l, ref_iou = loop_match(
+            boxes[b], gt[b], classes[b], pos, neg, lower, low_quality, valid[b]
+        )
         np.testing.assert_array_equal(labels[b].numpy(), ref_l)
         np.testing.assert_allclose(max_iou[b].numpy(), ref_iou, atol=1e-5)
         positive = ref_l == POSITIVE
@@ -109,13 +121,16 @@ def test_shared_boxes_equal_per_image_boxes():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-ANCHORS = np.array([
-    [0, 0, 10, 10],  # 0: exact hit of gt 0
-    [0, 0, 10, 20],  # 1: IoU 0.5 with gt 0 (ignore band for the RPN)
-    [50, 50, 60, 60],  # 2: far from everything
-    [100, 100, 120, 120],  # 3: IoU 0.4 with gt 1, its best anchor
-    [100, 100, 110, 110],  # 4: IoU 0.25 with gt 1
-], np.float32)
+ANCHORS = np.array(
+    [
+        [0, 0, 10, 10],  # 0: exact hit of gt 0
+        [0, 0, 10, 20],  # 1: IoU 0.5 with gt 0 (ignore band for the RPN)
+        [50, 50, 60, 60],  # 2: far from everything
+        [100, 100, 120, 120],  # 3: IoU 0.4 with gt 1, its best anchor
+        [100, 100, 110, 110],  # 4: IoU 0.25 with gt 1
+    ],
+    np.float32,
+)
 GT = np.array([[[0, 0, 10, 10], [100, 100, 120, 125], [50, 50, 60, 60]]], np.float32)
 
 
@@ -126,26 +141,27 @@ def test_low_quality_rule_padding_and_thresholds():
     matched, labels, max_iou = match_boxes(ANCHORS, gt, classes)
     np.testing.assert_allclose(max_iou.numpy(), [[1.0, 0.5, 0.0, 0.4, 0.1]], rtol=1e-6)
     # Anchor 3's best IoU is only 0.4 but it is gt 1's best anchor: positive, matched to gt 1.
-    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, IGNORE, NEGATIVE, POSITIVE,
-                                                    NEGATIVE]])
+    np.testing.assert_array_equal(
+        labels.numpy(), [[POSITIVE, IGNORE, NEGATIVE, POSITIVE, NEGATIVE]]
+    )
     assert matched.numpy()[0, 0] == 0 and matched.numpy()[0, 3] == 1
     # Without the rule anchor 3 falls in the ignore band.
     _, labels, _ = match_boxes(ANCHORS, gt, classes, allow_low_quality_matches=False)
-    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, IGNORE, NEGATIVE, IGNORE,
-                                                    NEGATIVE]])
+    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, IGNORE, NEGATIVE, IGNORE, NEGATIVE]])
     # A negative lower bound turns IoU below it into IGNORE (anchor 2 has IoU 0, anchor 4 0.1).
     _, labels, _ = match_boxes(ANCHORS, gt, classes, 0.7, 0.3, 0.05)
-    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, IGNORE, IGNORE, POSITIVE,
-                                                    NEGATIVE]])
+    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, IGNORE, IGNORE, POSITIVE, NEGATIVE]])
     # Fast R-CNN settings: one threshold at 0.5 (0.5 is positive), no low-quality matches.
     _, labels, _ = match_boxes(ANCHORS, gt, classes, 0.5, 0.5, 0.0, False)
-    np.testing.assert_array_equal(labels.numpy(), [[POSITIVE, POSITIVE, NEGATIVE, NEGATIVE,
-                                                    NEGATIVE]])
+    np.testing.assert_array_equal(
+        labels.numpy(), [[POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, NEGATIVE]]
+    )
 
 
 def test_low_quality_ties_and_override_and_valid_mask():
-    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 20, 20], [40, 40, 50, 50]],
-                       np.float32)
+    anchors = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 20, 20], [40, 40, 50, 50]], np.float32
+    )
     gt = np.array([[[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 0, 0]]], np.float32)
     classes = np.array([[0, 1, -1]], np.int32)
     matched, labels, max_iou = match_boxes(anchors, gt, classes, 0.9, 0.1)
@@ -179,8 +195,10 @@ def test_overriding_argmax_match():
 
 def test_images_without_ground_truth():
     # All padding, and M = 0.
-    for gt, classes in [(np.zeros((2, 3, 4), np.float32), -np.ones((2, 3), np.int32)),
-                        (np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), np.int32))]:
+    for gt, classes in [
+        (np.zeros((2, 3, 4), np.float32), -np.ones((2, 3), np.int32)),
+        (np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), np.int32)),
+    ]:
         matched, labels, max_iou = match_boxes(ANCHORS, gt, classes)
         np.testing.assert_array_equal(labels.numpy(), np.full((2, 5), NEGATIVE))
         np.testing.assert_array_equal(matched.numpy(), np.zeros((2, 5)))
@@ -192,9 +210,14 @@ def test_images_without_ground_truth():
 
 
 def test_match_in_tf_function_with_unknown_shapes():
-    fn = tf.function(match_boxes, input_signature=[
-        tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, None, 4], tf.float32),
-        tf.TensorSpec([None, None], tf.int32)])
+    fn = tf.function(
+        match_boxes,
+        input_signature=[
+            tf.TensorSpec([None, 4], tf.float32),
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+        ],
+    )
     eager = match_boxes(ANCHORS, GT, [[0, 1, 1]])
     graph = fn(tf.constant(ANCHORS), tf.constant(GT), tf.constant([[0, 1, 1]]))
     for a, b in zip(eager, graph):

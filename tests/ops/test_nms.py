@@ -1,4 +1,5 @@
 """Tests of tfrcnn.ops.nms against a greedy numpy loop."""
+
 import warnings
 
 import numpy as np
@@ -6,9 +7,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from tfrcnn.ops.nms import (batched_class_aware_non_max_suppression_padded,
-                            batched_non_max_suppression_padded,
-                            class_aware_non_max_suppression_padded, non_max_suppression_padded)
+from tfrcnn.ops.nms import (
+    batched_class_aware_non_max_suppression_padded,
+    batched_non_max_suppression_padded,
+    class_aware_non_max_suppression_padded,
+    non_max_suppression_padded,
+)
 
 
 def loop_iou(a, b):
@@ -29,8 +33,11 @@ def greedy_nms(boxes, scores, max_output, iou_threshold, score_threshold=-np.inf
             break
         if not scores[i] > score_threshold:
             continue
-        if all(loop_iou(boxes[i], boxes[k]) <= iou_threshold
-               or (classes is not None and classes[i] != classes[k]) for k in keep):
+        if all(
+            loop_iou(boxes[i], boxes[k]) <= iou_threshold
+            or (classes is not None and classes[i] != classes[k])
+            for k in keep
+        ):
             keep.append(i)
     return keep
 
@@ -49,35 +56,44 @@ def random_boxes(rng, n, extent=100.0):
     return boxes.astype(np.float32)
 
 
-@pytest.mark.parametrize("n,max_output,iou_threshold,score_threshold", [
-    (60, 20, 0.5, -np.inf),
-    (60, 100, 0.3, -np.inf),  # N < max_output_size
-    (80, 30, 0.7, 0.4),  # a score threshold
-    (40, 10, 0.0, -np.inf),  # any overlap suppresses
-    (0, 5, 0.5, -np.inf),  # no boxes
-])
+@pytest.mark.parametrize(
+    "n,max_output,iou_threshold,score_threshold",
+    [
+        (60, 20, 0.5, -np.inf),
+        (60, 100, 0.3, -np.inf),  # N < max_output_size
+        (80, 30, 0.7, 0.4),  # a score threshold
+        (40, 10, 0.0, -np.inf),  # any overlap suppresses
+        (0, 5, 0.5, -np.inf),  # no boxes
+    ],
+)
 def test_equals_greedy_reference(n, max_output, iou_threshold, score_threshold):
     rng = np.random.default_rng(n + max_output)
     boxes = random_boxes(rng, n)
     scores = rng.uniform(size=n).astype(np.float32)
-    indices, num_valid = non_max_suppression_padded(boxes, scores, max_output, iou_threshold,
-                                                    score_threshold)
+    indices, num_valid = non_max_suppression_padded(
+        boxes, scores, max_output, iou_threshold, score_threshold
+    )
     expected = greedy_nms(boxes, scores, max_output, iou_threshold, score_threshold)
     assert indices.dtype == tf.int32 and indices.shape == (max_output,)
     assert num_valid.dtype == tf.int32 and int(num_valid) == len(expected)
     np.testing.assert_array_equal(indices.numpy(), padded(expected, max_output))
     if n:  # the case is not trivial: something above the score threshold was suppressed
         by_score = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
-        assert expected != by_score[:len(expected)]
+        assert expected != by_score[: len(expected)]
     # Same selection as tf.image.non_max_suppression.
-    reference = tf.image.non_max_suppression(boxes.reshape(-1, 4), scores, max_output,
-                                             iou_threshold, score_threshold).numpy()
-    np.testing.assert_array_equal(indices.numpy()[:len(reference)], reference)
+    reference = tf.image.non_max_suppression(
+        boxes.reshape(-1, 4), scores, max_output, iou_threshold, score_threshold
+    ).numpy()
+    np.testing.assert_array_equal(indices.numpy()[: len(reference)], reference)
 
 
 def test_hand_fixture_and_score_threshold_is_strict():
-    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 1.0, 10.0, 11.0], [20.0, 20.0, 30.0, 30.0],
-             [0.0, 0.0, 10.0, 5.0]]
+    boxes = [
+        [0.0, 0.0, 10.0, 10.0],
+        [0.0, 1.0, 10.0, 11.0],
+        [20.0, 20.0, 30.0, 30.0],
+        [0.0, 0.0, 10.0, 5.0],
+    ]
     scores = [0.9, 0.8, 0.7, 0.95]
     # Box 3 (best) has IoU 0.5 with box 0: not > 0.5, so box 0 stays; box 1 goes (IoU 0.82).
     indices, n = non_max_suppression_padded(boxes, scores, 5, 0.5)
@@ -103,16 +119,18 @@ def test_class_aware_equals_per_class_reference(iou_threshold, score_threshold):
     boxes = random_boxes(rng, 80) - 20.0  # negative coordinates too
     scores = rng.uniform(size=80).astype(np.float32)
     classes = rng.integers(0, 4, 80).astype(np.int32)
-    indices, n = class_aware_non_max_suppression_padded(boxes, scores, classes, 40,
-                                                        iou_threshold, score_threshold)
+    indices, n = class_aware_non_max_suppression_padded(
+        boxes, scores, classes, 40, iou_threshold, score_threshold
+    )
     expected = greedy_nms(boxes, scores, 40, iou_threshold, score_threshold, classes=classes)
     np.testing.assert_array_equal(indices.numpy(), padded(expected, 40))
     assert int(n) == len(expected)
     # The classes matter: class-blind NMS keeps something else.
     assert expected != greedy_nms(boxes, scores, 40, iou_threshold, score_threshold)
     # Empty input.
-    indices, n = class_aware_non_max_suppression_padded(np.zeros((0, 4)), np.zeros(0),
-                                                        np.zeros(0, np.int32), 3, 0.5)
+    indices, n = class_aware_non_max_suppression_padded(
+        np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int32), 3, 0.5
+    )
     np.testing.assert_array_equal(indices.numpy(), [-1, -1, -1])
 
 
@@ -122,9 +140,13 @@ def test_batched_equals_per_image_in_tf_function_with_dynamic_batch():
     scores = rng.uniform(size=(3, 50)).astype(np.float32)
     classes = rng.integers(0, 3, (3, 50)).astype(np.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
-                                  tf.TensorSpec([None, None], tf.float32),
-                                  tf.TensorSpec([None, None], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+        ]
+    )
     def run(b, s, c):
         plain = batched_non_max_suppression_padded(b, s, 25, 0.5, 0.1)
         aware = batched_class_aware_non_max_suppression_padded(b, s, c, 25, 0.5, 0.1)
@@ -152,9 +174,13 @@ def test_converts_to_tflite_builtins_and_gives_the_same_result():
     scores = rng.uniform(size=(2, 30)).astype(np.float32)
     classes = rng.integers(0, 3, (2, 30)).astype(np.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([2, 30, 4], tf.float32),
-                                  tf.TensorSpec([2, 30], tf.float32),
-                                  tf.TensorSpec([2, 30], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([2, 30, 4], tf.float32),
+            tf.TensorSpec([2, 30], tf.float32),
+            tf.TensorSpec([2, 30], tf.int32),
+        ]
+    )
     def detect(b, s, c):
         single = non_max_suppression_padded(b[0], s[0], 8, 0.5)
         aware = class_aware_non_max_suppression_padded(b[0], s[0], c[0], 8, 0.5, 0.2)
@@ -162,7 +188,8 @@ def test_converts_to_tflite_builtins_and_gives_the_same_result():
         return single + aware + batched
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [detect.get_concrete_function()], detect)
+        [detect.get_concrete_function()], detect
+    )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

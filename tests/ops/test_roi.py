@@ -1,5 +1,6 @@
 """Tests for tfrcnn.ops.roi: slow numpy references written from the definitions, hand fixtures on a
 numbered map, gradients, K = 0, dynamic shapes in tf.function, FPN levels."""
+
 import math
 import sys
 
@@ -235,7 +236,10 @@ def to_torch_rois(torch, boxes, indices):
 def test_roi_pool_matches_reference(output_size, scale):
     features, boxes, indices = random_case(1, stride=1.0 / scale)
     # add boxes whose scaled coordinates are exact halves (round half away from zero, also negative)
-    halves = np.asarray([[0.5, 1.5, 2.5, 3.5], [-2.5, -0.5, 4.5, 6.5], [-1.5, 2.5, 5.5, 9.5]], F32) / scale
+    halves = (
+        np.asarray([[0.5, 1.5, 2.5, 3.5], [-2.5, -0.5, 4.5, 6.5], [-1.5, 2.5, 5.5, 9.5]], F32)
+        / scale
+    )
     boxes = np.concatenate([boxes, halves])
     indices = np.concatenate([indices, [0, 1, 1]]).astype(np.int32)
     got = roi_pool(features, boxes, indices, output_size, scale).numpy()
@@ -262,8 +266,10 @@ def test_roi_pool_in_a_graph_matches_reference_for_every_length(output_size):
     lengths = np.arange(1, 91, dtype=F32)
     starts = rng.integers(0, 6, (len(lengths), 2)).astype(F32)
     # integer cell edges (scale 1): rows of length L, columns of length 91 - L
-    boxes = np.stack([starts[:, 0], starts[:, 1], starts[:, 0] + lengths - 1,
-                      starts[:, 1] + lengths[::-1] - 1], axis=1)
+    boxes = np.stack(
+        [starts[:, 0], starts[:, 1], starts[:, 0] + lengths - 1, starts[:, 1] + lengths[::-1] - 1],
+        axis=1,
+    )
     indices = np.zeros(len(boxes), np.int32)
     graph = tf.function(lambda f, b, i: roi_pool(f, b, i, output_size, 1.0))
     got = graph(features, boxes, indices).numpy()
@@ -315,8 +321,12 @@ def test_roi_pool_fixture():
 def test_roi_pool_gradient_goes_to_argmax():
     rng = np.random.default_rng(3)
     # distinct values far apart compared with the finite-difference step
-    features = (rng.permutation(2 * 6 * 7 * 2).reshape(2, 6, 7, 2) * 0.05).astype(F32).astype(np.float64)
-    boxes = np.asarray([[2.0, 3.0, 20.0, 24.0], [-6.0, 4.0, 9.0, 30.0], [10.0, -5.0, 30.0, 9.0]], F32)
+    features = (
+        (rng.permutation(2 * 6 * 7 * 2).reshape(2, 6, 7, 2) * 0.05).astype(F32).astype(np.float64)
+    )
+    boxes = np.asarray(
+        [[2.0, 3.0, 20.0, 24.0], [-6.0, 4.0, 9.0, 30.0], [10.0, -5.0, 30.0, 9.0]], F32
+    )
     indices = np.asarray([0, 1, 0], np.int32)
 
     @tf.function
@@ -365,7 +375,9 @@ def test_roi_pool_ties_go_to_the_first_cell_and_boxes_get_no_gradient():
 )
 def test_roi_align_matches_reference(method, aligned, sampling_ratio, output_size):
     features, boxes, indices = random_case(2)
-    got = roi_align(features, boxes, indices, output_size, 0.5, sampling_ratio, aligned, method).numpy()
+    got = roi_align(
+        features, boxes, indices, output_size, 0.5, sampling_ratio, aligned, method
+    ).numpy()
     want = ref_roi_align(features, boxes, indices, *output_size, 0.5, sampling_ratio, aligned)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     tv = torchvision_ops()
@@ -397,13 +409,17 @@ def test_roi_align_fixture(method):
     #   bin (1,1): (0,6)=5 (1,6)=15, x = 7 -> 0 -> 20 / 4 = 5
     boxes = np.asarray([[1, 1, 3, 5], [-2, 4, 2, 8]], F32)
     got = roi_align(f, boxes, [0, 0], (2, 2), 1.0, 2, True, method).numpy()[..., 0]
-    np.testing.assert_allclose(got, [[[11.5, 13.5], [21.5, 23.5]], [[2.25, 1.25], [9.5, 5.0]]], atol=1e-5)
+    np.testing.assert_allclose(
+        got, [[[11.5, 13.5], [21.5, 23.5]], [[2.25, 1.25], [9.5, 5.0]]], atol=1e-5
+    )
     # not aligned: box [1, 1, 3, 5] starts at (1, 1): y 1.25 1.75 | 2.25 2.75, x 1.5 2.5 | 3.5 4.5
     # -> [[17, 19], [27, 29]]; the point box [2, 2, 2, 2] is forced to 1 x 1: samples at 2.125 2.375 |
     # 2.625 2.875 on both axes (means 2.25, 2.75) -> [[24.75, 25.25], [29.75, 30.25]]
     boxes = np.asarray([[1, 1, 3, 5], [2, 2, 2, 2]], F32)
     got = roi_align(f, boxes, [0, 0], (2, 2), 1.0, 2, False, method).numpy()[..., 0]
-    np.testing.assert_allclose(got, [[[17, 19], [27, 29]], [[24.75, 25.25], [29.75, 30.25]]], atol=1e-5)
+    np.testing.assert_allclose(
+        got, [[[17, 19], [27, 29]], [[24.75, 25.25], [29.75, 30.25]]], atol=1e-5
+    )
     # spatial scale 1/2 with one sample: box [4, 2, 8, 10] -> start (1.5, 0.5), size 2 x 4,
     # 1 x 2 bins: sample y = 2.5, x = 1.5 | 3.5 -> [[26.5, 28.5]]
     got = roi_align(f, [[4, 2, 8, 10]], [0], (1, 2), 0.5, 1, True, method).numpy()[..., 0]
@@ -411,10 +427,14 @@ def test_roi_align_fixture(method):
 
 
 def test_roi_align_methods_agree_values_and_gradients():
-    features, boxes, indices = random_case(4, batch=2, height=11, width=13, channels=4, stride=4.0, n=30)
+    features, boxes, indices = random_case(
+        4, batch=2, height=11, width=13, channels=4, stride=4.0, n=30
+    )
     f = tf.constant(features)
     b = tf.constant(boxes)
-    weights = tf.constant(np.cos(np.arange(len(boxes) * 7 * 7 * 4)).reshape(-1, 7, 7, 4).astype(F32))
+    weights = tf.constant(
+        np.cos(np.arange(len(boxes) * 7 * 7 * 4)).reshape(-1, 7, 7, 4).astype(F32)
+    )
     results = []
     for method in METHODS:
         with tf.GradientTape() as tape:
@@ -439,29 +459,44 @@ def test_roi_align_feature_gradient_unknown_shapes_empty_and_repeatable(op, meth
     def pooled(f, b, i, method):
         if op == "roi_align":
             return roi_align(f, b, i, (3, 2), 0.5, 2, True, method)
-        return multilevel_roi_align([f, f[:, ::2, ::2]], b, i, (3, 2), min_level=1,
-                                    canonical_scale=8.0, canonical_level=2, method=method)
+        return multilevel_roi_align(
+            [f, f[:, ::2, ::2]],
+            b,
+            i,
+            (3, 2),
+            min_level=1,
+            canonical_scale=8.0,
+            canonical_level=2,
+            method=method,
+        )
 
     def gradient(method):
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32),
-                                      tf.TensorSpec([None, 4], tf.float32),
-                                      tf.TensorSpec([None], tf.int32),
-                                      tf.TensorSpec([None, 3, 2, None], tf.float32)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, None, None], tf.float32),
+                tf.TensorSpec([None, 4], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, 3, 2, None], tf.float32),
+            ]
+        )
         def run(f, b, i, upstream):
             with tf.GradientTape() as tape:
                 tape.watch(f)
                 out = pooled(f, b, i, method)
             return tape.gradient(out, f, output_gradients=upstream)
+
         return run
 
     fast, reference = gradient(method), gradient("gather")
     got = fast(features, boxes, indices, upstream_all).numpy()
-    np.testing.assert_allclose(got, reference(features, boxes, indices, upstream_all).numpy(),
-                               atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        got, reference(features, boxes, indices, upstream_all).numpy(), atol=2e-5, rtol=1e-5
+    )
     assert np.abs(got).max() > 0.1
     np.testing.assert_array_equal(fast(features, boxes, indices, upstream_all).numpy(), got)
-    none = fast(features, np.zeros((0, 4), F32), np.zeros((0,), np.int32),
-                np.zeros((0, 3, 2, 5), F32)).numpy()
+    none = fast(
+        features, np.zeros((0, 4), F32), np.zeros((0,), np.int32), np.zeros((0, 3, 2, 5), F32)
+    ).numpy()
     assert none.shape == features.shape and not none.any()
 
 
@@ -469,7 +504,10 @@ def away_from_kinks(boxes, scale, output_size, sampling_ratio, aligned, margin=0
     """True if no RoIAlign sample lies within `margin` cells of an integer (bilinear kink) or a border."""
     ys = []
     offset = 0.5 if aligned else 0.0
-    for c1, c2, n in ((boxes[:, 0], boxes[:, 2], output_size[0]), (boxes[:, 1], boxes[:, 3], output_size[1])):
+    for c1, c2, n in (
+        (boxes[:, 0], boxes[:, 2], output_size[0]),
+        (boxes[:, 1], boxes[:, 3], output_size[1]),
+    ):
         start = c1 * scale - offset
         step = (c2 - c1) * scale / (n * sampling_ratio)
         ys.append(start[:, None] + (np.arange(n * sampling_ratio) + 0.5)[None, :] * step[:, None])
@@ -485,7 +523,13 @@ def test_roi_align_gradients(method):
     boxes = None
     while boxes is None or not away_from_kinks(boxes, 0.5, (2, 3), 2, True):
         boxes = np.stack(
-            [rng.uniform(-3, 6, 3), rng.uniform(-3, 6, 3), rng.uniform(8, 13, 3), rng.uniform(8, 15, 3)], 1
+            [
+                rng.uniform(-3, 6, 3),
+                rng.uniform(-3, 6, 3),
+                rng.uniform(8, 13, 3),
+                rng.uniform(8, 15, 3),
+            ],
+            1,
         ).astype(np.float64)
     indices = np.asarray([0, 1, 1], np.int32)
 
@@ -497,7 +541,9 @@ def test_roi_align_gradients(method):
     def by_boxes(b):
         return roi_align(features, b, indices, (2, 3), 0.5, 2, True, method)
 
-    theoretical, numerical = tf.test.compute_gradient(by_features, [tf.constant(features)], delta=1e-3)
+    theoretical, numerical = tf.test.compute_gradient(
+        by_features, [tf.constant(features)], delta=1e-3
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-3)
     theoretical, numerical = tf.test.compute_gradient(by_boxes, [tf.constant(boxes)], delta=1e-2)
     assert np.abs(theoretical[0]).max() > 0.01
@@ -557,7 +603,8 @@ def test_precise_roi_pool_matches_dense_integration():
     boxes, indices = boxes[keep], indices[keep]
     got = precise_roi_pool(features, boxes, indices, (3, 4), 0.5).numpy()
     errors = [
-        np.abs(dense_precise_roi_pool(features, boxes, indices, 3, 4, 0.5, n) - got).max() for n in (3, 9, 27)
+        np.abs(dense_precise_roi_pool(features, boxes, indices, 3, 4, 0.5, n) - got).max()
+        for n in (3, 9, 27)
     ]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 2e-3, errors
@@ -566,7 +613,9 @@ def test_precise_roi_pool_matches_dense_integration():
 def test_precise_roi_pool_gradients():
     rng = np.random.default_rng(8)
     features = rng.uniform(-1, 1, (2, 5, 6, 2))
-    boxes = np.asarray([[1.3, -2.2, 7.9, 9.1], [-3.1, 4.4, 12.7, 14.2], [2.6, 2.2, 4.1, 6.3]], np.float64)
+    boxes = np.asarray(
+        [[1.3, -2.2, 7.9, 9.1], [-3.1, 4.4, 12.7, 14.2], [2.6, 2.2, 4.1, 6.3]], np.float64
+    )
     indices = np.asarray([1, 0, 1], np.int32)
 
     @tf.function
@@ -577,7 +626,9 @@ def test_precise_roi_pool_gradients():
     def by_boxes(b):
         return precise_roi_pool(features, b, indices, (2, 3), 0.5)
 
-    theoretical, numerical = tf.test.compute_gradient(by_features, [tf.constant(features)], delta=1e-3)
+    theoretical, numerical = tf.test.compute_gradient(
+        by_features, [tf.constant(features)], delta=1e-3
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-4)
     theoretical, numerical = tf.test.compute_gradient(by_boxes, [tf.constant(boxes)], delta=1e-3)
     assert np.abs(theoretical[0]).max() > 0.01
@@ -586,7 +637,9 @@ def test_precise_roi_pool_gradients():
 
 def test_precise_roi_pool_degenerate_boxes_give_zero_without_nan():
     f = tf.constant(np.random.default_rng(9).uniform(-1, 1, (1, 4, 5, 3)).astype(F32))
-    boxes = tf.constant([[2.0, 2.0, 2.0, 6.0], [1.0, 1.0, 1.0, 1.0], [5.0, 5.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    boxes = tf.constant(
+        [[2.0, 2.0, 2.0, 6.0], [1.0, 1.0, 1.0, 1.0], [5.0, 5.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    )
     with tf.GradientTape() as tape:
         tape.watch([f, boxes])
         out = precise_roi_pool(f, boxes, [0] * 4, (2, 2), 1.0)
@@ -604,7 +657,9 @@ def test_precise_roi_pool_degenerate_boxes_give_zero_without_nan():
 def all_ops():
     return {
         "roi_pool": lambda f, b, i: roi_pool(f, b, i, (3, 2), 0.5),
-        "roi_align_crop_and_resize": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, True, "crop_and_resize"),
+        "roi_align_crop_and_resize": lambda f, b, i: roi_align(
+            f, b, i, (3, 2), 0.5, 2, True, "crop_and_resize"
+        ),
         "roi_align_gather": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, False, "gather"),
         "roi_align_auto": lambda f, b, i: roi_align(f, b, i, (3, 2), 0.5, 2, True, "auto"),
         "precise_roi_pool": lambda f, b, i: precise_roi_pool(f, b, i, (3, 2), 0.5),
@@ -674,7 +729,9 @@ def test_assign_fpn_levels_hand_cases():
     )
     np.testing.assert_array_equal(assign_fpn_levels(boxes).numpy(), [4, 5, 3, 3, 2, 2, 2, 5, 4, 2])
     np.testing.assert_array_equal(
-        assign_fpn_levels(boxes[:3], min_level=3, max_level=4, canonical_scale=112.0, canonical_level=3).numpy(),
+        assign_fpn_levels(
+            boxes[:3], min_level=3, max_level=4, canonical_scale=112.0, canonical_level=3
+        ).numpy(),
         [4, 4, 3],
     )
     assert assign_fpn_levels(np.zeros((0, 4), F32)).shape == (0,)
@@ -688,18 +745,27 @@ def test_multilevel_roi_align_equals_per_level_roi_align(method):
     rng = np.random.default_rng(12)
     image_h, image_w, min_level = 96, 128, 2
     maps = [
-        rng.uniform(-1, 1, (2, image_h // 2**level, image_w // 2**level, 3)).astype(F32) for level in (2, 3, 4, 5)
+        rng.uniform(-1, 1, (2, image_h // 2**level, image_w // 2**level, 3)).astype(F32)
+        for level in (2, 3, 4, 5)
     ]
     # sizes spread over all levels (canonical 224 at level 4 -> ~28 px at 2, ~448 px at 5), many crossing borders
     centers = rng.uniform([-10, -10], [image_h + 10, image_w + 10], (40, 2))
     sizes = np.exp(rng.uniform(np.log(8), np.log(600), (40, 2)))
     boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).astype(F32)
-    extra = [[0, 0, 0, 0], [200, 300, 260, 360], [-200, -180, 300, 320], [-20, 10, 460, 500], [40, 60, 41, 61]]
+    extra = [
+        [0, 0, 0, 0],
+        [200, 300, 260, 360],
+        [-200, -180, 300, 320],
+        [-20, 10, 460, 500],
+        [40, 60, 41, 61],
+    ]
     boxes = np.concatenate([boxes, extra]).astype(F32)
     indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
     levels = assign_fpn_levels(boxes, 2, 5).numpy()
     assert set(levels) == {2, 3, 4, 5}
-    got = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, min_level, method=method).numpy()
+    got = multilevel_roi_align(
+        maps, boxes, indices, (7, 7), 2, True, min_level, method=method
+    ).numpy()
     per_level = [
         roi_align(m, boxes, indices, (7, 7), 1.0 / 2 ** (min_level + i), 2, True, method).numpy()
         for i, m in enumerate(maps)
@@ -713,23 +779,36 @@ def test_multilevel_roi_align_borders_every_level_and_method(method):
     """Boxes inside, across and outside the borders, in two images, on every level: the
     reference's values, and a single-level roi_align with aligned=False too."""
     rng = np.random.default_rng(21)
-    maps = [rng.normal(size=(2, 80 // 2**level, 112 // 2**level, 4)).astype(F32) for level in (2, 3, 4, 5)]
+    maps = [
+        rng.normal(size=(2, 80 // 2**level, 112 // 2**level, 4)).astype(F32)
+        for level in (2, 3, 4, 5)
+    ]
     centers = rng.uniform([-12, -12], [92, 124], (60, 2))
     sizes = np.exp(rng.uniform(np.log(4), np.log(500), (60, 2)))
     boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).astype(F32)
     # the last cell row / column, a box ending exactly on the map's edge, degenerate and far-out boxes
-    extra = [[76, 108, 80, 112], [0, 0, 80, 112], [10, 10, 10, 10], [-300, -300, -250, -250], [79.5, 0, 81, 112]]
+    extra = [
+        [76, 108, 80, 112],
+        [0, 0, 80, 112],
+        [10, 10, 10, 10],
+        [-300, -300, -250, -250],
+        [79.5, 0, 81, 112],
+    ]
     boxes = np.concatenate([boxes, extra]).astype(F32)
     indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
     levels = assign_fpn_levels(boxes, 2, 5).numpy()
     got = multilevel_roi_align(maps, boxes, indices, (7, 7), 2, True, 2, method=method).numpy()
-    want = np.stack([
-        ref_roi_align(m, boxes, indices, 7, 7, 1.0 / 2 ** (2 + i), 2, True) for i, m in enumerate(maps)
-    ])[levels - 2, np.arange(len(boxes))]
+    want = np.stack(
+        [
+            ref_roi_align(m, boxes, indices, 7, 7, 1.0 / 2 ** (2 + i), 2, True)
+            for i, m in enumerate(maps)
+        ]
+    )[levels - 2, np.arange(len(boxes))]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     single = roi_align(maps[1], boxes, indices, (3, 5), 1.0 / 8, 2, False, method=method).numpy()
-    np.testing.assert_allclose(single, ref_roi_align(maps[1], boxes, indices, 3, 5, 1.0 / 8, 2, False),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        single, ref_roi_align(maps[1], boxes, indices, 3, 5, 1.0 / 8, 2, False), atol=1e-5, rtol=0
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -752,12 +831,20 @@ def test_tflite_paths_convert_with_builtin_ops_only():
             "pool": roi_pool(f, b, i, (3, 3), 0.5),
             "align": roi_align(f, b, i, (3, 3), 0.5, 2, True, "gather"),
             "multilevel": multilevel_roi_align(
-                [f, f[:, ::2, ::2]], b, i, (3, 3),
-                min_level=1, canonical_scale=8.0, canonical_level=2, method="gather",
+                [f, f[:, ::2, ::2]],
+                b,
+                i,
+                (3, 3),
+                min_level=1,
+                canonical_scale=8.0,
+                canonical_level=2,
+                method="gather",
             ),
         }
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [model.get_concrete_function()], model
+    )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex
     interpreter = Interpreter(model_content=converter.convert())
     interpreter.allocate_tensors()
@@ -769,4 +856,6 @@ def test_tflite_paths_convert_with_builtin_ops_only():
     want = model(features, boxes, indices)
     assert len(got) == 3
     for name, value in want.items():
-        assert any(g.shape == value.shape and np.allclose(g, value.numpy(), atol=1e-5) for g in got), name
+        assert any(
+            g.shape == value.shape and np.allclose(g, value.numpy(), atol=1e-5) for g in got
+        ), name

@@ -66,9 +66,14 @@ def build_model():
     # fraction 1 takes every positive and negative anchor, and 64 >= 16 proposals + 2 gt with
     # fraction 1 takes every ROI, so balanced_sample draws nothing at random (only the order of
     # the taken ROIs is random, which a sum does not see beyond float rounding).
-    model = FasterRCNN(num_classes=3, rpn_batch_size_per_image=1024, rpn_positive_fraction=1.0,
-                       rcnn_batch_size_per_image=64, rcnn_positive_fraction=1.0,
-                       train_post_nms_top_n=16)
+    model = FasterRCNN(
+        num_classes=3,
+        rpn_batch_size_per_image=1024,
+        rpn_positive_fraction=1.0,
+        rcnn_batch_size_per_image=64,
+        rcnn_positive_fraction=1.0,
+        train_post_nms_top_n=16,
+    )
     # BatchNorm statistics are per replica in training mode; freeze them (inference mode) so that
     # the replicas compute what one device computes on the global batch. Convs still train.
     for layer in model.backbone_model.layers:
@@ -123,8 +128,15 @@ def run_multi_worker(out, ckpt_dir, steps):
     # Both workers read the same in-memory data; auto-sharding by file needs a file-based source.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    history = distributed_fit(model, dataset().with_options(options), STRATEGY, steps,
-                              checkpoint_dir=ckpt_dir, checkpoint_every=steps, max_to_keep=5)
+    history = distributed_fit(
+        model,
+        dataset().with_options(options),
+        STRATEGY,
+        steps,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every=steps,
+        max_to_keep=5,
+    )
     result = {
         "chief": is_chief(STRATEGY),
         "replicas": STRATEGY.num_replicas_in_sync,

@@ -17,9 +17,28 @@ import pytest
 from tfrcnn.training.run import RUN_STATE_MEMBER, read_run_state, train
 
 EPOCHS, STEPS = 12, 2  # enough epochs for every kill point to fire before the run ends
-ARGS = ["--preset", "tiny", "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS),
-        "--batch-size", "2", "--seed", "0", "--verbose", "0", "--set", "num_train=8",
-        "--set", "num_val=4", "--set", "eval_every=1", "--set", "warmup_steps=0"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--epochs",
+    str(EPOCHS),
+    "--steps-per-epoch",
+    str(STEPS),
+    "--batch-size",
+    "2",
+    "--seed",
+    "0",
+    "--verbose",
+    "0",
+    "--set",
+    "num_train=8",
+    "--set",
+    "num_val=4",
+    "--set",
+    "eval_every=1",
+    "--set",
+    "warmup_steps=0",
+]
 
 
 def _hidden(folder, tag):
@@ -62,8 +81,9 @@ def _run_cli(run, resume, trigger=None, timeout=1800):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
     cmd = [sys.executable, "-m", "tfrcnn.cli", "train"]
     cmd += ["--resume", run] if resume else ["--run-dir", run]
-    process = subprocess.Popen(cmd + ARGS, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        cmd + ARGS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + timeout
     killed = False
     start = _epochs_done(run)
@@ -153,8 +173,19 @@ def test_sigkill_at_many_points_then_resume(tmp_path):
 
 def test_the_checkpoint_carries_its_epoch_count_and_history(tmp_path):
     run = str(tmp_path / "run")
-    train(run, {"num_train": 4, "num_val": 2, "epochs": 2, "steps_per_epoch": 1, "batch_size": 2,
-                "eval_every": 100, "warmup_steps": 0}, verbose=0)
+    train(
+        run,
+        {
+            "num_train": 4,
+            "num_val": 2,
+            "epochs": 2,
+            "steps_per_epoch": 1,
+            "batch_size": 2,
+            "eval_every": 100,
+            "warmup_steps": 0,
+        },
+        verbose=0,
+    )
     last = os.path.join(run, "checkpoints", "last.keras")
     state = read_run_state(last)
     assert state["epochs_done"] == 2 and len(state["history"]) == 2

@@ -27,8 +27,15 @@ import tensorflow as tf
 
 import tfrcnn.models  # noqa: F401  (registers the model's classes for keras.models.load_model)
 from tfrcnn.training import distributed
-from tfrcnn.training.distributed import (ChiefCheckpoint, configure_cpu_devices, is_chief,
-                                         latest_checkpoint, make_strategy, resume, save_checkpoint)
+from tfrcnn.training.distributed import (
+    ChiefCheckpoint,
+    configure_cpu_devices,
+    is_chief,
+    latest_checkpoint,
+    make_strategy,
+    resume,
+    save_checkpoint,
+)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 TIMEOUT = 240  # seconds a helper process may take before it is killed (they take ~15-30 s)
@@ -45,8 +52,15 @@ def _env(**extra):
 def _run_all(commands, program=(WORKER,)):
     """Start every ``(args, env)`` as ``python *program *args`` at once; wait with a timeout; kill
     all on any failure. Returns their outputs."""
-    procs = [subprocess.Popen([sys.executable, *program, *args], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for args, env in commands]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *program, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for args, env in commands
+    ]
     outputs = []
     try:
         for proc in procs:
@@ -82,8 +96,11 @@ def test_mirrored_two_cpu_replicas_match_single_device(tmp_path):
     assert result["replicas"] == 2
     assert result["same_initial_weights"]
     single, mirrored = result["single"], result["mirrored"]
-    assert set(single) == set(mirrored) == {"loss", "rpn_cls_loss", "rpn_box_loss",
-                                            "rcnn_cls_loss", "rcnn_box_loss"}
+    assert (
+        set(single)
+        == set(mirrored)
+        == {"loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss"}
+    )
     looped = result["distributed_fit"]
     for key in single:
         assert len(single[key]) == 3
@@ -97,17 +114,25 @@ def test_mirrored_two_cpu_replicas_match_single_device(tmp_path):
 def test_multi_worker_chief_checkpoint_and_resume(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    shared = tmp_path / "ckpt"             # the chief's folder (shared storage in a real cluster)
-    own = tmp_path / "ckpt_worker1"        # where worker 1 would write if it were not discarded
+    shared = tmp_path / "ckpt"  # the chief's folder (shared storage in a real cluster)
+    own = tmp_path / "ckpt_worker1"  # where worker 1 would write if it were not discarded
     tmp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
     for d in tmp_dirs:
         d.mkdir()
 
     def commands(run, dirs):
-        return [(["multi_worker", str(tmp_path / f"{run}{i}.json"), str(dirs[i]), "2"],
-                 _env(TMPDIR=str(tmp_dirs[i]), TF_CONFIG=json.dumps(
-                     {"cluster": cluster, "task": {"type": "worker", "index": i}})))
-                for i in range(2)]
+        return [
+            (
+                ["multi_worker", str(tmp_path / f"{run}{i}.json"), str(dirs[i]), "2"],
+                _env(
+                    TMPDIR=str(tmp_dirs[i]),
+                    TF_CONFIG=json.dumps(
+                        {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                    ),
+                ),
+            )
+            for i in range(2)
+        ]
 
     # Run 1: fresh start, two steps; each worker is given its own folder.
     _run_all(commands("first", [shared, own]))
@@ -138,7 +163,7 @@ def test_multi_worker_chief_checkpoint_and_resume(tmp_path):
 def _metrics_printed(output):
     """The metrics dict ``tfrcnn train`` prints (the JSON block before the final mAP line)."""
     start = output.rindex("\n{") + 1
-    return json.loads(output[start:output.index("\n}", start) + 2])
+    return json.loads(output[start : output.index("\n}", start) + 2])
 
 
 def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
@@ -151,20 +176,41 @@ def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
     tmp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
     for d in tmp_dirs:
         d.mkdir()
-    quick = ["--set", "num_train=8", "--set", "num_val=4", "--steps-per-epoch", "2",
-             "--batch-size", "2", "--verbose", "0"]
+    quick = [
+        "--set",
+        "num_train=8",
+        "--set",
+        "num_val=4",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--verbose",
+        "0",
+    ]
 
     def commands(per_worker_args):
-        return [(["train", "--strategy", "multi_worker", *per_worker_args[i], *quick],
-                 _env(TMPDIR=str(tmp_dirs[i]), TF_CONFIG=json.dumps(
-                     {"cluster": cluster, "task": {"type": "worker", "index": i}})))
-                for i in range(2)]
+        return [
+            (
+                ["train", "--strategy", "multi_worker", *per_worker_args[i], *quick],
+                _env(
+                    TMPDIR=str(tmp_dirs[i]),
+                    TF_CONFIG=json.dumps(
+                        {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                    ),
+                ),
+            )
+            for i in range(2)
+        ]
 
     # Run 1: one epoch of two steps; worker 1 is pointed at a folder of its own, which must stay
     # empty (in a real cluster both name the same shared folder).
-    outputs = _run_all(commands([["--run-dir", str(shared), "--epochs", "1"],
-                                 ["--run-dir", str(own), "--epochs", "1"]]),
-                       program=("-m", "tfrcnn.cli"))
+    outputs = _run_all(
+        commands(
+            [["--run-dir", str(shared), "--epochs", "1"], ["--run-dir", str(own), "--epochs", "1"]]
+        ),
+        program=("-m", "tfrcnn.cli"),
+    )
     assert not own.exists() or not any(own.rglob("*"))
     assert all(not os.listdir(d) for d in tmp_dirs)
     written = sorted(p.name for p in shared.iterdir())
@@ -180,8 +226,9 @@ def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
     first_model = keras.models.load_model(str(shared / "model.keras"))
 
     # Run 2: both resume from the shared folder and train a second epoch (steps 3 and 4).
-    outputs = _run_all(commands([["--resume", str(shared), "--epochs", "2"]] * 2),
-                       program=("-m", "tfrcnn.cli"))
+    outputs = _run_all(
+        commands([["--resume", str(shared), "--epochs", "2"]] * 2), program=("-m", "tfrcnn.cli")
+    )
     assert all("resuming at optimizer step 2 of 4" in o for o in outputs), outputs[0][-3000:]
     assert latest_checkpoint(str(shared / "checkpoints"))[1] == 4
     resumed = json.loads((shared / "history.json").read_text())
@@ -190,14 +237,17 @@ def test_cli_multi_worker_run_folder_by_the_chief_and_resume(tmp_path):
     assert all(np.isfinite(resumed["loss"]))
     assert json.loads((shared / "metrics.json").read_text())["epochs"] == 2
     second_model = keras.models.load_model(str(shared / "model.keras"))
-    changed = [not np.array_equal(a, b) for a, b in zip(first_model.get_weights(),
-                                                        second_model.get_weights())]
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(first_model.get_weights(), second_model.get_weights())
+    ]
     assert any(changed)
     assert all(not os.listdir(d) for d in tmp_dirs)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     from tfrcnn.training.run import train
+
     with pytest.raises(ValueError, match="nothing to resume"):
         train(str(tmp_path), resume=True)
     (tmp_path / "config.json").write_text(json.dumps({"run": {"strategy": "multi_worker"}}))
@@ -230,20 +280,32 @@ def test_logical_cpus_too_late_is_a_clear_error():
     assert len(configure_cpu_devices(current)) == current
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "needs the TF_CONFIG environment variable"),
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "must be a JSON object"),
-    ('{"task": {"type": "worker", "index": 0}}', "non-empty 'cluster'"),
-    ('{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}',
-     "'host:port'"),
-    ('{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}', "needs 'worker'"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "'task' object"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}',
-     "not in the cluster"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}',
-     "out of range"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "needs the TF_CONFIG environment variable"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"task": {"type": "worker", "index": 0}}', "non-empty 'cluster'"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}',
+            "'host:port'",
+        ),
+        (
+            '{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+            "needs 'worker'",
+        ),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "'task' object"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}',
+            "not in the cluster",
+        ),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}',
+            "out of range",
+        ),
+    ],
+)
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, value, message):
     if value is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -13,8 +13,15 @@ from tfrcnn.models import FasterRCNN
 from tfrcnn.training import precision
 from tfrcnn.training.precision import precision_scope, resolve_precision
 
-SMALL = {"num_train": 8, "num_val": 4, "epochs": 1, "steps_per_epoch": 3, "batch_size": 2,
-         "eval_every": 1, "warmup_steps": 1}
+SMALL = {
+    "num_train": 8,
+    "num_val": 4,
+    "epochs": 1,
+    "steps_per_epoch": 3,
+    "batch_size": 2,
+    "eval_every": 1,
+    "warmup_steps": 1,
+}
 
 
 def test_resolve_explicit_names_and_errors():
@@ -24,11 +31,14 @@ def test_resolve_explicit_names_and_errors():
         resolve_precision("bfloat16")
 
 
-@pytest.mark.parametrize("gpus, bf16, expected", [
-    (["gpu"], True, "mixed_float16"),
-    ([], True, "mixed_bfloat16"),
-    ([], False, "float32"),
-])
+@pytest.mark.parametrize(
+    "gpus, bf16, expected",
+    [
+        (["gpu"], True, "mixed_float16"),
+        ([], True, "mixed_bfloat16"),
+        ([], False, "float32"),
+    ],
+)
 def test_auto_follows_the_hardware(monkeypatch, gpus, bf16, expected):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: bf16)
@@ -57,7 +67,7 @@ def test_scope_builds_under_the_policy_and_restores():
     assert keras.mixed_precision.global_policy().name == before
     assert model.rpn_head.compute_dtype == "bfloat16"
     assert model.rcnn_head.compute_dtype == "bfloat16"
-    assert model.roi_layer.compute_dtype == "float32"   # coordinates stay float32
+    assert model.roi_layer.compute_dtype == "float32"  # coordinates stay float32
     with pytest.raises(RuntimeError):
         with precision_scope("float32"):
             raise RuntimeError("inside")
@@ -84,15 +94,21 @@ def test_bfloat16_outputs_close_to_float32():
     for key in ("detection_boxes", "detection_scores"):
         assert out16[key].dtype == tf.float32
     # the best score of each image agrees to bfloat16's precision (3 significant digits)
-    np.testing.assert_allclose(out16["detection_scores"][:, 0], out32["detection_scores"][:, 0],
-                               atol=2e-2)
+    np.testing.assert_allclose(
+        out16["detection_scores"][:, 0], out32["detection_scores"][:, 0], atol=2e-2
+    )
 
 
 def test_training_run_under_mixed_bfloat16(tmp_path):
     run = str(tmp_path / "run")
     overrides = ",".join(f"--set={k}={v}" for k, v in SMALL.items()).split(",")
-    assert main(["train", "--precision", "mixed_bfloat16", "--run-dir", run, "--verbose", "0"]
-                + overrides) == 0
+    assert (
+        main(
+            ["train", "--precision", "mixed_bfloat16", "--run-dir", run, "--verbose", "0"]
+            + overrides
+        )
+        == 0
+    )
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["run"]["precision"] == "mixed_bfloat16"
     history = json.load(open(os.path.join(run, "history.json")))
@@ -108,7 +124,9 @@ def test_auto_is_recorded_resolved(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
     run = str(tmp_path / "run")
     overrides = [f"--set={k}={v}" for k, v in SMALL.items()]
-    assert main(["train", "--precision", "auto", "--run-dir", run, "--verbose", "0"] + overrides) == 0
+    assert (
+        main(["train", "--precision", "auto", "--run-dir", run, "--verbose", "0"] + overrides) == 0
+    )
     assert json.load(open(os.path.join(run, "config.json")))["run"]["precision"] == "float32"
 
 
@@ -134,8 +152,11 @@ def test_mobilenet_depthwise_layers_stay_float32_under_mixed_bfloat16():
         backbone, _ = build_backbone("mobilenet_v3_fpn")
     layers = [l for l in backbone.get_layer("mobilenet_v3_large").layers if l.weights]
     depthwise = [l for l in layers if isinstance(l, keras.layers.DepthwiseConv2D)]
-    others = [l for l in layers if isinstance(l, keras.layers.Conv2D)
-              and not isinstance(l, keras.layers.DepthwiseConv2D)]
+    others = [
+        l
+        for l in layers
+        if isinstance(l, keras.layers.Conv2D) and not isinstance(l, keras.layers.DepthwiseConv2D)
+    ]
     assert depthwise and all(l.compute_dtype == "float32" for l in depthwise)
     assert others and all(l.compute_dtype == "bfloat16" for l in others)
     out = backbone(np.zeros((1, 64, 64, 3), np.float32))
@@ -143,6 +164,8 @@ def test_mobilenet_depthwise_layers_stay_float32_under_mixed_bfloat16():
     # float32 and mixed_float16 builds are untouched
     with precision_scope("mixed_float16"):
         backbone16, _ = build_backbone("mobilenet_v3_fpn")
-    assert all(l.compute_dtype == "float16"
-               for l in backbone16.get_layer("mobilenet_v3_large").layers
-               if isinstance(l, keras.layers.DepthwiseConv2D))
+    assert all(
+        l.compute_dtype == "float16"
+        for l in backbone16.get_layer("mobilenet_v3_large").layers
+        if isinstance(l, keras.layers.DepthwiseConv2D)
+    )

@@ -12,8 +12,15 @@ import pytest
 from tfrcnn.cli import main
 from tfrcnn.training.run import train
 
-SMALL = {"num_train": 12, "num_val": 4, "epochs": 3, "steps_per_epoch": 2, "batch_size": 2,
-         "eval_every": 1, "warmup_steps": 1}
+SMALL = {
+    "num_train": 12,
+    "num_val": 4,
+    "epochs": 3,
+    "steps_per_epoch": 2,
+    "batch_size": 2,
+    "eval_every": 1,
+    "warmup_steps": 1,
+}
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -29,7 +36,7 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(tmp_path):
     state = json.load(open(os.path.join(run, "checkpoints", "state.json")))
     assert state == {"epochs_done": 2}
     checkpoint = keras.models.load_model(os.path.join(run, "checkpoints", "last.keras"))
-    assert int(checkpoint.optimizer.iterations.numpy()) == 4   # 2 epochs x 2 steps
+    assert int(checkpoint.optimizer.iterations.numpy()) == 4  # 2 epochs x 2 steps
     saved_moments = [v.numpy().copy() for v in checkpoint.optimizer.variables[2:6]]
     assert any(np.abs(m).sum() > 0 for m in saved_moments)
     assert not os.path.exists(os.path.join(run, "model.keras"))
@@ -38,8 +45,12 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(tmp_path):
 
     class _Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            starts.append((int(self.model.optimizer.iterations.numpy()),
-                           [v.numpy().copy() for v in self.model.optimizer.variables[2:6]]))
+            starts.append(
+                (
+                    int(self.model.optimizer.iterations.numpy()),
+                    [v.numpy().copy() for v in self.model.optimizer.variables[2:6]],
+                )
+            )
 
         def on_epoch_begin(self, epoch, logs=None):
             starts.append(("epoch", epoch))
@@ -49,12 +60,12 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(tmp_path):
     assert iterations == 4
     for a, b in zip(saved_moments, moments):
         np.testing.assert_array_equal(a, b)
-    assert starts[1:] == [("epoch", 2)]                       # only the third epoch is run
+    assert starts[1:] == [("epoch", 2)]  # only the third epoch is run
     rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert os.path.exists(os.path.join(run, "model.keras"))
     assert json.load(open(os.path.join(run, "checkpoints", "state.json"))) == {"epochs_done": 3}
-    assert os.path.isdir(os.path.join(run, "logs"))           # TensorBoard logs
+    assert os.path.isdir(os.path.join(run, "logs"))  # TensorBoard logs
 
 
 def test_resume_errors(tmp_path, capsys):

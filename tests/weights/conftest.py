@@ -1,4 +1,5 @@
 """The torchvision reference outputs, computed once a test session (in a subprocess, torch only)."""
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,10 @@ def torchvision_reference(tmp_path_factory):
             if not where or not os.path.isfile(os.path.join(where, arch + ".npz")):
                 where = str(tmp_path_factory.mktemp(arch))
                 subprocess.run([sys.executable, HARNESS, arch, where], check=True, timeout=3600)
-            cache[arch] = (np.load(os.path.join(where, arch + ".npz")),
-                           os.path.join(where, arch + ".pth"))
+            cache[arch] = (
+                np.load(os.path.join(where, arch + ".npz")),
+                os.path.join(where, arch + ".pth"),
+            )
         return cache[arch]
 
     return get

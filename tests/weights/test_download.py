@@ -1,4 +1,5 @@
 """Download on demand: a server on 127.0.0.1 serving files the test makes (no internet used)."""
+
 import contextlib
 import functools
 import hashlib
@@ -32,7 +33,8 @@ def serve(folder):
             pass
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -100,8 +102,11 @@ def test_wrong_hash_is_not_kept(tmp_path, keras_home):
     (served / "resnet50-00000000.pth").write_bytes(b"not the published file")
     with serve(served) as (base, _):
         with pytest.raises(DownloadError) as error:
-            fetch("https://download.pytorch.org/models/resnet50-00000000.pth", base_url=base,
-                  progress=False)
+            fetch(
+                "https://download.pytorch.org/models/resnet50-00000000.pth",
+                base_url=base,
+                progress=False,
+            )
     message = str(error.value)
     assert "\n" not in message and "expected 00000000" in message and "nothing was kept" in message
     assert _leftovers(keras_home) == []  # no file, no temporary sibling
@@ -129,9 +134,11 @@ def test_offline_message(keras_home):
         registry.fetch_keras_imagenet((file_name,), base_url=base, progress=False)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(f"no network: download {base}{file_name} on a machine with internet "
-                              f"and copy it to {keras_home / file_name}, or pass "
-                              f"backbone_weights=PATH")
+    assert message.startswith(
+        f"no network: download {base}{file_name} on a machine with internet "
+        f"and copy it to {keras_home / file_name}, or pass "
+        f"backbone_weights=PATH"
+    )
     assert _leftovers(keras_home) == []
 
 
@@ -143,13 +150,17 @@ def test_keras_imagenet_file_md5_and_cache(tmp_path, keras_home, monkeypatch):
     (served / file_name).write_bytes(data)
     # the registry's MD5 is Keras'; the served file is the test's, so check against its own MD5
     url, _ = registry.KERAS_APPLICATIONS[file_name]
-    monkeypatch.setitem(registry.KERAS_APPLICATIONS, file_name, (url, hashlib.md5(data).hexdigest()))
+    monkeypatch.setitem(
+        registry.KERAS_APPLICATIONS, file_name, (url, hashlib.md5(data).hexdigest())
+    )
     with serve(served) as (base, requests):
         path = registry.fetch_keras_imagenet((file_name,), base_url=base, progress=False)
         assert registry.fetch_keras_imagenet((file_name,), base_url=base) == path
         assert requests == ["/" + file_name]
     # with Keras' own MD5 the test's file is rejected and not kept
-    monkeypatch.setitem(registry.KERAS_APPLICATIONS, file_name, (url, "4d473c1dd8becc155b73f8504c6f6626"))
+    monkeypatch.setitem(
+        registry.KERAS_APPLICATIONS, file_name, (url, "4d473c1dd8becc155b73f8504c6f6626")
+    )
     os.remove(path)
     with serve(served) as (base, _):
         with pytest.raises(DownloadError, match="expected 4d473c1d"):
@@ -159,7 +170,8 @@ def test_keras_imagenet_file_md5_and_cache(tmp_path, keras_home, monkeypatch):
 
 def test_registry_names_and_coco_rows():
     assert registry.published("torchvision:fasterrcnn_resnet50_fpn_coco").file_name == (
-        "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
+        "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    )
     with pytest.raises(ValueError, match="unknown published torchvision weights 'nope'"):
         registry.published("nope")
     assert len(registry.COCO_TORCHVISION_CATEGORIES) == 91
@@ -208,8 +220,9 @@ def test_imagenet_backbone_weights_download_on_demand(tmp_path, keras_home, monk
     served = tmp_path / "served"
     served.mkdir()
     file_name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    reference = keras.applications.VGG16(include_top=False, weights=None,
-                                         input_shape=(None, None, 3))
+    reference = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
     reference.save(str(served / file_name))  # the legacy HDF5 layout of the published file
     md5 = hashlib.md5((served / file_name).read_bytes()).hexdigest()
     url, _ = registry.KERAS_APPLICATIONS[file_name]

@@ -1,5 +1,6 @@
 """from_pretrained (class outputs fresh, every other weight identical, training runs) and the
 import-weights command (a user checkpoint with its class names and settings; one-line errors)."""
+
 import os
 import subprocess
 import sys
@@ -10,15 +11,18 @@ import pytest
 import tensorflow as tf
 
 from tfrcnn.models import FasterRCNN
-from tfrcnn.weights import cli as weights_cli
 
 
 def _batch(height=96, width=128):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (1, height, width, 3)).astype("float32")
     boxes = np.array([[[10, 12, 50, 60], [30, 40, 90, 120]]], "float32")
-    return {"images": images, "image_shape": np.array([[height, width]], "int32"),
-            "gt_boxes": boxes, "gt_classes": np.array([[0, 1]], "int32")}
+    return {
+        "images": images,
+        "image_shape": np.array([[height, width]], "int32"),
+        "gt_boxes": boxes,
+        "gt_classes": np.array([[0, 1]], "int32"),
+    }
 
 
 def test_from_pretrained_keeps_all_but_class_outputs(tmp_path):
@@ -26,13 +30,17 @@ def test_from_pretrained_keeps_all_but_class_outputs(tmp_path):
     source.compile(optimizer=keras.optimizers.SGD(1e-3))
     source.fit(tf.data.Dataset.from_tensors(_batch()), epochs=1, verbose=0)  # non-initial weights
     source.save(tmp_path / "source.keras")
-    model = FasterRCNN.from_pretrained(str(tmp_path / "source.keras"), num_classes=5,
-                                       class_names=list("vwxyz"))
+    model = FasterRCNN.from_pretrained(
+        str(tmp_path / "source.keras"), num_classes=5, class_names=list("vwxyz")
+    )
     assert model.num_classes == 5 and model.class_names == tuple("vwxyz")
     assert model.rcnn_head.classifier.kernel.shape[-1] == 6
     assert model.rcnn_head.regressor.kernel.shape[-1] == 20
-    fresh = {id(w) for layer in (model.rcnn_head.classifier, model.rcnn_head.regressor)
-             for w in layer.weights}
+    fresh = {
+        id(w)
+        for layer in (model.rcnn_head.classifier, model.rcnn_head.regressor)
+        for w in layer.weights
+    }
     compared = 0
     for new, old in zip(model.weights, source.weights):
         if id(new) in fresh:
@@ -87,8 +95,19 @@ def test_import_weights_user_checkpoint(tmp_path, user_checkpoint):
     status, message = _run(base + ["--class-names", "cat,dog,cow", "--output", str(out)])
     assert status == 2 and "3 class names given, but the checkpoint has 2 classes" in message
     assert not out.exists() and "\n" not in message
-    status, _ = _run(base + ["--class-names", "cat,dog", "--set", "image_min_side=480",
-                             "--set", "image_max_side=640", "--output", str(out)])
+    status, _ = _run(
+        base
+        + [
+            "--class-names",
+            "cat,dog",
+            "--set",
+            "image_min_side=480",
+            "--set",
+            "image_max_side=640",
+            "--output",
+            str(out),
+        ]
+    )
     assert status == 0
     model = keras.saving.load_model(out)
     assert model.class_names == ("cat", "dog") and model.num_classes == 2
@@ -97,10 +116,13 @@ def test_import_weights_user_checkpoint(tmp_path, user_checkpoint):
     from tfrcnn.weights.pth import load_state_dict
 
     state = load_state_dict(pth)
-    np.testing.assert_array_equal(model.backbone_model.get_layer("conv1").kernel.numpy(),
-                                  state["backbone.body.conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.rcnn_head.classifier.bias.numpy(),
-                                  state["roi_heads.box_predictor.cls_score.bias"])
+    np.testing.assert_array_equal(
+        model.backbone_model.get_layer("conv1").kernel.numpy(),
+        state["backbone.body.conv1.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        model.rcnn_head.classifier.bias.numpy(), state["roi_heads.box_predictor.cls_score.bias"]
+    )
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary left
 
 
@@ -116,17 +138,44 @@ def test_import_weights_refuses_code_and_bad_input(tmp_path):
     with zipfile.ZipFile(evil, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({"w": Exploit()}, protocol=2))
     out = tmp_path / "x.keras"
-    status, message = _run(["import-weights", "torchvision", str(evil), "--preset",
-                            "torchvision_resnet50_fpn", "--output", str(out)])
+    status, message = _run(
+        [
+            "import-weights",
+            "torchvision",
+            str(evil),
+            "--preset",
+            "torchvision_resnet50_fpn",
+            "--output",
+            str(out),
+        ]
+    )
     assert status == 2 and "refused without running it" in message and "\n" not in message
     assert not (tmp_path / "pwned").exists() and not out.exists()
-    status, message = _run(["import-weights", "torchvision", str(tmp_path / "none.pth"),
-                            "--preset", "torchvision_resnet50_fpn", "--output", str(out)])
+    status, message = _run(
+        [
+            "import-weights",
+            "torchvision",
+            str(tmp_path / "none.pth"),
+            "--preset",
+            "torchvision_resnet50_fpn",
+            "--output",
+            str(out),
+        ]
+    )
     assert status == 2 and "no such checkpoint file" in message
     status, message = _run(["import-weights", "torchvision", str(evil), "--output", str(out)])
     assert status == 2 and "preset=" in message
-    status, message = _run(["import-weights", "torchvision", str(evil), "--preset",
-                            "torchvision_resnet50_fpn", "--output", str(tmp_path / "x.h5")])
+    status, message = _run(
+        [
+            "import-weights",
+            "torchvision",
+            str(evil),
+            "--preset",
+            "torchvision_resnet50_fpn",
+            "--output",
+            str(tmp_path / "x.h5"),
+        ]
+    )
     assert status == 2 and "must end with .keras" in message
     assert sorted(os.listdir(tmp_path)) == ["evil.pth"]
 
@@ -147,19 +196,26 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(user_checkpoint, served / file_name)
-    monkeypatch.setitem(registry.TORCHVISION, "fasterrcnn_resnet50_fpn_coco", registry.Published(
-        registry.TORCHVISION_BASE + file_name, "torchvision_resnet50_fpn", "detector", 37.0))
+    monkeypatch.setitem(
+        registry.TORCHVISION,
+        "fasterrcnn_resnet50_fpn_coco",
+        registry.Published(
+            registry.TORCHVISION_BASE + file_name, "torchvision_resnet50_fpn", "detector", 37.0
+        ),
+    )
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with serve(served) as (base, requests):
         monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", base)
         out = tmp_path / "coco.keras"
-        status, message = _run(["import-weights", "torchvision", "fasterrcnn_resnet50_fpn_coco",
-                                "--output", str(out)])
+        status, message = _run(
+            ["import-weights", "torchvision", "fasterrcnn_resnet50_fpn_coco", "--output", str(out)]
+        )
         assert status == 0, message
         assert requests == ["/" + file_name]
         assert (tmp_path / "keras" / "models" / file_name).is_file()
-        model = FasterRCNN.from_pretrained("torchvision:fasterrcnn_resnet50_fpn_coco",
-                                           num_classes=4)
+        model = FasterRCNN.from_pretrained(
+            "torchvision:fasterrcnn_resnet50_fpn_coco", num_classes=4
+        )
         assert requests == ["/" + file_name]  # the cached file is used
     assert keras.saving.load_model(out).num_classes == 2 and model.num_classes == 4
     # a file that does not match the hash in its name is refused and not kept
@@ -167,8 +223,15 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
     os.remove(tmp_path / "keras" / "models" / file_name)
     with serve(served) as (base, _):
         monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", base)
-        status, message = _run(["import-weights", "torchvision", "fasterrcnn_resnet50_fpn_coco",
-                                "--output", str(tmp_path / "bad.keras")])
+        status, message = _run(
+            [
+                "import-weights",
+                "torchvision",
+                "fasterrcnn_resnet50_fpn_coco",
+                "--output",
+                str(tmp_path / "bad.keras"),
+            ]
+        )
     assert status == 2 and "nothing was kept" in message and "\n" not in message
     assert os.listdir(tmp_path / "keras" / "models") == []
     assert not (tmp_path / "bad.keras").exists()

@@ -1,5 +1,6 @@
 """End to end: a seeded random torchvision Faster R-CNN converted by from_torchvision
 gives torchvision's detections through model.predict on raw uint8 images, for each preset."""
+
 import pytest
 
 from tfrcnn.weights.torchvision import from_torchvision
@@ -10,12 +11,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("accelerate", ["auto", False], ids=["accelerated", "plain"])
-@pytest.mark.parametrize("arch,preset", [
-    ("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn"),
-    ("fasterrcnn_mobilenet_v3_large_fpn", "torchvision_mobilenet_v3_large_fpn"),
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision_mobilenet_v3_large_320_fpn"),
-    ("fasterrcnn_resnet50_fpn_v2", "torchvision_resnet50_fpn_v2"),
-])
+@pytest.mark.parametrize(
+    "arch,preset",
+    [
+        ("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn"),
+        ("fasterrcnn_mobilenet_v3_large_fpn", "torchvision_mobilenet_v3_large_fpn"),
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision_mobilenet_v3_large_320_fpn"),
+        ("fasterrcnn_resnet50_fpn_v2", "torchvision_resnet50_fpn_v2"),
+    ],
+)
 def test_predict_equals_torchvision(torchvision_reference, arch, preset, accelerate):
     """Final detections equal with the accelerated CPU paths on and off."""
     npz, pth = torchvision_reference(arch)
@@ -25,7 +29,11 @@ def test_predict_equals_torchvision(torchvision_reference, arch, preset, acceler
         out = model.predict(npz[f"img{i}_image"][None], verbose=0)
         n = int(out["num_detections"][0])
         assert_same_detections(
-            out["detection_boxes"][0, :n][:, [1, 0, 3, 2]], out["detection_scores"][0, :n],
+            out["detection_boxes"][0, :n][:, [1, 0, 3, 2]],
+            out["detection_scores"][0, :n],
             out["detection_classes"][0, :n] + 1,
-            npz[f"img{i}_boxes"], npz[f"img{i}_scores"], npz[f"img{i}_labels"],
-            f"{preset} image {i}")
+            npz[f"img{i}_boxes"],
+            npz[f"img{i}_scores"],
+            npz[f"img{i}_labels"],
+            f"{preset} image {i}",
+        )

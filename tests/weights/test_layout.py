@@ -1,4 +1,5 @@
 """Layout changes checked numerically: torch computes in a subprocess, TF with converted weights."""
+
 import subprocess
 import sys
 import textwrap
@@ -62,7 +63,9 @@ def test_layouts_compute_what_torch_computes(tmp_path):
     # RPN: softmax over (0, logit) == sigmoid; deltas reordered per anchor
     k, b = layout.rpn_objectness(r["cls_w"], r["cls_b"])
     logits = tf.reshape(tf.nn.conv2d(x, k, 1, "VALID") + b, [2, 9, 11, 3, 2])
-    np.testing.assert_allclose(tf.nn.softmax(logits)[..., 1], _nhwc(r["cls_y"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.nn.softmax(logits)[..., 1], _nhwc(r["cls_y"]), rtol=1e-5, atol=1e-6
+    )
     k, b = layout.rpn_deltas(r["box_w"], r["box_b"])
     deltas = (tf.nn.conv2d(x, k, 1, "VALID") + b).numpy().reshape(2, 9, 11, 3, 4)
     expected = _nhwc(r["box_y"]).reshape(2, 9, 11, 3, 4)  # (dx, dy, dw, dh)

@@ -1,9 +1,11 @@
 """torchvision's anchors (rounded base anchors, centres at j * stride, stride = padded size // grid)
 against the anchors torchvision generated for the reference images of the mobilenet preset."""
+
 import numpy as np
 import pytest
 
 from tfrcnn.ops.anchors import generate_anchors_from_image_size, rounded_anchor_corners
+
 
 def test_rounded_corners_hand_computed():
     # size 32, ratio 0.5: h = 32 * sqrt(0.5) = 22.63 -> 11.31 -> 11; w = 45.25 -> 22.63 -> 23
@@ -27,6 +29,8 @@ def test_anchors_equal_torchvisions(torchvision_reference):
         levels = []
         for level in npz["levels"]:
             grid = npz[f"img{i}_objectness_{level}"].shape[1:3]
-            levels.append(generate_anchors_from_image_size(grid, image_size, scales, (0.5, 1.0, 2.0)))
+            levels.append(
+                generate_anchors_from_image_size(grid, image_size, scales, (0.5, 1.0, 2.0))
+            )
         yxyx = np.concatenate(levels)
         np.testing.assert_array_equal(yxyx[:, [1, 0, 3, 2]], npz[f"img{i}_anchors"])

@@ -1,5 +1,6 @@
 """Parity with torchvision's MobileNetV3-Large FPN backbone (both presets) on a seeded random model:
 every pyramid level on three images within 1e-4 relative."""
+
 import pytest
 
 from tfrcnn.backbones.torchvision_mobilenet import build_torchvision_mobilenet_v3_large_fpn
@@ -13,8 +14,9 @@ from .test_parity_stages import assert_close_relative
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_fpn",
-                                  "fasterrcnn_mobilenet_v3_large_320_fpn"])
+@pytest.mark.parametrize(
+    "arch", ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"]
+)
 def test_backbone_and_fpn_features(torchvision_reference, arch):
     npz, pth = torchvision_reference(arch)
     modules = torchvision_spec.convert_modules(load_state_dict(pth), arch)
@@ -27,5 +29,6 @@ def test_backbone_and_fpn_features(torchvision_reference, arch):
     for i in range(int(npz["num_images"])):
         features = model(_pixels(npz[f"img{i}_transformed"]), training=False)
         for level, feature in zip(levels, features):
-            assert_close_relative(feature, npz[f"img{i}_features_{level}"], 1e-4,
-                                  f"{arch} image {i} level {level}")
+            assert_close_relative(
+                feature, npz[f"img{i}_features_{level}"], 1e-4, f"{arch} image {i} level {level}"
+            )

@@ -4,6 +4,7 @@ model: every pyramid level on three images within 1e-4 relative.
 The reference (state dict and every stage on three images) comes from
 tests/weights/torchvision_reference.py, run once in a subprocess (torch is never imported here).
 """
+
 import numpy as np
 import pytest
 
@@ -27,7 +28,9 @@ def reference(request, torchvision_reference):
 
 def _pixels(transformed):
     """The [0, 255] pixels whose torch normalisation is ``transformed``."""
-    return (transformed * np.array(TORCH_RGB_STD, np.float32) + np.array(TORCH_RGB_MEAN, np.float32)) * 255.0
+    return (
+        transformed * np.array(TORCH_RGB_STD, np.float32) + np.array(TORCH_RGB_MEAN, np.float32)
+    ) * 255.0
 
 
 def assert_close_relative(actual, expected, rtol, what):
@@ -51,4 +54,6 @@ def test_backbone_and_fpn_features(reference):
         features = model(_pixels(npz[f"img{i}_transformed"]), training=False)
         for level, feature, stride in zip(levels, features, strides):
             expected = npz[f"img{i}_features_{level}"]
-            assert_close_relative(feature, expected, FEATURE_RTOL, f"{arch} image {i} level {level}")
+            assert_close_relative(
+                feature, expected, FEATURE_RTOL, f"{arch} image {i} level {level}"
+            )

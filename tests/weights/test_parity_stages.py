@@ -1,6 +1,7 @@
 """Stage-by-stage parity with torchvision on identical inputs: each stage of tfrcnn gets the
 inputs torchvision's stage got (from tests/weights/torchvision_reference.py) and must give its
 outputs. Converted weights come from the reference model's state dict."""
+
 import numpy as np
 import pytest
 
@@ -52,16 +53,21 @@ def test_rpn_head(reference):
             scores, deltas = head(npz[f"img{i}_features_{level}"], return_maps=True)
             scores = np.asarray(scores)
             logits = scores[..., 1::2] - scores[..., 0::2]  # log-odds == torchvision's logit
-            assert_close_relative(logits, npz[f"img{i}_objectness_{level}"], RTOL,
-                                  f"{arch} image {i} level {level} objectness")
+            assert_close_relative(
+                logits,
+                npz[f"img{i}_objectness_{level}"],
+                RTOL,
+                f"{arch} image {i} level {level} objectness",
+            )
             expected = npz[f"img{i}_deltas_{level}"]
             shape = expected.shape[:-1] + (num_anchors, 4)
             expected = expected.reshape(shape)[..., [1, 0, 3, 2]].reshape(expected.shape)
             assert_close_relative(deltas, expected, RTOL, f"{arch} image {i} level {level} deltas")
 
 
-def assert_same_proposals(boxes, scores, expected_boxes, expected_scores, what, box_tol=1e-2,
-                          score_tol=1e-4):
+def assert_same_proposals(
+    boxes, scores, expected_boxes, expected_scores, what, box_tol=1e-2, score_tol=1e-4
+):
     """The same boxes in the same order, except that proposals whose scores differ by less than
     ``score_tol`` may swap places: each proposal is matched, one to one, to an expected proposal
     of (nearly) the same score whose corners are within ``box_tol`` pixels."""
@@ -72,7 +78,8 @@ def assert_same_proposals(boxes, scores, expected_boxes, expected_scores, what, 
         errors = [np.abs(expected_boxes[j] - boxes[k]).max() for j in near]
         assert errors and min(errors) <= box_tol, (
             f"{what}: proposal {k} {boxes[k]} (score {scores[k]:.6f}) has no torchvision "
-            f"proposal within {box_tol} px among {len(near)} of the same score")
+            f"proposal within {box_tol} px among {len(near)} of the same score"
+        )
         unmatched.discard(near[int(np.argmin(errors))])
 
 
@@ -86,7 +93,7 @@ def _rpn_outputs(npz, i):
         objectness.append(np.stack([np.zeros_like(logits), logits], -1))
         d = npz[f"img{i}_deltas_{level}"].reshape(1, -1, 4)[..., [1, 0, 3, 2]]
         deltas.append(d)
-        anchors.append(all_anchors[start:start + d.shape[1]])
+        anchors.append(all_anchors[start : start + d.shape[1]])
         start += d.shape[1]
     assert start == len(all_anchors)
     return objectness, deltas, anchors
@@ -100,14 +107,21 @@ def test_proposals(reference):
         objectness, deltas, anchors = _rpn_outputs(npz, i)
         expected = npz[f"img{i}_proposals"][:, [1, 0, 3, 2]]
         pre, post, threshold = RPN_SETTINGS[arch]
-        layer = ProposalLayer(pre_nms_top_n=pre, post_nms_top_n=post, nms_iou=0.7, min_size=1e-3,
-                              nms_per_level=True, score_threshold=threshold)
+        layer = ProposalLayer(
+            pre_nms_top_n=pre,
+            post_nms_top_n=post,
+            nms_iou=0.7,
+            min_size=1e-3,
+            nms_per_level=True,
+            score_threshold=threshold,
+        )
         boxes, scores, valid = layer(objectness, deltas, anchors, npz[f"img{i}_image_size"][None])
         boxes, scores = np.asarray(boxes)[0], np.asarray(scores)[0]
         n = int(np.sum(valid))
         assert n == len(expected), f"image {i}: {n} proposals, torchvision {len(expected)}"
-        assert_same_proposals(boxes[:n], scores[:n], expected, npz[f"img{i}_proposal_scores"],
-                              f"{arch} image {i}")
+        assert_same_proposals(
+            boxes[:n], scores[:n], expected, npz[f"img{i}_proposal_scores"], f"{arch} image {i}"
+        )
 
 
 def test_second_stage_on_torchvisions_proposals(reference):
@@ -122,8 +136,9 @@ def test_second_stage_on_torchvisions_proposals(reference):
         roi_levels, min_level = levels[:1], 5  # both FPN outputs are stride 32: ROIs read "0"
     else:
         roi_levels, min_level = levels[:4], 2
-    pool = MultiLevelROIAlign((7, 7), sampling_ratio=2, aligned=False, min_level=min_level,
-                              method="gather")
+    pool = MultiLevelROIAlign(
+        (7, 7), sampling_ratio=2, aligned=False, min_level=min_level, method="gather"
+    )
     num_classes = modules["roi_heads.box_predictor.cls_score"][0].shape[1] - 1
     head = RCNNHead(num_classes, "fc", (1024, 1024))
     head.build((None, 7, 7, 256))
@@ -136,7 +151,7 @@ def test_second_stage_on_torchvisions_proposals(reference):
         rois = npz[f"img{i}_proposals"][None, :, [1, 0, 3, 2]]
         pooled = np.asarray(pool(features, rois))
         kept = npz[f"img{i}_pooled"]
-        assert_close_relative(pooled[:len(kept)], kept, RTOL, f"{arch} image {i} pooled")
+        assert_close_relative(pooled[: len(kept)], kept, RTOL, f"{arch} image {i} pooled")
         logits, deltas = head(pooled)
         expected = npz[f"img{i}_class_logits"]
         assert_close_relative(logits, expected, RTOL, f"{arch} image {i} class logits")
@@ -154,20 +169,36 @@ def box_iou(a, b):
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
-def assert_same_detections(boxes, scores, classes, expected_boxes, expected_scores,
-                           expected_classes, what, iou=0.99, score_tol=1e-3):
+def assert_same_detections(
+    boxes,
+    scores,
+    classes,
+    expected_boxes,
+    expected_scores,
+    expected_classes,
+    what,
+    iou=0.99,
+    score_tol=1e-3,
+):
     """The same detections: each matched one to one with IoU > ``iou``, score within
     ``score_tol``, the same class (boxes in the same corner order on both sides)."""
     assert len(boxes) == len(expected_boxes), (
-        f"{what}: {len(boxes)} detections, torchvision {len(expected_boxes)}")
+        f"{what}: {len(boxes)} detections, torchvision {len(expected_boxes)}"
+    )
     overlaps = box_iou(boxes, expected_boxes) if len(boxes) else np.zeros((0, 0))
     unmatched = set(range(len(expected_boxes)))
     for k in range(len(boxes)):
-        candidates = [j for j in unmatched if overlaps[k, j] > iou
-                      and expected_classes[j] == classes[k]
-                      and abs(expected_scores[j] - scores[k]) <= score_tol]
-        assert candidates, (f"{what}: detection {k} (class {classes[k]}, score {scores[k]:.4f}, "
-                            f"box {boxes[k]}) has no torchvision match")
+        candidates = [
+            j
+            for j in unmatched
+            if overlaps[k, j] > iou
+            and expected_classes[j] == classes[k]
+            and abs(expected_scores[j] - scores[k]) <= score_tol
+        ]
+        assert candidates, (
+            f"{what}: detection {k} (class {classes[k]}, score {scores[k]:.4f}, "
+            f"box {boxes[k]}) has no torchvision match"
+        )
         unmatched.discard(max(candidates, key=lambda j: overlaps[k, j]))
 
 
@@ -187,12 +218,22 @@ def test_detections_on_torchvisions_second_stage(reference):
         rois = npz[f"img{i}_proposals"][:, [1, 0, 3, 2]]
         size = npz[f"img{i}_image_size"].astype(np.float32)
         original = np.array(npz[f"img{i}_image"].shape[:2], np.float32)
-        out = decoder(logits[None], deltas[None], rois[None], np.ones((1, len(rois)), bool),
-                      size[None].astype(np.int32), (size / original)[None],
-                      original[None].astype(np.int32))
+        out = decoder(
+            logits[None],
+            deltas[None],
+            rois[None],
+            np.ones((1, len(rois)), bool),
+            size[None].astype(np.int32),
+            (size / original)[None],
+            original[None].astype(np.int32),
+        )
         n = int(out["num_detections"][0])
         assert_same_detections(
             np.asarray(out["detection_boxes"])[0, :n][:, [1, 0, 3, 2]],
             np.asarray(out["detection_scores"])[0, :n],
             np.asarray(out["detection_classes"])[0, :n] + 1,  # user class c = torchvision row c + 1
-            npz[f"img{i}_boxes"], npz[f"img{i}_scores"], npz[f"img{i}_labels"], f"{arch} image {i}")
+            npz[f"img{i}_boxes"],
+            npz[f"img{i}_scores"],
+            npz[f"img{i}_labels"],
+            f"{arch} image {i}",
+        )

@@ -1,4 +1,5 @@
 """The restricted ``.pth`` reader against checkpoints written by torch (in a subprocess)."""
+
 import os
 import pickle
 import subprocess
@@ -54,8 +55,13 @@ WRITER = textwrap.dedent(r"""
 
 
 def _torch(code, *args):
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, check=False,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -136,10 +142,13 @@ class _Eval:
 
 
 def test_torch_saved_non_tensor_objects_are_refused(tmp_path):
-    _torch(textwrap.dedent("""
+    _torch(
+        textwrap.dedent("""
         import argparse, sys, torch
         torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, sys.argv[1])
-    """), tmp_path / "ns.pth")
+    """),
+        tmp_path / "ns.pth",
+    )
     with pytest.raises(PthError, match=r"'argparse\.Namespace'.*refused"):
         load_pth(tmp_path / "ns.pth")
 
@@ -150,8 +159,11 @@ def test_bad_files_one_line(tmp_path):
         load_pth(tmp_path / "text.pth")
     with pytest.raises(PthError, match="no such checkpoint"):
         load_pth(tmp_path / "missing.pth")
-    _torch("import sys, torch; torch.save({'w': torch.arange(100.0)}, sys.argv[1], "
-           "_use_new_zipfile_serialization=False)", tmp_path / "full.pth")
+    _torch(
+        "import sys, torch; torch.save({'w': torch.arange(100.0)}, sys.argv[1], "
+        "_use_new_zipfile_serialization=False)",
+        tmp_path / "full.pth",
+    )
     data = (tmp_path / "full.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[:-40])
     with pytest.raises(PthError, match="truncated") as error:

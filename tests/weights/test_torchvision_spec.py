@@ -1,4 +1,5 @@
 """The written-out torchvision tensor tables against torchvision's own state dicts."""
+
 import json
 import os
 import subprocess
@@ -80,16 +81,25 @@ def test_check_and_convert_a_user_checkpoint(tmp_path):
     # errors: one line naming the tensor
     broken = dict(state)
     del broken["backbone.fpn.layer_blocks.1.0.bias"]
-    with pytest.raises(ValueError, match=r"tensor 'backbone.fpn.layer_blocks.1.0.bias' \[256\] is "
-                                         r"missing; is it a torchvision"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor 'backbone.fpn.layer_blocks.1.0.bias' \[256\] is "
+        r"missing; is it a torchvision",
+    ):
         spec.check_state_dict(broken, arch, "user.pth")
     broken = dict(state)
     broken["rpn.head.cls_logits.bias"] = np.zeros(9, np.float32)
-    with pytest.raises(ValueError, match=r"'rpn.head.cls_logits.bias' has shape \[9\], expected "
-                                         r"\[15\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'rpn.head.cls_logits.bias' has shape \[9\], expected "
+        r"\[15\]",
+    ):
         spec.check_state_dict(broken, arch, "user.pth")
-    with pytest.raises(ValueError, match=r"is missing \(and \d+ more\); is it a torchvision "
-                                         "fasterrcnn_resnet50_fpn checkpoint"):
+    with pytest.raises(
+        ValueError,
+        match=r"is missing \(and \d+ more\); is it a torchvision "
+        "fasterrcnn_resnet50_fpn checkpoint",
+    ):
         spec.check_state_dict(state, "fasterrcnn_resnet50_fpn", "user.pth")
     broken = dict(state)
     broken["extra.weight"] = np.zeros(3)

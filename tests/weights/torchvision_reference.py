@@ -52,17 +52,20 @@ POOLED_KEPT = 16
 def make_image(rng, height, width):
     """A uint8 RGB image with structure: smooth colour gradients, rectangles, ellipses and noise."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([
-        127 + 100 * np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)),
-        127 + 100 * np.cos(yy / rng.uniform(20, 80) + rng.uniform(0, 6)),
-        127 + 100 * np.sin((xx + yy) / rng.uniform(30, 90)),
-    ], -1)
+    image = np.stack(
+        [
+            127 + 100 * np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)),
+            127 + 100 * np.cos(yy / rng.uniform(20, 80) + rng.uniform(0, 6)),
+            127 + 100 * np.sin((xx + yy) / rng.uniform(30, 90)),
+        ],
+        -1,
+    )
     for _ in range(12):
         y1, x1 = rng.integers(0, height - 20), rng.integers(0, width - 20)
         h, w = rng.integers(16, height // 2), rng.integers(16, width // 2)
         color = rng.integers(0, 256, 3)
         if rng.random() < 0.5:
-            image[y1:y1 + h, x1:x1 + w] = color
+            image[y1 : y1 + h, x1 : x1 + w] = color
         else:
             cy, cx = y1 + h / 2, x1 + w / 2
             mask = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1

@@ -23,12 +23,22 @@ Example:
     ...     plain = model.predict(images)          # the plain Keras computation
 """
 
-from tfrcnn.accel.process import (check_cpu_allocator, configure_process, cpu_allocator,
-                                  onednn_enabled)
+from tfrcnn.accel.process import (
+    check_cpu_allocator,
+    configure_process,
+    cpu_allocator,
+    onednn_enabled,
+)
 from tfrcnn.accel.state import disabled
 
-__all__ = ["apply", "disabled", "configure_process", "cpu_allocator", "onednn_enabled",
-           "check_cpu_allocator"]
+__all__ = [
+    "apply",
+    "disabled",
+    "configure_process",
+    "cpu_allocator",
+    "onednn_enabled",
+    "check_cpu_allocator",
+]
 
 
 def apply(model):

@@ -48,8 +48,11 @@ import collections
 
 import tensorflow as tf
 
-from tfrcnn.accel.winograd import (winograd_conv3x3, winograd_conv3x3_xla,
-                                   winograd_filter_gradient_xla)
+from tfrcnn.accel.winograd import (
+    winograd_conv3x3,
+    winograd_conv3x3_xla,
+    winograd_filter_gradient_xla,
+)
 
 __all__ = [
     "conv2d",
@@ -181,8 +184,12 @@ def conv_output_shape(x, kernel_size, strides, padding, filters, dilation=1):
         else:
             dynamic = tf.shape(x) if dynamic is None else dynamic
             dims.append(dynamic[axis])
-    return [dims[0], _output_size(dims[1], kh, sh, dh, padding),
-            _output_size(dims[2], kw, sw, dw, padding), int(filters)]
+    return [
+        dims[0],
+        _output_size(dims[1], kh, sh, dh, padding),
+        _output_size(dims[2], kw, sw, dw, padding),
+        int(filters),
+    ]
 
 
 def with_conv_output_shape(y, x, kernel_size, strides, padding, filters, dilation=1):
@@ -266,14 +273,22 @@ def _filter_grad_shifted_matmul(x, dy, kh, kw, padding):
 
 def _filter_grad_tf(x, dy, kernel_shape, strides, padding):
     return tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=kernel_shape, out_backprop=dy, strides=[1, *strides, 1],
-        padding=padding)
+        input=x,
+        filter_sizes=kernel_shape,
+        out_backprop=dy,
+        strides=[1, *strides, 1],
+        padding=padding,
+    )
 
 
 def _input_grad_tf(x_shape, kernel, dy, strides, padding):
     return tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=x_shape, filter=kernel, out_backprop=dy, strides=[1, *strides, 1],
-        padding=padding)
+        input_sizes=x_shape,
+        filter=kernel,
+        out_backprop=dy,
+        strides=[1, *strides, 1],
+        padding=padding,
+    )
 
 
 def conv2d(x, kernel, strides=1, padding="SAME"):
@@ -294,11 +309,15 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)
     if x.shape.rank != 4 or kernel.shape.rank != 4 or not kernel.shape.is_fully_defined():
-        raise ValueError(f"conv2d needs x [N, H, W, C] and a static kernel [kh, kw, C, K], got "
-                         f"{x.shape} and {kernel.shape}")
+        raise ValueError(
+            f"conv2d needs x [N, H, W, C] and a static kernel [kh, kw, C, K], got "
+            f"{x.shape} and {kernel.shape}"
+        )
     if x.shape[-1] is None or x.shape[-1] != kernel.shape[2]:
-        raise ValueError(f"x channels {x.shape[-1]} must be static and equal the kernel's input "
-                         f"channels {kernel.shape[2]}")
+        raise ValueError(
+            f"x channels {x.shape[-1]} must be static and equal the kernel's input "
+            f"channels {kernel.shape[2]}"
+        )
     if x.dtype != kernel.dtype:
         raise TypeError(f"x ({x.dtype.name}) and kernel ({kernel.dtype.name}) dtypes differ")
     stride_pair = _spatial_pair(strides, "strides")
@@ -309,8 +328,13 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
     if plan == GradientPlan("tf", "tf") and dtype not in _HALF_DTYPES:
         # Nothing to gain (float32 strided): TensorFlow's own op and gradient, no wrapper.
         return with_conv_output_shape(
-            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding), x, (kh, kw),
-            stride_pair, padding, kernel.shape[3])
+            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding),
+            x,
+            (kh, kw),
+            stride_pair,
+            padding,
+            kernel.shape[3],
+        )
     accumulate = tf.float32 if dtype in _HALF_DTYPES else dtype
     # The filter-gradient matmuls: bfloat16 operands where the inputs are bfloat16 (oneDNN
     # accumulates them in float32 and rounds the result once), float32 for float16 (a float16
@@ -320,8 +344,13 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
     @tf.custom_gradient
     def _conv(x, kernel):
         y = with_conv_output_shape(
-            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding), x, (kh, kw),
-            stride_pair, padding, kernel.shape[3])
+            tf.nn.conv2d(x, kernel, strides=[1, *stride_pair, 1], padding=padding),
+            x,
+            (kh, kw),
+            stride_pair,
+            padding,
+            kernel.shape[3],
+        )
 
         def grad(dy):
             dy = tf.convert_to_tensor(dy, dtype=dtype)
@@ -330,17 +359,34 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
                 if not (x.shape.is_fully_defined() and x.shape.num_elements() > 0):
                     dx = tf.reshape(dx, tf.shape(x))  # the empty-batch repair, see above
             else:
-                dx = _input_grad_tf(tf.shape(x), tf.cast(kernel, accumulate),
-                                    tf.cast(dy, accumulate), stride_pair, padding)
+                dx = _input_grad_tf(
+                    tf.shape(x),
+                    tf.cast(kernel, accumulate),
+                    tf.cast(dy, accumulate),
+                    stride_pair,
+                    padding,
+                )
             kernel_shape = kernel.shape.as_list()
 
             def tf_filter_grad():
-                return tf.cast(_filter_grad_tf(tf.cast(x, accumulate), tf.cast(dy, accumulate),
-                                               kernel_shape, stride_pair, padding), dtype)
+                return tf.cast(
+                    _filter_grad_tf(
+                        tf.cast(x, accumulate),
+                        tf.cast(dy, accumulate),
+                        kernel_shape,
+                        stride_pair,
+                        padding,
+                    ),
+                    dtype,
+                )
 
             def shifted_filter_grad():
-                return tf.cast(_filter_grad_shifted_matmul(
-                    tf.cast(x, matmul_dtype), tf.cast(dy, matmul_dtype), kh, kw, padding), dtype)
+                return tf.cast(
+                    _filter_grad_shifted_matmul(
+                        tf.cast(x, matmul_dtype), tf.cast(dy, matmul_dtype), kh, kw, padding
+                    ),
+                    dtype,
+                )
 
             if plan.filter_method == "matmul":
                 dw = _filter_grad_matmul(tf.cast(x, matmul_dtype), tf.cast(dy, matmul_dtype))
@@ -348,10 +394,16 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
                 dw = shifted_filter_grad()
             elif plan.filter_method == "auto":
                 x_shape = tf.shape(x)
-                ratio = _area_ratio(kh, kw, padding, tf.cast(x_shape[1], tf.float32),
-                                    tf.cast(x_shape[2], tf.float32))
-                dw = tf.cond(ratio <= SHIFTED_MATMUL_MAX_AREA_RATIO, shifted_filter_grad,
-                             tf_filter_grad)
+                ratio = _area_ratio(
+                    kh,
+                    kw,
+                    padding,
+                    tf.cast(x_shape[1], tf.float32),
+                    tf.cast(x_shape[2], tf.float32),
+                )
+                dw = tf.cond(
+                    ratio <= SHIFTED_MATMUL_MAX_AREA_RATIO, shifted_filter_grad, tf_filter_grad
+                )
             else:
                 dw = tf_filter_grad()
             return tf.cast(dx, dtype), tf.cast(dw, dtype)
@@ -394,8 +446,10 @@ def winograd_conv2d(x, kernel):
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, dtype_hint=x.dtype)
     if tuple(kernel.shape[:2]) != (3, 3) or x.dtype != tf.float32 or kernel.dtype != tf.float32:
-        raise ValueError(f"winograd_conv2d needs float32 x and a float32 [3, 3, C, K] kernel, got "
-                         f"{x.dtype.name} {x.shape} and {kernel.dtype.name} {kernel.shape}")
+        raise ValueError(
+            f"winograd_conv2d needs float32 x and a float32 [3, 3, C, K] kernel, got "
+            f"{x.dtype.name} {x.shape} and {kernel.dtype.name} {kernel.shape}"
+        )
 
     @tf.custom_gradient
     def _conv(x, kernel):

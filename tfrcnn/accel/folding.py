@@ -23,8 +23,16 @@ import threading
 import keras
 import tensorflow as tf
 
-__all__ = ["FoldPlan", "folding_scope", "pair_conv_batch_norms", "folded_batch_norm", "is_folded",
-           "folds_as_affine", "inference_affine", "fold"]
+__all__ = [
+    "FoldPlan",
+    "folding_scope",
+    "pair_conv_batch_norms",
+    "folded_batch_norm",
+    "is_folded",
+    "folds_as_affine",
+    "inference_affine",
+    "fold",
+]
 
 _STATE = threading.local()
 
@@ -66,8 +74,11 @@ def folded_batch_norm(conv):
     plan and both layers compute in float32."""
     plan = active_plan()
     batch_norm = None if plan is None else plan.norm_of.get(id(conv))
-    if (batch_norm is None or conv.compute_dtype != "float32"
-            or batch_norm.compute_dtype != "float32"):
+    if (
+        batch_norm is None
+        or conv.compute_dtype != "float32"
+        or batch_norm.compute_dtype != "float32"
+    ):
         return None
     return batch_norm
 
@@ -102,18 +113,22 @@ def folds_as_affine(batch_norm, inputs):
     """Whether the inference of ``batch_norm`` on ``inputs`` (a tensor or Keras tensor) is the
     channel affine map of :func:`inference_affine`, which a convolution before it can absorb."""
     axis = batch_norm.axis if batch_norm.axis >= 0 else batch_norm.axis + len(inputs.shape)
-    return (len(inputs.shape) == 4 and axis == 3 and not batch_norm.renorm
-            and not batch_norm.synchronized)
+    return (
+        len(inputs.shape) == 4
+        and axis == 3
+        and not batch_norm.renorm
+        and not batch_norm.synchronized
+    )
 
 
 def inference_affine(batch_norm):
     """``(a, b)``, float32 ``[C]``: the inference of ``batch_norm`` maps ``x`` to ``x * a + b``."""
     channels = batch_norm.moving_mean.shape[-1]
-    gamma = (tf.cast(batch_norm.gamma, tf.float32) if batch_norm.scale
-             else tf.ones([channels]))
+    gamma = tf.cast(batch_norm.gamma, tf.float32) if batch_norm.scale else tf.ones([channels])
     beta = tf.cast(batch_norm.beta, tf.float32) if batch_norm.center else tf.zeros([channels])
-    scale = gamma * tf.math.rsqrt(tf.cast(batch_norm.moving_variance, tf.float32)
-                                  + batch_norm.epsilon)
+    scale = gamma * tf.math.rsqrt(
+        tf.cast(batch_norm.moving_variance, tf.float32) + batch_norm.epsilon
+    )
     return scale, beta - tf.cast(batch_norm.moving_mean, tf.float32) * scale
 
 
@@ -125,19 +140,25 @@ def pair_conv_batch_norms(model):
     plan = FoldPlan()
     outputs = _output_ids(model)
     for layer in model._flatten_layers(include_self=False):
-        if (not isinstance(layer, keras.layers.BatchNormalization) or not _accelerated(layer)
-                or len(layer._inbound_nodes) != 1):
+        if (
+            not isinstance(layer, keras.layers.BatchNormalization)
+            or not _accelerated(layer)
+            or len(layer._inbound_nodes) != 1
+        ):
             continue
         node = layer._inbound_nodes[0]
         if len(node.input_tensors) != 1 or not folds_as_affine(layer, node.input_tensors[0]):
             continue
         conv = _producer(node.input_tensors[0])
-        if (isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
-                and _accelerated(conv)
-                and len(conv._inbound_nodes) == 1 and len(conv._outbound_nodes) == 1
-                and id(node.input_tensors[0]) not in outputs
-                and conv.data_format == "channels_last"
-                and getattr(conv.activation, "__name__", "") == "linear"):
+        if (
+            isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+            and _accelerated(conv)
+            and len(conv._inbound_nodes) == 1
+            and len(conv._outbound_nodes) == 1
+            and id(node.input_tensors[0]) not in outputs
+            and conv.data_format == "channels_last"
+            and getattr(conv.activation, "__name__", "") == "linear"
+        ):
             plan.add(conv, layer)
     return plan
 

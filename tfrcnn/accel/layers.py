@@ -72,22 +72,23 @@ def _install(layer, name, function):
 
 def _winograd_layer(self, inputs):
     """Whether Conv2D ``self`` is a convolution F(4x4, 3x3) computes (its shape aside)."""
-    return (len(inputs.shape) == 4
-            and self.data_format == "channels_last"
-            and self.groups == 1
-            and tuple(self.kernel_size) == (3, 3)
-            and tuple(self.strides) == (1, 1)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.padding == "same"
-            and self.compute_dtype == "float32"
-            and not sees_a_gpu())
+    return (
+        len(inputs.shape) == 4
+        and self.data_format == "channels_last"
+        and self.groups == 1
+        and tuple(self.kernel_size) == (3, 3)
+        and tuple(self.strides) == (1, 1)
+        and tuple(self.dilation_rate) == (1, 1)
+        and self.padding == "same"
+        and self.compute_dtype == "float32"
+        and not sees_a_gpu()
+    )
 
 
 def _winograd_applies(self, inputs):
     """Whether this call of Conv2D ``self`` on an input of static shape should run F(4x4, 3x3)
     (:mod:`tfrcnn.accel.winograd`)."""
-    return (_winograd_layer(self, inputs)
-            and winograd_pays_off(tuple(inputs.shape), self.filters))
+    return _winograd_layer(self, inputs) and winograd_pays_off(tuple(inputs.shape), self.filters)
 
 
 def _compiled_winograd(self, inputs):
@@ -109,15 +110,16 @@ def _either(choice, winograd, direct):
 
 def _fast_gradient_applies(self, inputs):
     """Whether this call of Conv2D ``self`` should go through :func:`tfrcnn.accel.conv.conv2d`."""
-    return (len(inputs.shape) == 4
-            and inputs.shape[-1] is not None
-            and self.data_format == "channels_last"
-            and self.groups == 1
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.padding in ("same", "valid")
-            and has_fast_gradient(self.kernel_size, self.strides, self.padding,
-                                  self.compute_dtype)
-            and tape_is_recording())
+    return (
+        len(inputs.shape) == 4
+        and inputs.shape[-1] is not None
+        and self.data_format == "channels_last"
+        and self.groups == 1
+        and tuple(self.dilation_rate) == (1, 1)
+        and self.padding in ("same", "valid")
+        and has_fast_gradient(self.kernel_size, self.strides, self.padding, self.compute_dtype)
+        and tape_is_recording()
+    )
 
 
 def _fused_activation(self):
@@ -139,16 +141,25 @@ def _conv2d_call(self, inputs):
     if batch_norm is not None:
         # The batch norm after this layer, folded in (tfrcnn.accel.folding); no activation.
         kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm)
-        return _either(choice, lambda: winograd_conv3x3_xla(inputs, kernel, bias),
-                       lambda: tf.nn.bias_add(self.convolution_op(inputs, kernel), bias))
+        return _either(
+            choice,
+            lambda: winograd_conv3x3_xla(inputs, kernel, bias),
+            lambda: tf.nn.bias_add(self.convolution_op(inputs, kernel), bias),
+        )
     activation = _fused_activation(self)
     if activation is None or choice is False:
         return keras.layers.Conv2D.call(self, inputs)
     # bias and relu inside the compiled computation: the output is written once
-    return _either(choice, lambda: winograd_conv3x3_xla(
-        inputs, tf.convert_to_tensor(self.kernel),
-        tf.convert_to_tensor(self.bias) if self.use_bias else None, activation == "relu"),
-        lambda: keras.layers.Conv2D.call(self, inputs))
+    return _either(
+        choice,
+        lambda: winograd_conv3x3_xla(
+            inputs,
+            tf.convert_to_tensor(self.kernel),
+            tf.convert_to_tensor(self.bias) if self.use_bias else None,
+            activation == "relu",
+        ),
+        lambda: keras.layers.Conv2D.call(self, inputs),
+    )
 
 
 def _conv2d_convolution_op(self, inputs, kernel):
@@ -164,15 +175,28 @@ def _conv2d_convolution_op(self, inputs, kernel):
         if self.data_format == "channels_last" and len(inputs.shape) == 4 and not inputs.shape[0]:
             # The batch may be empty (static size None or 0): TensorFlow's oneDNN convolution
             # returns its input there on some CPUs (tfrcnn.accel.conv.with_conv_output_shape).
-            outputs = with_conv_output_shape(outputs, inputs, self.kernel_size, self.strides,
-                                             self.padding, self.filters, self.dilation_rate)
+            outputs = with_conv_output_shape(
+                outputs,
+                inputs,
+                self.kernel_size,
+                self.strides,
+                self.padding,
+                self.filters,
+                self.dilation_rate,
+            )
         return outputs
     outputs = conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper())
-    if (outputs.shape.is_fully_defined() and outputs.shape.num_elements() == 0
-            and inputs.shape.is_fully_defined() and inputs.shape.num_elements() != 0):
+    if (
+        outputs.shape.is_fully_defined()
+        and outputs.shape.num_elements() == 0
+        and inputs.shape.is_fully_defined()
+        and inputs.shape.num_elements() != 0
+    ):
         # Keras's own convolution refuses an input smaller than the kernel the same way.
-        raise ValueError(f"Conv2D {self.name!r}: empty output {outputs.shape} for input "
-                         f"{inputs.shape} (input smaller than the kernel / strides).")
+        raise ValueError(
+            f"Conv2D {self.name!r}: empty output {outputs.shape} for input "
+            f"{inputs.shape} (input smaller than the kernel / strides)."
+        )
     return outputs
 
 
@@ -181,11 +205,17 @@ def _depthwise_call(self, inputs):
     batch_norm = None if is_disabled() else folded_batch_norm(self)
     if batch_norm is None:
         return plain(self, inputs)
-    kernel, bias = fold(self.kernel, self.bias if self.use_bias else None, batch_norm,
-                        depthwise=True)
-    outputs = keras.ops.depthwise_conv(inputs, kernel, strides=self.strides,
-                                       padding=self.padding, dilation_rate=self.dilation_rate,
-                                       data_format=self.data_format)
+    kernel, bias = fold(
+        self.kernel, self.bias if self.use_bias else None, batch_norm, depthwise=True
+    )
+    outputs = keras.ops.depthwise_conv(
+        inputs,
+        kernel,
+        strides=self.strides,
+        padding=self.padding,
+        dilation_rate=self.dilation_rate,
+        data_format=self.data_format,
+    )
     return tf.nn.bias_add(outputs, bias)
 
 
@@ -200,11 +230,13 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
 
 def _inference_call(inputs, training, mask):
     """Whether a backbone call is an inference call on real tensors (batch norms then fold)."""
-    return (not training
-            and mask is None
-            and tf.is_tensor(inputs)
-            and not isinstance(inputs, keras.KerasTensor)
-            and not tape_is_recording())
+    return (
+        not training
+        and mask is None
+        and tf.is_tensor(inputs)
+        and not isinstance(inputs, keras.KerasTensor)
+        and not tape_is_recording()
+    )
 
 
 def _backbone_call(self, inputs, training=None, mask=None):
@@ -221,8 +253,7 @@ def _backbone_call(self, inputs, training=None, mask=None):
         compiled = _COMPILED.get(self)
         if compiled is None:
             backbone = weakref.ref(self)  # the function must not keep its backbone alive
-            compiled = tf.function(lambda x: plain(backbone(), x, training=False),
-                                   jit_compile=True)
+            compiled = tf.function(lambda x: plain(backbone(), x, training=False), jit_compile=True)
             _COMPILED[self] = compiled
         return list(compiled(inputs))
 
@@ -231,18 +262,31 @@ def _backbone_call(self, inputs, training=None, mask=None):
 
 
 def _roi_align_pool(self, features, boxes, box_indices):
-    return accel_roi.roi_align(features, boxes, box_indices, output_size=self.output_size,
-                               spatial_scale=self.spatial_scale,
-                               sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-                               method=self.method)
+    return accel_roi.roi_align(
+        features,
+        boxes,
+        box_indices,
+        output_size=self.output_size,
+        spatial_scale=self.spatial_scale,
+        sampling_ratio=self.sampling_ratio,
+        aligned=self.aligned,
+        method=self.method,
+    )
 
 
 def _multilevel_roi_align_pool(self, features, boxes, box_indices):
     return accel_roi.multilevel_roi_align(
-        list(features), boxes, box_indices, output_size=self.output_size,
-        sampling_ratio=self.sampling_ratio, aligned=self.aligned, min_level=self.min_level,
-        canonical_scale=self.canonical_scale, canonical_level=self.canonical_level,
-        method=self.method)
+        list(features),
+        boxes,
+        box_indices,
+        output_size=self.output_size,
+        sampling_ratio=self.sampling_ratio,
+        aligned=self.aligned,
+        min_level=self.min_level,
+        canonical_scale=self.canonical_scale,
+        canonical_level=self.canonical_level,
+        method=self.method,
+    )
 
 
 # ------------------------------------------------------------------------------------- apply
@@ -265,7 +309,8 @@ def apply(model):
         if accelerated(layer):
             continue
         if _unchanged(layer, keras.layers.Conv2D, "call") and _unchanged(
-                layer, keras.layers.Conv2D, "convolution_op"):
+            layer, keras.layers.Conv2D, "convolution_op"
+        ):
             _install(layer, "call", _conv2d_call)
             _install(layer, "convolution_op", _conv2d_convolution_op)
         elif _unchanged(layer, keras.layers.DepthwiseConv2D, "call"):
@@ -273,10 +318,14 @@ def apply(model):
         elif _unchanged(layer, keras.layers.BatchNormalization, "call"):
             _install(layer, "call", _batch_norm_call)
         elif isinstance(layer, BackboneModel):
-            xla = any(layer.name == name or layer.name.endswith("_" + name)
-                      for name in XLA_BACKBONES)
-            compute = {sub.compute_dtype for sub in layer._flatten_layers(include_self=False)
-                       if isinstance(sub, keras.layers.Conv2D)}
+            xla = any(
+                layer.name == name or layer.name.endswith("_" + name) for name in XLA_BACKBONES
+            )
+            compute = {
+                sub.compute_dtype
+                for sub in layer._flatten_layers(include_self=False)
+                if isinstance(sub, keras.layers.Conv2D)
+            }
             object.__setattr__(layer, "_tfrcnn_xla", xla and compute <= {"float32"})
             _install(layer, "call", _backbone_call)
         elif isinstance(layer, ROIAlign):

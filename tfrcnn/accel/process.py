@@ -132,8 +132,14 @@ def check_cpu_allocator(logger, once=False):
             "TensorFlow's CPU allocator is the system one although %s=%s: TensorFlow allocated "
             "host memory before the variable was set. Call tfrcnn.accel.configure_process() "
             "before importing TensorFlow (or set the variable before Python starts): without it "
-            "every step faults its memory in again.", BFC_VARIABLE, os.environ.get(BFC_VARIABLE))
+            "every step faults its memory in again.",
+            BFC_VARIABLE,
+            os.environ.get(BFC_VARIABLE),
+        )
     else:
-        logger.info("TensorFlow CPU allocator: %s, oneDNN operations: %s", allocator,
-                    {True: "on", False: "off", None: "unknown"}[onednn_enabled()])
+        logger.info(
+            "TensorFlow CPU allocator: %s, oneDNN operations: %s",
+            allocator,
+            {True: "on", False: "off", None: "unknown"}[onednn_enabled()],
+        )
     return allocator

@@ -14,9 +14,13 @@ import tensorflow as tf
 from tfrcnn.accel.state import is_disabled, sees_a_gpu
 from tfrcnn.ops import roi as reference
 
-__all__ = ["COMPILED_KERNELS", "bilinear_scatter_in_place", "kernels", "roi_align",
-           "multilevel_roi_align"]
-
+__all__ = [
+    "COMPILED_KERNELS",
+    "bilinear_scatter_in_place",
+    "kernels",
+    "roi_align",
+    "multilevel_roi_align",
+]
 
 
 def bilinear_scatter_in_place(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, sr):
@@ -30,18 +34,20 @@ def bilinear_scatter_in_place(upstream, row0, row1, col0, col1, ly, lx, wy, wx, 
 
     def add_term(term, table):
         update = tf.reshape(upstream * weights[term][..., None], [-1, channels])
-        return term + 1, tf.tensor_scatter_nd_add(table, tf.reshape(indices[term], [-1, 1]),
-                                                  update)
+        return term + 1, tf.tensor_scatter_nd_add(table, tf.reshape(indices[term], [-1, 1]), update)
 
     _, table = tf.while_loop(
-        lambda term, _: term < 4 * sr * sr, add_term,
-        (tf.constant(0), tf.zeros(tf.stack([cells, channels]), upstream.dtype)))
+        lambda term, _: term < 4 * sr * sr,
+        add_term,
+        (tf.constant(0), tf.zeros(tf.stack([cells, channels]), upstream.dtype)),
+    )
     return table
 
 
 COMPILED_KERNELS = reference.ROIAlignKernels(
     tf.function(reference.REFERENCE_KERNELS.gather_from_levels, jit_compile=True),
-    tf.function(bilinear_scatter_in_place, jit_compile=True))
+    tf.function(bilinear_scatter_in_place, jit_compile=True),
+)
 
 
 def kernels():

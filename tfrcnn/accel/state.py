@@ -36,7 +36,7 @@ def is_disabled():
     return getattr(_STATE, "disabled", False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sees_a_gpu():
     """Whether TensorFlow sees a GPU (the CPU paths then stand aside for the GPU's kernels)."""
     import tensorflow as tf

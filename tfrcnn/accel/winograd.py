@@ -57,26 +57,36 @@ MIN_TILES = 49
 #: Inputs of at least this many bytes are convolved in bands of tile rows of about
 #: :data:`BAND_BYTES` of input each, so that each band's input-transform passes read memory that
 #: stays in the last-level cache.
-BAND_MIN_BYTES = 32 * 2 ** 20
-BAND_BYTES = 6 * 2 ** 20
+BAND_MIN_BYTES = 32 * 2**20
+BAND_BYTES = 6 * 2**20
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2016, F(4x4, 3x3)).
-_BT = np.array([[4, 0, -5, 0, 1, 0],
-                [0, -4, -4, 1, 1, 0],
-                [0, 4, -4, -1, 1, 0],
-                [0, -2, -1, 2, 1, 0],
-                [0, 2, -1, -2, 1, 0],
-                [0, 4, 0, -5, 0, 1]], dtype=np.float64)
-_G = np.array([[1 / 4, 0, 0],
-               [-1 / 6, -1 / 6, -1 / 6],
-               [-1 / 6, 1 / 6, -1 / 6],
-               [1 / 24, 1 / 12, 1 / 6],
-               [1 / 24, -1 / 12, 1 / 6],
-               [0, 0, 1]], dtype=np.float64)
-_AT = np.array([[1, 1, 1, 1, 1, 0],
-                [0, 1, -1, 2, -2, 0],
-                [0, 1, 1, 4, 4, 0],
-                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+_BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+_AT = np.array(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    dtype=np.float64,
+)
 # The transforms of a whole tile as one matrix: entry (6a + b, 3i + j) of kron(G, G) is
 # G[a, i] * G[b, j], so kron(G, G) @ vec(g) = vec(G g G^T) (row-major vec); likewise for A^T.
 _KRON_G = np.kron(_G, _G)  # [36, 9]
@@ -132,9 +142,11 @@ def _tile_transform(x, th, tw):
     ``R`` makes XLA write it once instead of recomputing a row combination inside each of the 36
     outputs that use it."""
     channels = x.shape[3]
-    rows = [x[:, k:k + TILE * th:TILE] for k in range(ALPHA)]  # [N, th, Wp, C] each
+    rows = [x[:, k : k + TILE * th : TILE] for k in range(ALPHA)]  # [N, th, Wp, C] each
     combined = tf.stack([_combine(_BT[i], rows) for i in range(ALPHA)])  # [6, N, th, Wp, C]
-    columns = [combined[:, :, :, k:k + TILE * tw:TILE] for k in range(ALPHA)]  # [6, N, th, tw, C]
+    columns = [
+        combined[:, :, :, k : k + TILE * tw : TILE] for k in range(ALPHA)
+    ]  # [6, N, th, tw, C]
     transformed = tf.stack([_combine(_BT[j], columns) for j in range(ALPHA)], axis=1)
     return tf.reshape(transformed, [ALPHA * ALPHA, -1, channels])  # (i, j) -> 6 i + j
 
@@ -172,8 +184,9 @@ def output_transform(products, batch, height, width):
     that interleaves the blocks (faster under XLA than the elementwise form)."""
     th, tw = _tiles(height), _tiles(width)
     filters = products.shape[-1]
-    blocks = tf.linalg.matmul(tf.constant(_KRON_AT, products.dtype),
-                              tf.reshape(products, [ALPHA * ALPHA, -1]))
+    blocks = tf.linalg.matmul(
+        tf.constant(_KRON_AT, products.dtype), tf.reshape(products, [ALPHA * ALPHA, -1])
+    )
     blocks = tf.reshape(blocks, [TILE, TILE, batch, th, tw, filters])  # (a, b, n, I, J, k)
     y = tf.transpose(blocks, [2, 3, 0, 4, 1, 5])  # (n, I, a, J, b, k)
     y = tf.reshape(y, [batch, TILE * th, TILE * tw, filters])
@@ -210,15 +223,23 @@ def winograd_filter_gradient(x, dy):
     """
     x = tf.convert_to_tensor(x)
     dy = tf.convert_to_tensor(dy, dtype=x.dtype)
-    if (x.shape.rank != 4 or dy.shape.rank != 4 or None in x.shape[1:] or None in dy.shape[1:]
-            or tuple(x.shape[1:3]) != tuple(dy.shape[1:3])):
-        raise ValueError(f"winograd_filter_gradient needs x [N, H, W, C] and dy [N, H, W, K] with "
-                         f"the same static H, W, got {x.shape} and {dy.shape}")
+    if (
+        x.shape.rank != 4
+        or dy.shape.rank != 4
+        or None in x.shape[1:]
+        or None in dy.shape[1:]
+        or tuple(x.shape[1:3]) != tuple(dy.shape[1:3])
+    ):
+        raise ValueError(
+            f"winograd_filter_gradient needs x [N, H, W, C] and dy [N, H, W, K] with "
+            f"the same static H, W, got {x.shape} and {dy.shape}"
+        )
     channels, filters = x.shape[3], dy.shape[3]
     products = tf.linalg.matmul(input_transform(x), output_transform_adjoint(dy), transpose_a=True)
     # dW = G^T dU G at every channel pair: kron(G, G)^T @ dU, [9, 36] @ [36, C * K]
-    gradient = tf.linalg.matmul(tf.constant(_KRON_G, x.dtype),
-                                tf.reshape(products, [ALPHA * ALPHA, -1]), transpose_a=True)
+    gradient = tf.linalg.matmul(
+        tf.constant(_KRON_G, x.dtype), tf.reshape(products, [ALPHA * ALPHA, -1]), transpose_a=True
+    )
     return tf.reshape(gradient, [3, 3, channels, filters])
 
 
@@ -247,8 +268,9 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     if x.shape.rank != 4 or x.shape[3] is None:
         raise ValueError(f"winograd_conv3x3 needs x [N, H, W, C] with static C, got {x.shape}")
     if tuple(kernel.shape[:3]) != (3, 3, x.shape[3]):
-        raise ValueError(f"winograd_conv3x3 needs a [3, 3, {x.shape[3]}, K] kernel, got "
-                         f"{kernel.shape}")
+        raise ValueError(
+            f"winograd_conv3x3 needs a [3, 3, {x.shape[3]}, K] kernel, got {kernel.shape}"
+        )
     batch, height, width = _size(x, 0), _size(x, 1), _size(x, 2)
     tw = _tiles(width)
     transformed_kernel = kernel_transform(kernel)
@@ -256,15 +278,17 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     blocks = []
     for t0, t1 in _bands(x):  # large maps: bands of tile rows (see BAND_MIN_BYTES)
         products = tf.linalg.matmul(
-            _tile_transform(padded[:, TILE * t0:TILE * t1 + 2], t1 - t0, tw), transformed_kernel)
+            _tile_transform(padded[:, TILE * t0 : TILE * t1 + 2], t1 - t0, tw), transformed_kernel
+        )
         blocks.append(output_transform(products, batch, TILE * (t1 - t0), width))
     y = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
     y = y[:, :height]
     if bias is not None:
         bias = tf.convert_to_tensor(bias, dtype=x.dtype)
         if tuple(bias.shape) != (kernel.shape[3],):
-            raise ValueError(f"winograd_conv3x3 needs a bias of shape [{kernel.shape[3]}], got "
-                             f"{bias.shape}")
+            raise ValueError(
+                f"winograd_conv3x3 needs a bias of shape [{kernel.shape[3]}], got {bias.shape}"
+            )
         y = tf.nn.bias_add(y, bias)
     if relu:
         y = tf.nn.relu(y)

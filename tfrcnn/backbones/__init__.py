@@ -28,8 +28,10 @@ from tfrcnn.backbones.resnet import build_resnet50_c4, build_resnet50_c5_head, b
 from tfrcnn.backbones.small_fpn import build_small_fpn
 from tfrcnn.backbones.tiny import build_tiny
 from tfrcnn.backbones.torchvision_mobilenet import build_torchvision_mobilenet_v3_large_fpn
-from tfrcnn.backbones.torchvision_resnet import (build_torchvision_resnet50_fpn,
-                                                 build_torchvision_resnet50_fpn_v2)
+from tfrcnn.backbones.torchvision_resnet import (
+    build_torchvision_resnet50_fpn,
+    build_torchvision_resnet50_fpn_v2,
+)
 from tfrcnn.backbones.vgg16 import build_vgg16
 from tfrcnn.backbones.zf import LocalResponseNormalization, build_zf
 
@@ -39,15 +41,27 @@ _SINGLE_MAP = {
     "resnet50_c4": build_resnet50_c4,
     "tiny": build_tiny,
 }
-_PYRAMID = {"resnet50_fpn": build_resnet50_fpn,
-            "torchvision_resnet50_fpn": build_torchvision_resnet50_fpn,
-            "torchvision_resnet50_fpn_v2": build_torchvision_resnet50_fpn_v2,
-            "torchvision_mobilenet_v3_large_fpn": build_torchvision_mobilenet_v3_large_fpn, "mobilenet_v3_fpn": build_mobilenet_v3_fpn,
-            "small_fpn": build_small_fpn}
+_PYRAMID = {
+    "resnet50_fpn": build_resnet50_fpn,
+    "torchvision_resnet50_fpn": build_torchvision_resnet50_fpn,
+    "torchvision_resnet50_fpn_v2": build_torchvision_resnet50_fpn_v2,
+    "torchvision_mobilenet_v3_large_fpn": build_torchvision_mobilenet_v3_large_fpn,
+    "mobilenet_v3_fpn": build_mobilenet_v3_fpn,
+    "small_fpn": build_small_fpn,
+}
 
-BACKBONE_NAMES = ("vgg16", "zf", "resnet50_c4", "resnet50_fpn", "mobilenet_v3_fpn", "tiny",
-                  "small_fpn", "torchvision_resnet50_fpn", "torchvision_resnet50_fpn_v2",
-                  "torchvision_mobilenet_v3_large_fpn")
+BACKBONE_NAMES = (
+    "vgg16",
+    "zf",
+    "resnet50_c4",
+    "resnet50_fpn",
+    "mobilenet_v3_fpn",
+    "tiny",
+    "small_fpn",
+    "torchvision_resnet50_fpn",
+    "torchvision_resnet50_fpn_v2",
+    "torchvision_mobilenet_v3_large_fpn",
+)
 
 BACKBONE_STRIDES = {
     "vgg16": (16,),

@@ -16,7 +16,6 @@ import os
 
 import keras
 
-
 IMAGENET = "imagenet"
 LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
 KERAS3_SUFFIXES = (".weights.h5", ".weights.json", ".keras")

@@ -44,9 +44,7 @@ def _bottleneck(x, filters, stride, conv_shortcut, name):
     """A v1 bottleneck block, named as keras.applications names it (`{name}_1_conv` ...)."""
     if conv_shortcut:
         shortcut = Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
-        shortcut = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(
-            shortcut
-        )
+        shortcut = BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
     else:
         shortcut = x
     y = Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)

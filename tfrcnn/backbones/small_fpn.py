@@ -52,9 +52,15 @@ def build_small_fpn(weights=None, trainable=True, fpn_channels=128, name_prefix=
     features = []
     for s, (filters, count) in enumerate(STAGES, start=1):
         for i in range(count):
-            x = Conv2D(filters, 3, strides=2 if i == 0 else 1, padding="same",
-                                    use_bias=False, kernel_initializer="he_normal",
-                                    name=f"stage{s}_conv{i + 1}")(x)
+            x = Conv2D(
+                filters,
+                3,
+                strides=2 if i == 0 else 1,
+                padding="same",
+                use_bias=False,
+                kernel_initializer="he_normal",
+                name=f"stage{s}_conv{i + 1}",
+            )(x)
             x = BatchNormalization(name=f"stage{s}_conv{i + 1}_bn")(x)
             x = keras.layers.ReLU(name=f"stage{s}_conv{i + 1}_relu")(x)
         features.append(x)

@@ -45,11 +45,13 @@ def _conv_bn(x, filters, kernel, stride, module, activation=None, depthwise=Fals
     if stride > 1 and pad:
         x = layers.ZeroPadding2D(pad, name=_name(module + ".0") + "_pad")(x)
     if depthwise:
-        x = layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False,
-                                   name=_name(module + ".0"))(x)
+        x = layers.DepthwiseConv2D(
+            kernel, stride, padding=padding, use_bias=False, name=_name(module + ".0")
+        )(x)
     else:
-        x = layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False,
-                          name=_name(module + ".0"))(x)
+        x = layers.Conv2D(
+            filters, kernel, stride, padding=padding, use_bias=False, name=_name(module + ".0")
+        )(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=_name(module + ".1"))(x)
     if activation is not None:
         x = _activation(x, activation == "hard_swish", _name(module) + "_act")
@@ -96,10 +98,14 @@ def freeze_mobilenet(model, trainable_layers):
     """torchvision's ``trainable_backbone_layers`` for MobileNetV3 (0..6); batch norm always
     frozen. Layers named ``<block index>_...`` before the first trainable block are frozen."""
     if not 0 <= trainable_layers <= len(STAGE_INDICES):
-        raise ValueError(f"trainable_backbone_layers must be in 0..{len(STAGE_INDICES)}, got "
-                         f"{trainable_layers}")
-    first = (len(MOBILENET_V3_LARGE) + 2 if trainable_layers == 0
-             else STAGE_INDICES[len(STAGE_INDICES) - trainable_layers])
+        raise ValueError(
+            f"trainable_backbone_layers must be in 0..{len(STAGE_INDICES)}, got {trainable_layers}"
+        )
+    first = (
+        len(MOBILENET_V3_LARGE) + 2
+        if trainable_layers == 0
+        else STAGE_INDICES[len(STAGE_INDICES) - trainable_layers]
+    )
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
@@ -107,8 +113,9 @@ def freeze_mobilenet(model, trainable_layers):
             layer.trainable = int(layer.name.split("_")[0]) >= first
 
 
-def build_torchvision_mobilenet_v3_large_fpn(weights=None, trainable=True, fpn_channels=256,
-                                             name_prefix=None):
+def build_torchvision_mobilenet_v3_large_fpn(
+    weights=None, trainable=True, fpn_channels=256, name_prefix=None
+):
     """torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` backbone.
 
     Args:

@@ -47,8 +47,9 @@ def _conv(x, filters, kernel, stride, module, use_bias=False):
         padding = "valid"
     else:
         padding = "same" if pad else "valid"
-    return layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=use_bias,
-                         name=_name(module))(x)
+    return layers.Conv2D(
+        filters, kernel, stride, padding=padding, use_bias=use_bias, name=_name(module)
+    )(x)
 
 
 def _bn(x, module):
@@ -61,8 +62,9 @@ def _bottleneck(x, width, stride, prefix, downsample):
     y = layers.ReLU()(_bn(_conv(y, width, 3, stride, prefix + "conv2"), prefix + "bn2"))
     y = _bn(_conv(y, 4 * width, 1, 1, prefix + "conv3"), prefix + "bn3")
     if downsample:
-        shortcut = _bn(_conv(x, 4 * width, 1, stride, prefix + "downsample.0"),
-                       prefix + "downsample.1")
+        shortcut = _bn(
+            _conv(x, 4 * width, 1, stride, prefix + "downsample.0"), prefix + "downsample.1"
+        )
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
@@ -124,8 +126,9 @@ def freeze_torchvision_style(model, trainable_layers, order=TRAINABLE_ORDER):
     """Trains only the last ``trainable_layers`` of ``order`` (layer-name prefixes) and the FPN;
     batch norm always runs in inference mode with frozen statistics and affine terms."""
     if not 0 <= trainable_layers <= len(order):
-        raise ValueError(f"trainable_backbone_layers must be in 0..{len(order)}, got "
-                         f"{trainable_layers}")
+        raise ValueError(
+            f"trainable_backbone_layers must be in 0..{len(order)}, got {trainable_layers}"
+        )
     train = order[:trainable_layers]
     body_prefixes = tuple(p + "_" for p in order) + ("conv1", "bn1")
     for layer in model.layers:
@@ -162,8 +165,9 @@ def load_torchvision_imagenet(model, weights, arch="resnet50", strip=""):
     assign_modules(model, body, strip=strip, source=str(path))
 
 
-def build_torchvision_resnet50_fpn(weights=None, trainable=True, fpn_channels=256, v2=False,
-                                   name_prefix=None):
+def build_torchvision_resnet50_fpn(
+    weights=None, trainable=True, fpn_channels=256, v2=False, name_prefix=None
+):
     """torchvision's ``fasterrcnn_resnet50_fpn`` (``v2=True``: ``_v2``) backbone.
 
     Args:
@@ -193,7 +197,8 @@ def build_torchvision_resnet50_fpn(weights=None, trainable=True, fpn_channels=25
     return model, STRIDES
 
 
-def build_torchvision_resnet50_fpn_v2(weights=None, trainable=True, fpn_channels=256,
-                                      name_prefix=None):
+def build_torchvision_resnet50_fpn_v2(
+    weights=None, trainable=True, fpn_channels=256, name_prefix=None
+):
     """:func:`build_torchvision_resnet50_fpn` with ``v2=True`` (batch norm in the FPN)."""
     return build_torchvision_resnet50_fpn(weights, trainable, fpn_channels, True, name_prefix)

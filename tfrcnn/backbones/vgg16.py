@@ -32,9 +32,7 @@ def vgg16_features(x):
     """Applies conv1_1 .. conv5_3 (ReLU after each conv, ceil-mode 2x2 pools after blocks 1-4)."""
     for b, (filters, convs) in enumerate(BLOCKS, start=1):
         for c in range(1, convs + 1):
-            x = Conv2D(
-                filters, 3, padding="same", activation="relu", name=f"block{b}_conv{c}"
-            )(x)
+            x = Conv2D(filters, 3, padding="same", activation="relu", name=f"block{b}_conv{c}")(x)
         if b < len(BLOCKS):
             x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"block{b}_pool")(x)
     return x

@@ -1,4 +1,5 @@
 """``python -m tfrcnn.cli``: the ``tfrcnn`` command."""
+
 import sys
 
 from tfrcnn.cli.app import main

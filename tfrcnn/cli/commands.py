@@ -28,9 +28,21 @@ BOX_FORMATS = ("xyxy", "xywh", "yxyx")
 # unknown or impossible setting): reported as one line when they happen before any output.
 INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
-TRAIN_FLAGS = ("preset", "data", "data_path", "image_dir", "val_data_path", "val_image_dir",
-               "strategy", "precision", "epochs", "steps_per_epoch", "batch_size",
-               "learning_rate", "seed")
+TRAIN_FLAGS = (
+    "preset",
+    "data",
+    "data_path",
+    "image_dir",
+    "val_data_path",
+    "val_image_dir",
+    "strategy",
+    "precision",
+    "epochs",
+    "steps_per_epoch",
+    "batch_size",
+    "learning_rate",
+    "seed",
+)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -40,8 +52,10 @@ def _check_model_file(path, flag="model"):
     if not os.path.exists(path):
         raise UserError(f"{flag} not found: {path}")
     if os.path.isdir(path) or not path.endswith(".keras"):
-        raise UserError(f"{flag} {path} is not a .keras file; give the model.keras of a run "
-                        "(runs/<name>/model.keras)")
+        raise UserError(
+            f"{flag} {path} is not a .keras file; give the model.keras of a run "
+            "(runs/<name>/model.keras)"
+        )
 
 
 def load_model(path):
@@ -50,23 +64,29 @@ def load_model(path):
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise UserError(f"cannot load {path} as a tfrcnn model: not a .keras archive (a zip "
-                        "file); give the model.keras of a run or a file saved by FasterRCNN.save")
+        raise UserError(
+            f"cannot load {path} as a tfrcnn model: not a .keras archive (a zip "
+            "file); give the model.keras of a run or a file saved by FasterRCNN.save"
+        )
     import_tensorflow_quietly()
-    import keras
 
-    from tfrcnn.models.loading import ModelFileError, load_model as load_tfrcnn_model
+    from tfrcnn.models.loading import ModelFileError
+    from tfrcnn.models.loading import load_model as load_tfrcnn_model
 
     try:
         model = load_tfrcnn_model(path)
     except ModelFileError as e:
         raise UserError(one_line(e)) from None
     except Exception as e:  # noqa: BLE001  (any failure to load: another model, a corrupt file)
-        raise UserError(f"cannot load {path} as a tfrcnn model ({one_line(e)[:200]}); give a "
-                        ".keras file written by tfrcnn train or FasterRCNN.save") from None
+        raise UserError(
+            f"cannot load {path} as a tfrcnn model ({one_line(e)[:200]}); give a "
+            ".keras file written by tfrcnn train or FasterRCNN.save"
+        ) from None
     if not all(hasattr(model, a) for a in ("num_classes", "image_max_side", "size_divisor")):
-        raise UserError(f"{path} is a Keras model but not a tfrcnn FasterRCNN; give a .keras "
-                        "file written by tfrcnn train")
+        raise UserError(
+            f"{path} is a Keras model but not a tfrcnn FasterRCNN; give a .keras "
+            "file written by tfrcnn train"
+        )
     return model
 
 
@@ -112,14 +132,22 @@ def cmd_presets(args):
     rows = []
     for name in presets.preset_names():
         p = presets.get_preset(name)
-        rows.append((name, p["backbone"], f"{p['image_min_side']}-{p['image_max_side']}",
-                     presets.PRESET_USES.get(name, "")))
+        rows.append(
+            (
+                name,
+                p["backbone"],
+                f"{p['image_min_side']}-{p['image_max_side']}",
+                presets.PRESET_USES.get(name, ""),
+            )
+        )
     header = ("preset", "backbone", "input (short-long side)", "for")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
     for row in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
-    print("\ntfrcnn train --preset NAME; any setting: --set model.<key>=VALUE "
-          "(tfrcnn train --preset NAME --print-config lists them)")
+    print(
+        "\ntfrcnn train --preset NAME; any setting: --set model.<key>=VALUE "
+        "(tfrcnn train --preset NAME --print-config lists them)"
+    )
     return 0
 
 
@@ -153,8 +181,10 @@ def _precheck_train(overrides):
     known = presets.RUN_DEFAULTS
     for key in overrides:
         if key not in known:
-            raise UserError(f"unknown run setting {key!r}; {closest(key, list(known))} "
-                            "(model settings go under 'model.<name>')")
+            raise UserError(
+                f"unknown run setting {key!r}; {closest(key, list(known))} "
+                "(model settings go under 'model.<name>')"
+            )
     preset = overrides.get("preset", known["preset"])
     if preset not in presets.PRESETS:
         raise UserError(f"unknown preset {preset!r}; {closest(preset, list(presets.PRESETS))}")
@@ -171,12 +201,16 @@ def cmd_train(args):
         if not os.path.isdir(run_dir):
             raise UserError(f"--resume: run folder not found: {run_dir}")
         if not os.path.isfile(os.path.join(run_dir, "config.json")):
-            raise UserError(f"nothing to resume in {run_dir}: no config.json, so not a run "
-                            "folder; give the folder of an earlier tfrcnn train")
+            raise UserError(
+                f"nothing to resume in {run_dir}: no config.json, so not a run "
+                "folder; give the folder of an earlier tfrcnn train"
+            )
         extra = sorted(set(overrides) - {"epochs"})
         if extra:
-            raise UserError(f"--resume continues the saved configuration; only --epochs may "
-                            f"change (got {', '.join(extra)})")
+            raise UserError(
+                f"--resume continues the saved configuration; only --epochs may "
+                f"change (got {', '.join(extra)})"
+            )
         if args.print_config:
             with open(os.path.join(run_dir, "config.json")) as f:
                 print(to_yaml(json.load(f)), end="")
@@ -198,15 +232,20 @@ def cmd_train(args):
             print(to_yaml({"run": run_settings, "model": model}), end="")
             return 0
         run_dir = args.run_dir or os.path.join(
-            "runs", f"{settings['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+            "runs", f"{settings['preset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
             raise UserError(f"--run-dir {run_dir} is a file; give a folder")
         if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise UserError(f"--run-dir {run_dir} already holds a run; continue it with "
-                            f"--resume {run_dir} or give another --run-dir")
-        print(f"tfrcnn train: preset {settings['preset']}, data {settings['data']}"
-              + (f" ({settings['data_path']})" if settings.get("data_path") else "")
-              + f", run folder {run_dir}")
+            raise UserError(
+                f"--run-dir {run_dir} already holds a run; continue it with "
+                f"--resume {run_dir} or give another --run-dir"
+            )
+        print(
+            f"tfrcnn train: preset {settings['preset']}, data {settings['data']}"
+            + (f" ({settings['data_path']})" if settings.get("data_path") else "")
+            + f", run folder {run_dir}"
+        )
     else:
         print(f"tfrcnn train: resuming {run_dir}")
     existed = os.path.exists(run_dir)
@@ -222,9 +261,11 @@ def cmd_train(args):
                 shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(e, TypeError):
                 given = sorted(f"model.{k}" for k in overrides.get("model", {}))
-                raise UserError(f"a setting has a value of the wrong type ({one_line(e)}); check "
-                                + (", ".join(given) if given else "the --set / --config values")
-                                + " against tfrcnn train --print-config") from None
+                raise UserError(
+                    f"a setting has a value of the wrong type ({one_line(e)}); check "
+                    + (", ".join(given) if given else "the --set / --config values")
+                    + " against tfrcnn train --print-config"
+                ) from None
             raise UserError(one_line(e)) from None
         raise
     print(json.dumps(metrics, indent=2))
@@ -236,8 +277,11 @@ def cmd_train(args):
 def _training_stopped(error, run_dir):
     """One line for a run that NaNGuard stopped, naming the last good checkpoint; exit status 1."""
     checkpoint = os.path.join(run_dir, "checkpoints", "last.keras")
-    kept = (f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint)
-            else "no checkpoint was written yet")
+    kept = (
+        f"the last good checkpoint is {checkpoint}"
+        if os.path.exists(checkpoint)
+        else "no checkpoint was written yet"
+    )
     message = str(error).split(". Training stopped")[0]
     print(f"tfrcnn train: stopped: {message}; {kept}", file=sys.stderr)
     return 1
@@ -247,8 +291,11 @@ def _training_stopped(error, run_dir):
 
 
 def _eval_data_settings(args):
-    settings = {"data": args.data or "synthetic", "data_path": args.data_path,
-                "image_dir": args.image_dir}
+    settings = {
+        "data": args.data or "synthetic",
+        "data_path": args.data_path,
+        "image_dir": args.image_dir,
+    }
     return resolve_data(settings, {"data"} if args.data is not None else set())
 
 
@@ -260,8 +307,10 @@ def _eval_records(args, model, settings):
         from tfrcnn.data import SYNTHETIC_CLASS_NAMES, synthetic_splits
 
         if names is not None and names != list(SYNTHETIC_CLASS_NAMES):
-            raise UserError(f"the model's classes {names} are not the synthetic shapes; give its "
-                            "data with --data and --data-path")
+            raise UserError(
+                f"the model's classes {names} are not the synthetic shapes; give its "
+                "data with --data and --data-path"
+            )
         _, records = synthetic_splits(num_train=0, num_val=args.num_val, seed=args.seed)
         return records, names or list(SYNTHETIC_CLASS_NAMES), None
     from tfrcnn.data.sources import read_source
@@ -272,14 +321,20 @@ def _eval_records(args, model, settings):
 
         kind, path = "voc", path or default_bccd_path()
     try:
-        records, read_names, _ = read_source(kind, path, image_dir=settings.get("image_dir"),
-                                             split=args.split if kind == "voc" else None,
-                                             class_names=names)
+        records, read_names, _ = read_source(
+            kind,
+            path,
+            image_dir=settings.get("image_dir"),
+            split=args.split if kind == "voc" else None,
+            class_names=names,
+        )
     except INPUT_ERRORS as e:
         raise UserError(one_line(e)) from None
     if names is None and len(read_names) != model.num_classes:
-        raise UserError(f"{path} has {len(read_names)} classes but the model {model.num_classes}; "
-                        "evaluate on data with the model's classes")
+        raise UserError(
+            f"{path} has {len(read_names)} classes but the model {model.num_classes}; "
+            "evaluate on data with the model's classes"
+        )
     ids = getattr(read_names, "category_ids", None)
     return records, list(read_names), ids if ids and None not in ids else None
 
@@ -302,36 +357,67 @@ def cmd_evaluate(args):
     from tfrcnn.evaluation.coco import coco_dicts
 
     pad = (model.image_max_side, model.image_max_side)
-    ds = make_dataset(records, batch_size=args.batch_size, min_side=model.image_min_side,
-                      max_side=model.image_max_side, pad_to=pad, size_divisor=model.size_divisor)
-    detections, ground_truths, seconds = collect_detections(model, ds,
-                                                            progress=sys.stdout.isatty())
-    voc = evaluate_detections(detections, ground_truths, model.num_classes, class_names=names,
-                              use_07_metric=args.use_07_metric)
+    ds = make_dataset(
+        records,
+        batch_size=args.batch_size,
+        min_side=model.image_min_side,
+        max_side=model.image_max_side,
+        pad_to=pad,
+        size_divisor=model.size_divisor,
+    )
+    detections, ground_truths, seconds = collect_detections(model, ds, progress=sys.stdout.isatty())
+    voc = evaluate_detections(
+        detections,
+        ground_truths,
+        model.num_classes,
+        class_names=names,
+        use_07_metric=args.use_07_metric,
+    )
     coco = evaluate_coco(detections, ground_truths, names)
     metric = "VOC2007 11-point" if args.use_07_metric else "all-point"
     print(f"{len(records)} images, {seconds:.3f} s per image")
     print(f"VOC mAP@0.5 ({metric}): {voc['mAP']:.4f}")
-    print("COCO: " + ", ".join(f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75", "AP_small",
-                                                             "AP_medium", "AP_large", "AR100")))
+    print(
+        "COCO: "
+        + ", ".join(
+            f"{k} {coco[k]:.4f}"
+            for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100")
+        )
+    )
     print(f"{'class':>12s} {'VOC AP50':>9s} {'COCO AP50':>10s} {'COCO AP':>8s}")
     for name in names:
-        print(f"{name:>12s} {voc['per_class'][name]:9.4f} {coco['per_class'][name]['AP50']:10.4f} "
-              f"{coco['per_class'][name]['AP']:8.4f}")
+        print(
+            f"{name:>12s} {voc['per_class'][name]:9.4f} {coco['per_class'][name]['AP50']:10.4f} "
+            f"{coco['per_class'][name]['AP']:8.4f}"
+        )
     if args.out:
         image_ids = None
         if all("coco_id" in r for r in records):
             image_ids = [int(r["coco_id"]) for r in records]
-        file_names = [os.path.basename(str(r.get("path", r.get("image_id", i))))
-                      for i, r in enumerate(records)]
-        ground_truth, results = coco_dicts(detections, ground_truths, names, image_ids=image_ids,
-                                           category_ids=category_ids, file_names=file_names)
+        file_names = [
+            os.path.basename(str(r.get("path", r.get("image_id", i))))
+            for i, r in enumerate(records)
+        ]
+        ground_truth, results = coco_dicts(
+            detections,
+            ground_truths,
+            names,
+            image_ids=image_ids,
+            category_ids=category_ids,
+            file_names=file_names,
+        )
         metrics = {
             "model": os.path.abspath(args.model),
-            "data": args.data or "synthetic", "data_path": args.data_path,
-            "images": len(records), "seconds_per_image": float(seconds),
-            "voc": {"metric": metric, "iou_threshold": 0.5, "mAP": float(voc["mAP"]),
-                    "per_class": {n: float(voc["per_class"][n]) for n in names}},
+            "data": args.data or "synthetic",
+            "data_path": args.data_path,
+            "images": len(records),
+            "seconds_per_image": float(seconds),
+            "voc": {
+                "metric": metric,
+                "iou_threshold": 0.5,
+                "mAP": float(voc["mAP"]),
+                "per_class": {n: float(voc["per_class"][n]) for n in names},
+            },
             "coco": {k: v for k, v in coco.items()},
         }
         os.makedirs(args.out, exist_ok=True)
@@ -352,6 +438,7 @@ def cmd_evaluate(args):
             rpn_proposals,
             selective_search_proposals,
         )
+
         subset = records[: args.max_images]
         gts = [np.asarray(r["boxes"]) for r in subset]
         results = {}
@@ -393,8 +480,12 @@ def _write_images(records, folder):
             used.add(name)
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-            out.append({**{k: v for k, v in record.items() if k != "encoded"},
-                        "path": os.path.join(folder, name)})
+            out.append(
+                {
+                    **{k: v for k, v in record.items() if k != "encoded"},
+                    "path": os.path.join(folder, name),
+                }
+            )
     return out
 
 
@@ -407,25 +498,31 @@ def cmd_convert(args):
     check_folder(args.image_dir, "--image-dir")
     if args.to == "coco":
         if not args.output.lower().endswith(".json"):
-            raise UserError(f"--to coco writes a JSON file: give --output a .json name, e.g. "
-                            f"{args.output}.json")
+            raise UserError(
+                f"--to coco writes a JSON file: give --output a .json name, e.g. {args.output}.json"
+            )
         if args.shards is not None:
             raise UserError("--shards is for --to tfrecord; a COCO file is one JSON")
     else:
         if args.output.lower().endswith(".json"):
-            raise UserError("--to tfrecord writes shards named <output>-00000-of-00001.tfrecord: "
-                            "give --output a prefix without .json, or use --to coco")
+            raise UserError(
+                "--to tfrecord writes shards named <output>-00000-of-00001.tfrecord: "
+                "give --output a prefix without .json, or use --to coco"
+            )
         if args.shards is not None and args.shards < 1:
             raise UserError(f"--shards must be at least 1, got {args.shards}")
     if os.path.isdir(args.output):
-        raise UserError(f"--output {args.output} is a folder; give a file "
-                        + ("name" if args.to == "coco" else "prefix, e.g. out/train"))
+        raise UserError(
+            f"--output {args.output} is a folder; give a file "
+            + ("name" if args.to == "coco" else "prefix, e.g. out/train")
+        )
     import_tensorflow_quietly()
     from tfrcnn.data.sources import default_coco_image_dir, read_source
 
     try:
-        records, names, report = read_source(kind, args.source, image_dir=args.image_dir,
-                                             split=args.split)
+        records, names, report = read_source(
+            kind, args.source, image_dir=args.image_dir, split=args.split
+        )
     except INPUT_ERRORS as e:
         raise UserError(one_line(e)) from None
     print(f"read {args.source} ({kind}): {report.summary()}")
@@ -450,8 +547,9 @@ def cmd_convert(args):
     elif kind == "coco":
         image_dir = os.path.abspath(args.image_dir or default_coco_image_dir(args.source))
     else:
-        image_dir = os.path.commonpath([os.path.dirname(os.path.abspath(r["path"]))
-                                        for r in records])
+        image_dir = os.path.commonpath(
+            [os.path.dirname(os.path.abspath(r["path"])) for r in records]
+        )
     try:
         write_coco(records, names, output, image_dir=image_dir)
     except INPUT_ERRORS as e:
@@ -472,18 +570,24 @@ def cmd_export(args):
     size = None
     if args.format == "tflite":
         if not args.output.endswith(".tflite"):
-            raise UserError(f"--format tflite writes a file: give --output a .tflite name, e.g. "
-                            f"{args.output}.tflite")
+            raise UserError(
+                f"--format tflite writes a file: give --output a .tflite name, e.g. "
+                f"{args.output}.tflite"
+            )
         if args.input_size:
             match = re.fullmatch(r"(\d+)x(\d+)", args.input_size)
             if not match or min(int(match[1]), int(match[2])) < 32:
-                raise UserError(f"--input-size {args.input_size!r}: give HEIGHTxWIDTH, each at "
-                                "least 32, e.g. 192x192")
+                raise UserError(
+                    f"--input-size {args.input_size!r}: give HEIGHTxWIDTH, each at "
+                    "least 32, e.g. 192x192"
+                )
             size = (int(match[1]), int(match[2]))
     else:
         if args.input_size or args.quantization != "float32":
-            raise UserError("--input-size and --quantization are for --format tflite; a "
-                            "SavedModel takes any image size in float32")
+            raise UserError(
+                "--input-size and --quantization are for --format tflite; a "
+                "SavedModel takes any image size in float32"
+            )
         if args.version < 1:
             raise UserError(f"--version must be at least 1, got {args.version}")
         if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -494,12 +598,13 @@ def cmd_export(args):
     if args.format == "saved_model":
         path = export.saved_model(model, args.output, version=args.version)
         print(f"SavedModel -> {path}")
-        print(f"serve it with: tensorflow_model_server --rest_api_port=8501 --model_name=tfrcnn "
-              f"--model_base_path={os.path.abspath(args.output)}")
+        print(
+            f"serve it with: tensorflow_model_server --rest_api_port=8501 --model_name=tfrcnn "
+            f"--model_base_path={os.path.abspath(args.output)}"
+        )
         return 0
     try:
-        report = export.tflite(model, args.output, quantization=args.quantization,
-                               input_size=size)
+        report = export.tflite(model, args.output, quantization=args.quantization, input_size=size)
     except ValueError as e:
         raise UserError(one_line(e)) from None
     if model.class_names:
@@ -543,13 +648,16 @@ def load_predictor(path):
 
         loaded = tf.saved_model.load(folder)
         if "serving_default" not in loaded.signatures or not hasattr(loaded, "class_names"):
-            raise UserError(f"{folder} is a SavedModel but not a tfrcnn export; give a folder "
-                            "written by tfrcnn export")
+            raise UserError(
+                f"{folder} is a SavedModel but not a tfrcnn export; give a folder "
+                "written by tfrcnn export"
+            )
         serve = loaded.signatures["serving_default"]
         names = [n.decode() for n in loaded.class_names.numpy()]
 
         def run(image):
             return {k: v.numpy() for k, v in serve(images=tf.constant(image[None])).items()}
+
         return run, names
     if path.endswith(".tflite"):
         from PIL import Image
@@ -560,8 +668,10 @@ def load_predictor(path):
             runner = _tflite_interpreter(path).get_signature_runner("serving_default")
             height, width = [int(v) for v in runner.get_input_details()["images"]["shape"][1:3]]
         except (ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"{path} is not a tfrcnn TFLite model ({one_line(e)[:120]}); give a "
-                            "file written by tfrcnn export --format tflite") from None
+            raise UserError(
+                f"{path} is not a tfrcnn TFLite model ({one_line(e)[:120]}); give a "
+                "file written by tfrcnn export --format tflite"
+            ) from None
         sidecar = os.path.splitext(path)[0] + ".class_names.txt"
         names = None
         if os.path.exists(sidecar):
@@ -575,6 +685,7 @@ def load_predictor(path):
             scale = np.array([h / height, w / width, h / height, w / width], np.float32)
             out["detection_boxes"] = out["detection_boxes"] * scale
             return out
+
         return run, names
     model = load_model(path)
     names = list(model.class_names) if model.class_names else None
@@ -621,30 +732,61 @@ def cmd_predict(args):
         scores = np.asarray(out["detection_scores"][0])[keep]
         stem = os.path.splitext(os.path.basename(path))[0]
         draw_boxes(image, boxes, classes, scores, names).save(os.path.join(args.out, stem + ".png"))
-        detections = [{"box": [round(v, 2) for v in convert_box(b, args.box_format)],
-                       "class_id": int(c),
-                       "class_name": names[int(c)] if names else str(int(c)), "score": float(s)}
-                      for b, c, s in zip(boxes, classes, scores)]
-        _write_json(os.path.join(args.out, stem + ".json"),
-                    {"image": path, "height": int(image.shape[0]), "width": int(image.shape[1]),
-                     "box_format": args.box_format, "detections": detections})
-        coco_images.append({"id": i + 1, "file_name": os.path.basename(path),
-                            "height": int(image.shape[0]), "width": int(image.shape[1])})
+        detections = [
+            {
+                "box": [round(v, 2) for v in convert_box(b, args.box_format)],
+                "class_id": int(c),
+                "class_name": names[int(c)] if names else str(int(c)),
+                "score": float(s),
+            }
+            for b, c, s in zip(boxes, classes, scores)
+        ]
+        _write_json(
+            os.path.join(args.out, stem + ".json"),
+            {
+                "image": path,
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "box_format": args.box_format,
+                "detections": detections,
+            },
+        )
+        coco_images.append(
+            {
+                "id": i + 1,
+                "file_name": os.path.basename(path),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+            }
+        )
         for b, c, s in zip(boxes, classes, scores):
             xywh = convert_box(b, "xywh")
-            coco_annotations.append({"id": len(coco_annotations) + 1, "image_id": i + 1,
-                                     "category_id": int(c) + 1, "bbox": xywh,
-                                     "area": xywh[2] * xywh[3], "iscrowd": 0, "score": float(s)})
+            coco_annotations.append(
+                {
+                    "id": len(coco_annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": xywh,
+                    "area": xywh[2] * xywh[3],
+                    "iscrowd": 0,
+                    "score": float(s),
+                }
+            )
         if bar is not None:
             bar.update(i + 1)
         else:
-            print(f"{path}: {len(detections)} detections -> {os.path.join(args.out, stem + '.png')}")
+            print(
+                f"{path}: {len(detections)} detections -> {os.path.join(args.out, stem + '.png')}"
+            )
     if args.coco_json:
-        count = len(names) if names else 1 + max([a["category_id"] - 1 for a in coco_annotations]
-                                                 + [0])
+        count = (
+            len(names) if names else 1 + max([a["category_id"] - 1 for a in coco_annotations] + [0])
+        )
         categories = [{"id": c + 1, "name": names[c] if names else str(c)} for c in range(count)]
-        _write_json(args.coco_json, {"images": coco_images, "annotations": coco_annotations,
-                                     "categories": categories})
+        _write_json(
+            args.coco_json,
+            {"images": coco_images, "annotations": coco_annotations, "categories": categories},
+        )
         print(f"COCO JSON ({len(coco_annotations)} detections with scores) -> {args.coco_json}")
     return 0
 

@@ -80,7 +80,9 @@ def import_tensorflow_quietly(quiet=None):
 def closest(name, known):
     """``"did you mean 'x'?"`` for the closest of ``known`` to ``name``, else the list of them."""
     match = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f"did you mean {match[0]!r}?" if match else f"known: {', '.join(sorted(map(str, known)))}"
+    return (
+        f"did you mean {match[0]!r}?" if match else f"known: {', '.join(sorted(map(str, known)))}"
+    )
 
 
 def _parse_value(text):
@@ -104,7 +106,7 @@ def parse_overrides(pairs):
         if not key:
             raise UserError(f"bad --set {pair!r}: empty key; use e.g. --set epochs=3")
         if key.startswith("model."):
-            name = key[len("model."):]
+            name = key[len("model.") :]
             if not name:
                 raise UserError(f"bad --set {pair!r}: no model setting after 'model.'")
             overrides.setdefault("model", {})[name] = _parse_value(value)
@@ -127,13 +129,17 @@ def load_config_file(path):
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+            raise UserError(
+                f"config file {path} is not valid YAML{where}; fix its syntax"
+            ) from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"config file {path} is not valid JSON (line {e.lineno}: {e.msg}); "
-                            "use a .yaml/.yml name for YAML") from None
+            raise UserError(
+                f"config file {path} is not valid JSON (line {e.lineno}: {e.msg}); "
+                "use a .yaml/.yml name for YAML"
+            ) from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, e.g. 'epochs: 3'")
@@ -155,5 +161,9 @@ def to_yaml(value):
     """``value`` (JSON-like: tuples become lists) as block-style YAML, keys in their order."""
     import yaml
 
-    return yaml.safe_dump(json.loads(json.dumps(value, default=list)), sort_keys=False,
-                          default_flow_style=None, width=100)
+    return yaml.safe_dump(
+        json.loads(json.dumps(value, default=list)),
+        sort_keys=False,
+        default_flow_style=None,
+        width=100,
+    )

@@ -41,6 +41,7 @@ Keras preprocessing layers (checked with Keras 3.15): they are not used here.
   factors with stateless ops and applies saturation and hue as one 3x3 colour matrix (several
   times cheaper on CPU than the HSV round trips of ``tf.image.adjust_saturation`` / ``adjust_hue``).
 """
+
 import numpy as np
 import tensorflow as tf
 
@@ -49,9 +50,10 @@ _INT32_MAX = 2**31 - 1
 
 #: RGB -> YIQ (NTSC) for column vectors; ``Y`` is the Rec. 601 luma, and the ``I`` and ``Q`` rows
 #: sum to 0, so grey has no chroma. Used by :func:`_colour_matrix`.
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                        [0.595716, -0.274453, -0.321263],
-                        [0.211456, -0.522591, 0.311135]], np.float32)
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    np.float32,
+)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ.astype(np.float64)).astype(np.float32)
 
 #: Multi-scale training sizes (shorter image side, pixels) of :func:`random_scale_choice`.
@@ -62,20 +64,25 @@ DEFAULT_MIN_SIDES = (480, 512, 544, 576, 608, 640)
 # Seeds
 # --------------------------------------------------------------------------------------------
 
+
 def _seed_tensor(seed):
     """A stateless seed, int64 ``[2]``, from ``None`` (drawn now), an int, or a [] / [2] tensor."""
     if seed is None:
         return tf.random.uniform([2], minval=0, maxval=_INT32_MAX, dtype=tf.int64)
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer:
-        raise TypeError(f"seed must be None, an int or an integer tensor of shape [] or [2]; got "
-                        f"dtype {seed.dtype.name}.")
+        raise TypeError(
+            f"seed must be None, an int or an integer tensor of shape [] or [2]; got "
+            f"dtype {seed.dtype.name}."
+        )
     seed = tf.cast(seed, tf.int64)
     if seed.shape.rank == 0:
         return tf.stack([seed, tf.constant(0, tf.int64)])
     if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
-        raise ValueError(f"seed must be None, an int or an integer tensor of shape [] or [2]; got "
-                         f"shape {seed.shape}.")
+        raise ValueError(
+            f"seed must be None, an int or an integer tensor of shape [] or [2]; got "
+            f"shape {seed.shape}."
+        )
     return tf.reshape(seed, [2])
 
 
@@ -102,6 +109,7 @@ def _check_range(name, low, high, minimum=0.0):
 # --------------------------------------------------------------------------------------------
 # Flip
 # --------------------------------------------------------------------------------------------
+
 
 def random_horizontal_flip(image, boxes, probability=0.5, seed=None):
     """Mirror the image left-right with ``probability``, moving the boxes with it.
@@ -141,6 +149,7 @@ def random_horizontal_flip(image, boxes, probability=0.5, seed=None):
 # Crop
 # --------------------------------------------------------------------------------------------
 
+
 def _box_visibility(boxes, windows):
     """Fraction of each box's area inside each window: ``[T, N]`` for boxes [N, 4], windows [T, 4].
 
@@ -153,13 +162,13 @@ def _box_visibility(boxes, windows):
     area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # [1, N]
     cy = 0.5 * (b[..., 0] + b[..., 2])
     cx = 0.5 * (b[..., 1] + b[..., 3])
-    centre_in = ((cy >= w[..., 0]) & (cy <= w[..., 2]) & (cx >= w[..., 1]) & (cx <= w[..., 3]))
-    return tf.where(area > 0.0, inter_h * inter_w / tf.maximum(area, 1e-12),
-                    tf.cast(centre_in, tf.float32))
+    centre_in = (cy >= w[..., 0]) & (cy <= w[..., 2]) & (cx >= w[..., 1]) & (cx <= w[..., 3])
+    return tf.where(
+        area > 0.0, inter_h * inter_w / tf.maximum(area, 1e-12), tf.cast(centre_in, tf.float32)
+    )
 
 
-def _sample_windows(height, width, max_trials, min_scale, max_scale, min_aspect, max_aspect,
-                    seed):
+def _sample_windows(height, width, max_trials, min_scale, max_scale, min_aspect, max_aspect, seed):
     """``max_trials`` integer crop windows and whether each fits the image.
 
     Returns (windows int32 [T, 4] yxyx, fits bool [T]).
@@ -183,9 +192,21 @@ def _sample_windows(height, width, max_trials, min_scale, max_scale, min_aspect,
     return windows, fits
 
 
-def random_crop(image, boxes, classes, *, min_scale=0.5, max_scale=1.0, min_aspect=0.5,
-                max_aspect=2.0, min_box_visibility=0.5, probability=0.5, max_trials=20, seed=None,
-                extras=()):
+def random_crop(
+    image,
+    boxes,
+    classes,
+    *,
+    min_scale=0.5,
+    max_scale=1.0,
+    min_aspect=0.5,
+    max_aspect=2.0,
+    min_box_visibility=0.5,
+    probability=0.5,
+    max_trials=20,
+    seed=None,
+    extras=(),
+):
     """Crop a random window out of the image, keeping the boxes that stay mostly visible.
 
     With ``probability``, ``max_trials`` windows are sampled at once (vectorised, no loop): a
@@ -234,8 +255,9 @@ def random_crop(image, boxes, classes, *, min_scale=0.5, max_scale=1.0, min_aspe
     _check_range("(min_scale, max_scale)", min_scale, max_scale)
     _check_range("(min_aspect, max_aspect)", min_aspect, max_aspect)
     if float(min_scale) <= 0.0 or float(max_scale) > 1.0:
-        raise ValueError(f"min_scale and max_scale must be in (0, 1]; got ({min_scale}, "
-                         f"{max_scale}).")
+        raise ValueError(
+            f"min_scale and max_scale must be in (0, 1]; got ({min_scale}, {max_scale})."
+        )
     if float(min_aspect) <= 0.0:
         raise ValueError(f"min_aspect must be > 0; got {min_aspect}.")
     if int(max_trials) < 1:
@@ -248,9 +270,16 @@ def random_crop(image, boxes, classes, *, min_scale=0.5, max_scale=1.0, min_aspe
     seeds = _split_seed(seed, 2)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
-    windows, fits = _sample_windows(height, width, int(max_trials), float(min_scale),
-                                    float(max_scale), float(min_aspect), float(max_aspect),
-                                    seeds[1])
+    windows, fits = _sample_windows(
+        height,
+        width,
+        int(max_trials),
+        float(min_scale),
+        float(max_scale),
+        float(min_aspect),
+        float(max_aspect),
+        seeds[1],
+    )
     visible = _box_visibility(boxes, tf.cast(windows, tf.float32)) >= min_box_visibility  # [T, N]
     has_boxes = tf.shape(boxes)[0] > 0
     acceptable = fits & (tf.reduce_any(visible, axis=1) | tf.logical_not(has_boxes))
@@ -266,10 +295,15 @@ def random_crop(image, boxes, classes, *, min_scale=0.5, max_scale=1.0, min_aspe
     if image.shape.rank is not None:  # keep the static channel count through the slice
         out_image.set_shape([None, None] + image.shape.as_list()[2:])
     wf = tf.cast(window, tf.float32)
-    clipped = tf.stack([
-        tf.clip_by_value(boxes[:, 0], wf[0], wf[2]), tf.clip_by_value(boxes[:, 1], wf[1], wf[3]),
-        tf.clip_by_value(boxes[:, 2], wf[0], wf[2]), tf.clip_by_value(boxes[:, 3], wf[1], wf[3]),
-    ], axis=-1) - tf.stack([wf[0], wf[1], wf[0], wf[1]])
+    clipped = tf.stack(
+        [
+            tf.clip_by_value(boxes[:, 0], wf[0], wf[2]),
+            tf.clip_by_value(boxes[:, 1], wf[1], wf[3]),
+            tf.clip_by_value(boxes[:, 2], wf[0], wf[2]),
+            tf.clip_by_value(boxes[:, 3], wf[1], wf[3]),
+        ],
+        axis=-1,
+    ) - tf.stack([wf[0], wf[1], wf[0], wf[1]])
     # Without a crop the boxes are returned exactly as given (no clipping).
     new_boxes = tf.where(do_crop, clipped, boxes)
     out = (out_image, tf.boolean_mask(new_boxes, kept), tf.boolean_mask(classes, kept), kept)
@@ -281,6 +315,7 @@ def random_crop(image, boxes, classes, *, min_scale=0.5, max_scale=1.0, min_aspe
 # --------------------------------------------------------------------------------------------
 # Multi-scale
 # --------------------------------------------------------------------------------------------
+
 
 def random_scale_choice(min_sides=DEFAULT_MIN_SIDES, seed=None):
     """Pick one training scale (the shorter image side, pixels) uniformly from ``min_sides``.
@@ -300,16 +335,19 @@ def random_scale_choice(min_sides=DEFAULT_MIN_SIDES, seed=None):
     """
     sides = [int(s) for s in min_sides]
     if not sides or min(sides) <= 0:
-        raise ValueError(f"min_sides must be a non-empty sequence of positive ints; got "
-                         f"{tuple(min_sides)}.")
-    index = tf.random.stateless_uniform([], seed=_seed_tensor(seed), minval=0,
-                                        maxval=len(sides), dtype=tf.int32)
+        raise ValueError(
+            f"min_sides must be a non-empty sequence of positive ints; got {tuple(min_sides)}."
+        )
+    index = tf.random.stateless_uniform(
+        [], seed=_seed_tensor(seed), minval=0, maxval=len(sides), dtype=tf.int32
+    )
     return tf.gather(tf.constant(sides, tf.int32), index)
 
 
 # --------------------------------------------------------------------------------------------
 # Photometric
 # --------------------------------------------------------------------------------------------
+
 
 def _colour_matrix(saturation_factor, hue_turns):
     """The 3x3 RGB matrix (for row vectors) that scales saturation and rotates hue.
@@ -322,14 +360,22 @@ def _colour_matrix(saturation_factor, hue_turns):
     angle = 2.0 * 3.141592653589793 * hue_turns
     c, s = tf.cos(angle) * saturation_factor, tf.sin(angle) * saturation_factor
     one, zero = tf.ones_like(c), tf.zeros_like(c)
-    chroma = tf.stack([tf.stack([one, zero, zero]), tf.stack([zero, c, -s]),
-                       tf.stack([zero, s, c])])
+    chroma = tf.stack(
+        [tf.stack([one, zero, zero]), tf.stack([zero, c, -s]), tf.stack([zero, s, c])]
+    )
     m = tf.matmul(tf.constant(_YIQ_TO_RGB), tf.matmul(chroma, tf.constant(_RGB_TO_YIQ)))
     return tf.transpose(m)
 
 
-def photometric_jitter(image, brightness=32.0, contrast=(0.75, 1.25), saturation=(0.75, 1.25),
-                       hue=0.05, probability=0.8, seed=None):
+def photometric_jitter(
+    image,
+    brightness=32.0,
+    contrast=(0.75, 1.25),
+    saturation=(0.75, 1.25),
+    hue=0.05,
+    probability=0.8,
+    seed=None,
+):
     """Random brightness, contrast, saturation and hue, in that order, with ``probability``.
 
     Geometry is unchanged, so boxes need no update. Each change can be switched off with ``0`` /
@@ -377,8 +423,9 @@ def photometric_jitter(image, brightness=32.0, contrast=(0.75, 1.25), saturation
     use_saturation = saturation is not None and tuple(saturation) != (1, 1)
 
     def uniform(index, low, high):
-        return tf.random.stateless_uniform([], seed=seeds[index], minval=float(low),
-                                           maxval=float(high))
+        return tf.random.stateless_uniform(
+            [], seed=seeds[index], minval=float(low), maxval=float(high)
+        )
 
     def jitter():
         x = image
@@ -388,8 +435,9 @@ def photometric_jitter(image, brightness=32.0, contrast=(0.75, 1.25), saturation
             x = tf.image.adjust_contrast(x, uniform(2, contrast[0], contrast[1]))
         x = tf.clip_by_value(x, 0.0, 255.0)
         if use_saturation or hue:
-            factor = (uniform(3, saturation[0], saturation[1]) if use_saturation
-                      else tf.constant(1.0))
+            factor = (
+                uniform(3, saturation[0], saturation[1]) if use_saturation else tf.constant(1.0)
+            )
             turns = uniform(4, -float(hue), float(hue)) if hue else tf.constant(0.0)
             matrix = _colour_matrix(factor, turns)
             x = tf.reshape(tf.matmul(tf.reshape(x, [-1, 3]), matrix), tf.shape(x))
@@ -403,8 +451,19 @@ def photometric_jitter(image, brightness=32.0, contrast=(0.75, 1.25), saturation
 # Everything
 # --------------------------------------------------------------------------------------------
 
-def augment_example(image, boxes, classes, difficult=None, *, flip=True, crop=True, jitter=True,
-                    seed=None, **crop_kwargs):
+
+def augment_example(
+    image,
+    boxes,
+    classes,
+    difficult=None,
+    *,
+    flip=True,
+    crop=True,
+    jitter=True,
+    seed=None,
+    **crop_kwargs,
+):
     """Crop, flip and colour-jitter one example, in that order, keeping per-box fields aligned.
 
     Args:
@@ -428,11 +487,20 @@ def augment_example(image, boxes, classes, difficult=None, *, flip=True, crop=Tr
         >>> sorted(ex)
         ['boxes', 'classes', 'difficult', 'image']
     """
-    unknown = set(crop_kwargs) - {"min_scale", "max_scale", "min_aspect", "max_aspect",
-                                  "min_box_visibility", "probability", "max_trials"}
+    unknown = set(crop_kwargs) - {
+        "min_scale",
+        "max_scale",
+        "min_aspect",
+        "max_aspect",
+        "min_box_visibility",
+        "probability",
+        "max_trials",
+    }
     if unknown:
-        raise TypeError(f"augment_example got unknown crop arguments {sorted(unknown)}; accepted "
-                        f"are those of random_crop except seed and extras.")
+        raise TypeError(
+            f"augment_example got unknown crop arguments {sorted(unknown)}; accepted "
+            f"are those of random_crop except seed and extras."
+        )
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
     boxes = tf.reshape(tf.cast(tf.convert_to_tensor(boxes), tf.float32), [-1, 4])
     classes = tf.convert_to_tensor(classes)
@@ -442,7 +510,8 @@ def augment_example(image, boxes, classes, difficult=None, *, flip=True, crop=Tr
     seeds = _split_seed(seed, 3)
     if crop:
         image, boxes, classes, _, (difficult,) = random_crop(
-            image, boxes, classes, seed=seeds[0], extras=(difficult,), **crop_kwargs)
+            image, boxes, classes, seed=seeds[0], extras=(difficult,), **crop_kwargs
+        )
     if flip:
         image, boxes = random_horizontal_flip(image, boxes, seed=seeds[1])
     if jitter:

@@ -51,6 +51,7 @@ Example::
     class_names[:2], class_names.category_ids[:2]    # ['person', 'bicycle'], [1, 2]
     print(report.summary())
 """
+
 from __future__ import annotations
 
 import json
@@ -117,12 +118,16 @@ def _load_json(annotation_file):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot parse COCO annotation file {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a COCO annotation file holds a JSON object with 'images', "
-                         f"'annotations' and 'categories'; got a {type(data).__name__}")
+        raise ValueError(
+            f"{path}: a COCO annotation file holds a JSON object with 'images', "
+            f"'annotations' and 'categories'; got a {type(data).__name__}"
+        )
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: no '{key}' list; a COCO instances file holds 'images', "
-                             "'annotations' and 'categories' lists")
+            raise ValueError(
+                f"{path}: no '{key}' list; a COCO instances file holds 'images', "
+                "'annotations' and 'categories' lists"
+            )
     if not isinstance(data.get("annotations", []), list):
         raise ValueError(f"{path}: 'annotations' must be a list")
     return path, data
@@ -190,8 +195,16 @@ def _image_id_from_file_name(file_name):
     return os.path.splitext(file_name.replace("\\", "/"))[0]
 
 
-def read_coco(annotation_file, image_dir, *, class_names=None, mode="skip", skip_empty=False,
-              check_images="quick", report=None):
+def read_coco(
+    annotation_file,
+    image_dir,
+    *,
+    class_names=None,
+    mode="skip",
+    skip_empty=False,
+    check_images="quick",
+    report=None,
+):
     """Reads a COCO instances JSON into lazy records (see the module docstring for the rules).
 
     Args:
@@ -251,7 +264,9 @@ def read_coco(annotation_file, image_dir, *, class_names=None, mode="skip", skip
     images, image_ids = [], set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
-            raise ValueError(f"{path}: image entry {i} must have an 'id' and a 'file_name', got {img!r}")
+            raise ValueError(
+                f"{path}: image entry {i} must have an 'id' and a 'file_name', got {img!r}"
+            )
         if img["id"] in image_ids:
             raise ValueError(f"{path}: image id {img['id']!r} appears twice")
         image_ids.add(img["id"])
@@ -263,8 +278,10 @@ def read_coco(annotation_file, image_dir, *, class_names=None, mode="skip", skip
             raise ValueError(f"{path}: annotation {j} is not a JSON object: {ann!r}")
         ann_id = ann.get("id", f"#{j}")
         if ann.get("image_id") not in by_image:
-            msg = (f"{path} annotation id {ann_id}: image_id {ann.get('image_id')!r} is not an image "
-                   "of the file; annotation skipped")
+            msg = (
+                f"{path} annotation id {ann_id}: image_id {ann.get('image_id')!r} is not an image "
+                "of the file; annotation skipped"
+            )
             if strict:
                 raise AnnotationError(msg)
             report.add("bad_annotation", msg)
@@ -274,15 +291,30 @@ def read_coco(annotation_file, image_dir, *, class_names=None, mode="skip", skip
 
     records = []
     for img in images:
-        record = _read_one(path, image_dir, img, by_image[img["id"]], names, class_of_category,
-                           category_name, known_ids, mode, strict, check_images, report)
+        record = _read_one(
+            path,
+            image_dir,
+            img,
+            by_image[img["id"]],
+            names,
+            class_of_category,
+            category_name,
+            known_ids,
+            mode,
+            strict,
+            check_images,
+            report,
+        )
         if record is None:
             report.skipped_images += 1
             continue
         if len(record["boxes"]) == 0:
-            report.add("empty_image", f"{path}: no objects left in image {img['id']} "
-                       f"({img['file_name']})" + ("; image skipped" if skip_empty
-                                                  else "; image kept with no boxes"))
+            report.add(
+                "empty_image",
+                f"{path}: no objects left in image {img['id']} "
+                f"({img['file_name']})"
+                + ("; image skipped" if skip_empty else "; image kept with no boxes"),
+            )
             if skip_empty:
                 report.skipped_images += 1
                 continue
@@ -295,8 +327,20 @@ def read_coco(annotation_file, image_dir, *, class_names=None, mode="skip", skip
     return records, names, report
 
 
-def _read_one(path, image_dir, img, anns, names, class_of_category, category_name, known_ids,
-              mode, strict, check_images, report):
+def _read_one(
+    path,
+    image_dir,
+    img,
+    anns,
+    names,
+    class_of_category,
+    category_name,
+    known_ids,
+    mode,
+    strict,
+    check_images,
+    report,
+):
     file_name = str(img["file_name"])
     image_path = os.path.join(image_dir, file_name)
     where = f"{path} image {img['id']} ({file_name})"
@@ -325,20 +369,24 @@ def _read_one(path, image_dir, img, anns, names, class_of_category, category_nam
     boxes = coco_to_yxyx(bboxes)
     cat_ids = [ann.get("category_id") for ann in anns]
     cat_ids = [c if c is None or isinstance(c, (int, float, str)) else repr(c) for c in cat_ids]
-    classes = np.array([class_of_category.get(c, UNKNOWN_CLASS) for c in cat_ids],
-                       np.int32).reshape(-1)
+    classes = np.array(
+        [class_of_category.get(c, UNKNOWN_CLASS) for c in cat_ids], np.int32
+    ).reshape(-1)
     iscrowd = np.array([bool(ann.get("iscrowd", 0)) for ann in anns], bool)
     difficult = np.array([bool(ann.get("difficult", 0)) for ann in anns], bool)
-    ann_ids = np.array([ann.get("id", -1) if isinstance(ann.get("id", -1), int) else -1
-                        for ann in anns], np.int64)
+    ann_ids = np.array(
+        [ann.get("id", -1) if isinstance(ann.get("id", -1), int) else -1 for ann in anns], np.int64
+    )
 
     json_size = (_number(img.get("height")), _number(img.get("width")))
     height, width = upright
     if all(np.isfinite(v) and v > 0 for v in json_size):
         json_size = (int(round(json_size[0])), int(round(json_size[1])))
         if json_size != tuple(upright):
-            msg = (f"{where}: height x width {json_size[0]}x{json_size[1]} in the JSON disagrees with "
-                   f"the image file ({height}x{width} upright, EXIF orientation {orientation})")
+            msg = (
+                f"{where}: height x width {json_size[0]}x{json_size[1]} in the JSON disagrees with "
+                f"the image file ({height}x{width} upright, EXIF orientation {orientation})"
+            )
             if strict:
                 raise AnnotationError(msg)
             fitted, done = _fit_to_image(boxes, json_size, stored, orientation)
@@ -361,12 +409,23 @@ def _read_one(path, image_dir, img, anns, names, class_of_category, category_nam
             cat = f"category_id={cid!r}: not a category of the file (ids: {known_ids})"
         xywh = ", ".join(f"{v:g}" for v in bboxes[i])
         yxyx = ", ".join(f"{v:g}" for v in boxes[i])
-        return (f"annotation id {anns[i].get('id', '?')} of image {img['id']} ({file_name}), "
-                f"{cat}, bbox [x, y, w, h]=[{xywh}] -> [y1, x1, y2, x2]=[{yxyx}]")
+        return (
+            f"annotation id {anns[i].get('id', '?')} of image {img['id']} ({file_name}), "
+            f"{cat}, bbox [x, y, w, h]=[{xywh}] -> [y1, x1, y2, x2]=[{yxyx}]"
+        )
 
     (boxes, classes, kept), _ = validate_record(
-        boxes, classes, height, width, source=path, num_classes=len(names), mode=mode,
-        class_names=list(names), describe=describe, report=report)
+        boxes,
+        classes,
+        height,
+        width,
+        source=path,
+        num_classes=len(names),
+        mode=mode,
+        class_names=list(names),
+        describe=describe,
+        report=report,
+    )
     return {
         "path": image_path,
         "image_id": _image_id_from_file_name(file_name),
@@ -389,16 +448,20 @@ def _record_size(record, i):
         return int(shape[0]), int(shape[1])
     if "path" in record:
         return image_size(record["path"])
-    raise ValueError(f"record {i} ({record.get('image_id')!r}) has no 'height'/'width', 'image' "
-                     "or 'path' to size it")
+    raise ValueError(
+        f"record {i} ({record.get('image_id')!r}) has no 'height'/'width', 'image' "
+        "or 'path' to size it"
+    )
 
 
 def _file_name(record, i, image_dir):
     if "file_name" in record:
         return str(record["file_name"])
     if "path" not in record:
-        raise ValueError(f"record {i} ({record.get('image_id')!r}) has no 'path': write_coco writes "
-                         "annotations only, so every record must name its image file")
+        raise ValueError(
+            f"record {i} ({record.get('image_id')!r}) has no 'path': write_coco writes "
+            "annotations only, so every record must name its image file"
+        )
     p = os.path.abspath(os.fspath(record["path"]))
     if image_dir is not None:
         rel = os.path.relpath(p, os.path.abspath(os.fspath(image_dir)))
@@ -444,34 +507,57 @@ def write_coco(records, class_names, annotation_file, *, image_dir=None, categor
         coco_id = record.get("coco_id")
         coco_id = int(coco_id) if coco_id is not None else i + 1
         if coco_id in used_ids:
-            raise ValueError(f"record {i} ({record.get('image_id')!r}): image id {coco_id} used twice")
+            raise ValueError(
+                f"record {i} ({record.get('image_id')!r}): image id {coco_id} used twice"
+            )
         used_ids.add(coco_id)
         height, width = _record_size(record, i)
-        images.append({"id": coco_id, "file_name": _file_name(record, i, image_dir),
-                       "height": height, "width": width})
+        images.append(
+            {
+                "id": coco_id,
+                "file_name": _file_name(record, i, image_dir),
+                "height": height,
+                "width": width,
+            }
+        )
         boxes = np.asarray(record.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         classes = np.asarray(record.get("classes", np.zeros((0,))), np.int64).reshape(-1)
         n = len(boxes)
         iscrowd = np.asarray(record.get("iscrowd", np.zeros(n, bool)), bool).reshape(-1)
         difficult = np.asarray(record.get("difficult", np.zeros(n, bool)), bool).reshape(-1)
         if not (len(classes) == len(iscrowd) == len(difficult) == n):
-            raise ValueError(f"record {i} ({record.get('image_id')!r}): {n} boxes but "
-                             f"{len(classes)} classes, {len(iscrowd)} iscrowd, {len(difficult)} difficult")
+            raise ValueError(
+                f"record {i} ({record.get('image_id')!r}): {n} boxes but "
+                f"{len(classes)} classes, {len(iscrowd)} iscrowd, {len(difficult)} difficult"
+            )
         bad = (classes < 0) | (classes >= len(names))
         if bad.any():
-            raise ValueError(f"record {i} ({record.get('image_id')!r}): class id "
-                             f"{int(classes[bad][0])} not in 0..{len(names) - 1}")
+            raise ValueError(
+                f"record {i} ({record.get('image_id')!r}): class id "
+                f"{int(classes[bad][0])} not in 0..{len(names) - 1}"
+            )
         for box, c, crowd, diff in zip(yxyx_to_coco(boxes), classes, iscrowd, difficult):
-            ann = {"id": len(annotations) + 1, "image_id": coco_id,
-                   "category_id": category_ids[int(c)], "bbox": [float(v) for v in box],
-                   "area": float(box[2] * box[3]), "iscrowd": int(crowd), "segmentation": []}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": coco_id,
+                "category_id": category_ids[int(c)],
+                "bbox": [float(v) for v in box],
+                "area": float(box[2] * box[3]),
+                "iscrowd": int(crowd),
+                "segmentation": [],
+            }
             if diff:
                 ann["difficult"] = 1
             annotations.append(ann)
-    data = {"info": {"description": "written by tfrcnn.data.coco.write_coco"}, "licenses": [],
-            "images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n, "supercategory": ""}
-                           for c, n in sorted(zip(category_ids, names))]}
+    data = {
+        "info": {"description": "written by tfrcnn.data.coco.write_coco"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": c, "name": n, "supercategory": ""} for c, n in sorted(zip(category_ids, names))
+        ],
+    }
     path = os.path.abspath(os.fspath(annotation_file))
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)

@@ -33,6 +33,7 @@ Example::
     image = load_image("JPEGImages/BloodImage_00000.jpg")   # uint8 (480, 640, 3)
     image_size("JPEGImages/BloodImage_00000.jpg")            # (480, 640)
 """
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,9 @@ def _open(path, max_pixels=None):
         img = Image.open(path)
     except Image.DecompressionBombError:
         height, width = _header_size(path)
-        raise ImageReadError(f"cannot read image {path}: "
-                             f"{too_large_message(height, width, limit)}") from None
+        raise ImageReadError(
+            f"cannot read image {path}: {too_large_message(height, width, limit)}"
+        ) from None
     except _PIL_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: not a readable image ({e})") from None
     width, height = img.size
@@ -98,6 +100,7 @@ def _header_size(path):
     import tensorflow as tf
 
     from tfrcnn.ops.image_header import encoded_image_size
+
     with open(path, "rb") as f:
         data = f.read()
     height, width = encoded_image_size(tf.constant(data))
@@ -177,7 +180,8 @@ def _force_decode(img, path):
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageReadError(
             f"cannot check image {path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, which hides "
-            "truncated files; set it back to False")
+            "truncated files; set it back to False"
+        )
     try:
         img.load()
     except _PIL_ERRORS as e:
@@ -205,13 +209,13 @@ def orient_boxes(boxes, orientation, stored_height, stored_width):
     h, w = float(stored_height), float(stored_width)
     mapped = {
         1: (y1, x1, y2, x2),
-        2: (y1, w - x2, y2, w - x1),               # mirror left-right
-        3: (h - y2, w - x2, h - y1, w - x1),       # rotate 180
-        4: (h - y2, x1, h - y1, x2),               # mirror top-bottom
-        5: (x1, y1, x2, y2),                       # transpose (main diagonal)
-        6: (x1, h - y2, x2, h - y1),               # rotate 90 clockwise
-        7: (w - x2, h - y2, w - x1, h - y1),       # transverse (anti-diagonal)
-        8: (w - x2, y1, w - x1, y2),               # rotate 90 counter-clockwise
+        2: (y1, w - x2, y2, w - x1),  # mirror left-right
+        3: (h - y2, w - x2, h - y1, w - x1),  # rotate 180
+        4: (h - y2, x1, h - y1, x2),  # mirror top-bottom
+        5: (x1, y1, x2, y2),  # transpose (main diagonal)
+        6: (x1, h - y2, x2, h - y1),  # rotate 90 clockwise
+        7: (w - x2, h - y2, w - x1, h - y1),  # transverse (anti-diagonal)
+        8: (w - x2, y1, w - x1, y2),  # rotate 90 counter-clockwise
     }
     if orientation not in mapped:
         raise ValueError(f"orientation must be an EXIF orientation 1..8, got {orientation!r}")
@@ -241,7 +245,9 @@ def load_image(path, max_pixels=None):
         try:
             array = _to_rgb8(img)
         except _PIL_ERRORS as e:
-            raise ImageReadError(f"cannot convert image {path} (mode {img.mode}) to RGB: {e}") from None
+            raise ImageReadError(
+                f"cannot convert image {path} (mode {img.mode}) to RGB: {e}"
+            ) from None
     if orientation != NORMAL_ORIENTATION:
         pil = Image.fromarray(array).transpose(_ORIENTATION_TRANSPOSE[orientation])
         array = np.asarray(pil)

@@ -58,8 +58,9 @@ def resize_image_and_boxes(image, boxes, min_side, max_side):
     scale = compute_scale(shape[0], shape[1], min_side, max_side)
     new_h = tf.cast(tf.round(tf.cast(shape[0], tf.float32) * scale), tf.int32)
     new_w = tf.cast(tf.round(tf.cast(shape[1], tf.float32) * scale), tf.int32)
-    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                              method="bilinear", antialias=True)
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32), tf.stack([new_h, new_w]), method="bilinear", antialias=True
+    )
     return resized, tf.cast(boxes, tf.float32) * scale, scale, tf.stack([new_h, new_w])
 
 
@@ -101,20 +102,33 @@ def _source_dataset(records):
         else:
             image = load_image(record["path"])
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"record {record.get('image_id')!r}: image of shape {image.shape}, "
-                             "expected [H, W, 3]")
+            raise ValueError(
+                f"record {record.get('image_id')!r}: image of shape {image.shape}, "
+                "expected [H, W, 3]"
+            )
         boxes, classes, difficult, crowd = _record_arrays(record)
         proposals = np.asarray(record.get("proposals", np.zeros((0, 4))), np.float32).reshape(-1, 4)
-        return (image, boxes, classes, difficult, crowd,
-                np.bytes_(str(record.get("image_id", i))), proposals)
+        return (
+            image,
+            boxes,
+            classes,
+            difficult,
+            crowd,
+            np.bytes_(str(record.get("image_id", i))),
+            proposals,
+        )
 
     # Check the annotations up front (cheap), so a bad record fails before training starts.
     for record in records:
         _record_arrays(record)
 
     def tf_load(i):
-        out = tf.numpy_function(load, [i], (tf.uint8, tf.float32, tf.int32, tf.bool, tf.bool,
-                                            tf.string, tf.float32), stateful=False)
+        out = tf.numpy_function(
+            load,
+            [i],
+            (tf.uint8, tf.float32, tf.int32, tf.bool, tf.bool, tf.string, tf.float32),
+            stateful=False,
+        )
         image, boxes, classes, difficult, crowd, image_id, proposals = out
         proposals.set_shape([None, 4])
         image.set_shape([None, None, 3])
@@ -123,17 +137,38 @@ def _source_dataset(records):
         difficult.set_shape([None])
         crowd.set_shape([None])
         image_id.set_shape([])
-        return {"image": image, "boxes": boxes, "classes": classes, "difficult": difficult,
-                "iscrowd": crowd, "image_id": image_id, "proposals": proposals}
+        return {
+            "image": image,
+            "boxes": boxes,
+            "classes": classes,
+            "difficult": difficult,
+            "iscrowd": crowd,
+            "image_id": image_id,
+            "proposals": proposals,
+        }
 
     ds = tf.data.Dataset.range(len(records))
     return ds, tf_load, len(records), any(lazy)
 
 
-def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=None,
-                 size_divisor=32, max_boxes=100, training=False, shuffle=None, flip=None,
-                 augment=None, seed=None, drop_remainder=None, num_proposals=None,
-                 num_parallel_calls=tf.data.AUTOTUNE):
+def make_dataset(
+    records,
+    *,
+    batch_size=2,
+    min_side=600,
+    max_side=1000,
+    pad_to=None,
+    size_divisor=32,
+    max_boxes=100,
+    training=False,
+    shuffle=None,
+    flip=None,
+    augment=None,
+    seed=None,
+    drop_remainder=None,
+    num_proposals=None,
+    num_parallel_calls=tf.data.AUTOTUNE,
+):
     """Batches for ``FasterRCNN`` from records (a list, or a callable returning an iterable).
 
     Args:
@@ -195,7 +230,8 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
             return example
 
         ds = tf.data.Dataset.zip((ds, draws)).map(
-            load_seeded, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+            load_seeded, num_parallel_calls=num_parallel_calls, deterministic=deterministic
+        )
     else:
         ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     max_boxes = int(max_boxes)
@@ -207,14 +243,16 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         original = tf.shape(image)[:2]
         if "seed" in example:
             crop_seed, scale_seed, flip_seed, jitter_seed = tf.unstack(
-                tf.random.experimental.stateless_split(example["seed"], num=4))
+                tf.random.experimental.stateless_split(example["seed"], num=4)
+            )
         else:
             crop_seed = scale_seed = flip_seed = jitter_seed = None
         if training and augment.get("crop"):
             crop_kwargs = augment["crop"] if isinstance(augment["crop"], dict) else {}
             crop_kwargs = {"seed": crop_seed, **crop_kwargs}
             image, boxes, classes, _, (difficult, crowd) = aug.random_crop(
-                image, boxes, classes, extras=(difficult, crowd), **crop_kwargs)
+                image, boxes, classes, extras=(difficult, crowd), **crop_kwargs
+            )
             original = tf.shape(image)[:2]
         side = min_side
         if training and augment.get("min_sides"):
@@ -225,7 +263,8 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
             # proposals flip with the image: flip them together with the boxes
             count = tf.shape(boxes)[0]
             image, both = aug.random_horizontal_flip(
-                image, tf.concat([boxes, proposals], axis=0), seed=flip_seed)
+                image, tf.concat([boxes, proposals], axis=0), seed=flip_seed
+            )
             boxes, proposals = both[:count], both[count:]
         if training and augment.get("jitter"):
             jitter_kwargs = augment["jitter"] if isinstance(augment["jitter"], dict) else {}
@@ -239,12 +278,19 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         n = tf.shape(boxes)[0]
 
         def warn(image_id, n_boxes):
-            log.warning("image %s has %d boxes; keeping the first %d (max_boxes)",
-                        image_id.decode(), n_boxes, max_boxes)
+            log.warning(
+                "image %s has %d boxes; keeping the first %d (max_boxes)",
+                image_id.decode(),
+                n_boxes,
+                max_boxes,
+            )
             return np.int32(0)
 
-        too_many = tf.cond(n > max_boxes, lambda: tf.numpy_function(
-            warn, [example["image_id"], n], tf.int32), lambda: tf.constant(0, tf.int32))
+        too_many = tf.cond(
+            n > max_boxes,
+            lambda: tf.numpy_function(warn, [example["image_id"], n], tf.int32),
+            lambda: tf.constant(0, tf.int32),
+        )
         with tf.control_dependencies([too_many]):
             n = tf.minimum(n, max_boxes)
         pad = max_boxes - n
@@ -268,9 +314,12 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         if pad_to is not None:
             ph, pw = int(pad_to[0]), int(pad_to[1])
             check = tf.debugging.assert_less_equal(
-                size, tf.constant([ph, pw]),
-                message=tf.strings.join(["image ", example["image_id"],
-                                         " is larger than pad_to after resizing"]))
+                size,
+                tf.constant([ph, pw]),
+                message=tf.strings.join(
+                    ["image ", example["image_id"], " is larger than pad_to after resizing"]
+                ),
+            )
             with tf.control_dependencies([check]):
                 out["images"] = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
         return out
@@ -280,21 +329,29 @@ def make_dataset(records, *, batch_size=2, min_side=600, max_side=1000, pad_to=N
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         padding_values = {
-            "images": 0.0, "image_shape": 0, "image_scale": 0.0, "original_shape": 0,
-            "gt_boxes": float(PAD_VALUE), "gt_classes": PAD_VALUE, "gt_difficult": False,
-            "image_id": b""}
+            "images": 0.0,
+            "image_shape": 0,
+            "image_scale": 0.0,
+            "original_shape": 0,
+            "gt_boxes": float(PAD_VALUE),
+            "gt_classes": PAD_VALUE,
+            "gt_difficult": False,
+            "image_id": b"",
+        }
         if num_proposals is not None:
             padding_values["proposals"] = 0.0
-        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder,
-                             padding_values=padding_values)
+        ds = ds.padded_batch(
+            batch_size, drop_remainder=drop_remainder, padding_values=padding_values
+        )
         d = int(size_divisor)
 
         def round_up(batch):
             shape = tf.shape(batch["images"])
             h = (shape[1] + d - 1) // d * d
             w = (shape[2] + d - 1) // d * d
-            batch["images"] = tf.pad(batch["images"], [[0, 0], [0, h - shape[1]],
-                                                       [0, w - shape[2]], [0, 0]])
+            batch["images"] = tf.pad(
+                batch["images"], [[0, 0], [0, h - shape[1]], [0, w - shape[2]], [0, 0]]
+            )
             return batch
 
         ds = ds.map(round_up, num_parallel_calls=num_parallel_calls)

@@ -20,6 +20,7 @@ Example::
     save_proposals("bccd_test_ss.npz", {record["image_id"]: boxes})
     proposals = pad_proposals(load_proposals("bccd_test_ss.npz")[record["image_id"]], 2000)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,9 @@ DEFAULT_MIN_SIZE = 10
 """Proposals narrower or shorter than this many pixels are dropped by default (selective search
 also returns single-segment boxes a few pixels wide, which no detector head can use)."""
 
-INSTALL_HINT = "pip install opencv-contrib-python-headless   (or: pip install 'tfrcnn[selective_search]')"
+INSTALL_HINT = (
+    "pip install opencv-contrib-python-headless   (or: pip install 'tfrcnn[selective_search]')"
+)
 
 _NPY_SUFFIX = ".npy"
 
@@ -52,13 +55,15 @@ def _import_ximgproc():
     try:
         import cv2
     except ImportError as e:
-        raise ImportError(f"selective search needs OpenCV with the contrib modules: {INSTALL_HINT}"
-                          ) from e
+        raise ImportError(
+            f"selective search needs OpenCV with the contrib modules: {INSTALL_HINT}"
+        ) from e
     if not hasattr(cv2, "ximgproc") or not hasattr(cv2.ximgproc, "segmentation"):
         raise ImportError(
             f"the installed OpenCV ({getattr(cv2, '__version__', 'unknown version')}) has no "
             "cv2.ximgproc.segmentation (the contrib modules); selective search needs "
-            f"opencv-contrib: pip uninstall opencv-python opencv-python-headless; {INSTALL_HINT}")
+            f"opencv-contrib: pip uninstall opencv-python opencv-python-headless; {INSTALL_HINT}"
+        )
     return cv2
 
 
@@ -90,8 +95,9 @@ def _as_rgb8(image):
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"selective_search takes an image [H, W, 3] (RGB) or [H, W]; got shape "
-                         f"{image.shape}")
+        raise ValueError(
+            f"selective_search takes an image [H, W, 3] (RGB) or [H, W]; got shape {image.shape}"
+        )
     image = image[:, :, :3]
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"selective_search got an empty image of shape {image.shape}")
@@ -117,8 +123,16 @@ def unique_boxes(boxes):
     return boxes[np.sort(first)]
 
 
-def selective_search(image, mode="fast", max_proposals=2000, min_size=DEFAULT_MIN_SIZE, *,
-                     max_side=None, num_threads=None, seed=0):
+def selective_search(
+    image,
+    mode="fast",
+    max_proposals=2000,
+    min_size=DEFAULT_MIN_SIZE,
+    *,
+    max_side=None,
+    num_threads=None,
+    seed=0,
+):
     """Selective-search proposals of one image, with OpenCV's ``ximgproc`` implementation.
 
     Args:
@@ -193,10 +207,11 @@ def selective_search(image, mode="fast", max_proposals=2000, min_size=DEFAULT_MI
         # Boxes of the downscaled image can coincide once mapped back and clipped.
         boxes = unique_boxes(boxes)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= max(min_size, 1e-6)) & (
-        (boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6))
+        (boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6)
+    )
     boxes = boxes[keep]
     if max_proposals is not None:
-        boxes = boxes[:int(max_proposals)]
+        boxes = boxes[: int(max_proposals)]
     return boxes.astype(np.float32).reshape(-1, 4)
 
 
@@ -207,8 +222,9 @@ def _check_boxes(boxes, where):
     if boxes.size == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{where}: proposals must be [P, 4] [y1, x1, y2, x2] pixels, got shape "
-                         f"{boxes.shape}")
+        raise ValueError(
+            f"{where}: proposals must be [P, 4] [y1, x1, y2, x2] pixels, got shape {boxes.shape}"
+        )
     return boxes
 
 
@@ -235,7 +251,7 @@ def pad_proposals(boxes, count):
     boxes = _check_boxes(boxes, "pad_proposals")
     out = np.zeros((count, 4), np.float32)
     kept = boxes[:count]
-    out[:len(kept)] = kept
+    out[: len(kept)] = kept
     return out
 
 
@@ -282,8 +298,9 @@ def save_proposals(path, proposals_by_image_id):
         with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
             for key, boxes in arrays.items():
                 with archive.open(key + _NPY_SUFFIX, mode="w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(boxes),
-                                              allow_pickle=False)
+                    np.lib.format.write_array(
+                        member, np.ascontiguousarray(boxes), allow_pickle=False
+                    )
 
     atomic_write(path, write)
 
@@ -304,8 +321,9 @@ def load_proposals(path):
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a proposal file written by save_proposals (.npz): {e}"
-                         ) from e
+        raise ValueError(
+            f"{path} is not a proposal file written by save_proposals (.npz): {e}"
+        ) from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} holds a single array, not proposals keyed by image id (.npz)")
     result = {}

@@ -21,6 +21,7 @@ Example::
     kind = detect_format("data/bccd-train-*.tfrecord")        # "tfrecord"
     records, names, report = read_source(kind, "data/bccd-train-*.tfrecord")
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,14 @@ import numpy as np
 
 from tfrcnn.formats import FORMATS, SourceError, detect_format, is_glob
 
-__all__ = ["FORMATS", "SourceError", "default_coco_image_dir", "detect_format", "read_source",
-           "tfrecord_lazy_records"]
+__all__ = [
+    "FORMATS",
+    "SourceError",
+    "default_coco_image_dir",
+    "detect_format",
+    "read_source",
+    "tfrecord_lazy_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,34 +89,49 @@ def tfrecord_lazy_records(pattern_or_paths):
         if not (height and width):
             with Image.open(io.BytesIO(encoded)) as img:
                 width, height = img.size
-        corners = [np.asarray(values(f"image/object/bbox/{k}", "float_list"), np.float64)
-                   for k in ("ymin", "xmin", "ymax", "xmax")]
-        boxes = (np.stack(corners, axis=-1).reshape(-1, 4)
-                 * np.array([height, width, height, width], np.float64)).astype(np.float32)
+        corners = [
+            np.asarray(values(f"image/object/bbox/{k}", "float_list"), np.float64)
+            for k in ("ymin", "xmin", "ymax", "xmax")
+        ]
+        boxes = (
+            np.stack(corners, axis=-1).reshape(-1, 4)
+            * np.array([height, width, height, width], np.float64)
+        ).astype(np.float32)
         labels = np.asarray(values("image/object/class/label", "int64_list"), np.int64)
         texts = [t.decode("utf-8") for t in values("image/object/class/text", "bytes_list")]
         if len(labels) != len(boxes):
             raise ValueError(f"{image_id}: {len(boxes)} boxes but {len(labels)} class labels")
         for i, label in enumerate(labels):
             if label < LABEL_OFFSET:
-                raise ValueError(f"{image_id}: class label {label} below {LABEL_OFFSET}; OD API "
-                                 "labels are 1-based (0 is background)")
+                raise ValueError(
+                    f"{image_id}: class label {label} below {LABEL_OFFSET}; OD API "
+                    "labels are 1-based (0 is background)"
+                )
             if i < len(texts):
                 known = names.setdefault(int(label) - LABEL_OFFSET, texts[i])
                 if known != texts[i]:
-                    raise ValueError(f"{image_id}: label {label} is named both {known!r} and "
-                                     f"{texts[i]!r} in image/object/class/text")
+                    raise ValueError(
+                        f"{image_id}: label {label} is named both {known!r} and "
+                        f"{texts[i]!r} in image/object/class/text"
+                    )
         n = len(boxes)
 
         def flags(key, n=n, values=values):
             v = np.asarray(values(key, "int64_list"), np.int64)
             return v.astype(bool) if len(v) == n else np.zeros(n, bool)
 
-        records.append({"encoded": encoded, "image_id": image_id, "boxes": boxes,
-                        "classes": (labels - LABEL_OFFSET).astype(np.int32),
-                        "difficult": flags("image/object/difficult"),
-                        "iscrowd": flags("image/object/is_crowd"),
-                        "height": int(height), "width": int(width)})
+        records.append(
+            {
+                "encoded": encoded,
+                "image_id": image_id,
+                "boxes": boxes,
+                "classes": (labels - LABEL_OFFSET).astype(np.int32),
+                "difficult": flags("image/object/difficult"),
+                "iscrowd": flags("image/object/is_crowd"),
+                "height": int(height),
+                "width": int(width),
+            }
+        )
         report.images += 1
         report.boxes += n
     if not records:
@@ -154,7 +176,7 @@ def read_source(kind, path, *, image_dir=None, split=None, class_names=None):
         records, names, report = tfrecord_lazy_records(path)
         if class_names is not None:
             wanted = [str(n) for n in class_names]
-            if names != wanted[:len(names)]:
+            if names != wanted[: len(names)]:
                 raise ValueError(f"{path} holds the classes {names}, expected {wanted}")
             names = wanted
         return records, names, report

@@ -22,6 +22,7 @@ Example::
     train, val = synthetic_splits(num_train=800, num_val=200)
     train[0]["image"].shape, train[0]["boxes"], train[0]["classes"]
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,15 @@ _MIN_SHAPE_CONTRAST = 70.0  # RGB distance between the colours of two overlappin
 _PLACEMENT_TRIES = 40
 
 
-def make_synthetic_records(num_images, seed=0, min_size=128, max_size=192, empty_fraction=0.1,
-                           max_objects=6, backgrounds=BACKGROUND_KINDS):
+def make_synthetic_records(
+    num_images,
+    seed=0,
+    min_size=128,
+    max_size=192,
+    empty_fraction=0.1,
+    max_objects=6,
+    backgrounds=BACKGROUND_KINDS,
+):
     """Make ``num_images`` synthetic records, deterministic for ``seed``.
 
     Args:
@@ -66,9 +74,17 @@ def make_synthetic_records(num_images, seed=0, min_size=128, max_size=192, empty
     Returns:
       A list of record dicts; ``image_id`` is ``f"synthetic-{seed}-{index:05d}"``.
     """
-    return _make_records(num_images, seed, stream=0, prefix=f"synthetic-{seed}", min_size=min_size,
-                         max_size=max_size, empty_fraction=empty_fraction,
-                         max_objects=max_objects, backgrounds=backgrounds)
+    return _make_records(
+        num_images,
+        seed,
+        stream=0,
+        prefix=f"synthetic-{seed}",
+        min_size=min_size,
+        max_size=max_size,
+        empty_fraction=empty_fraction,
+        max_objects=max_objects,
+        backgrounds=backgrounds,
+    )
 
 
 def synthetic_splits(num_train=800, num_val=200, seed=0, **kwargs):
@@ -82,29 +98,36 @@ def synthetic_splits(num_train=800, num_val=200, seed=0, **kwargs):
       ``(train_records, val_records)``.
     """
     train = make_synthetic_records(num_train, seed=seed, **kwargs)
-    val = _make_records(num_val, seed, stream=1, prefix=f"synthetic-val-{seed}", **_defaults(kwargs))
+    val = _make_records(
+        num_val, seed, stream=1, prefix=f"synthetic-val-{seed}", **_defaults(kwargs)
+    )
     return train, val
 
 
 def _defaults(kwargs):
-    out = dict(min_size=128, max_size=192, empty_fraction=0.1, max_objects=6,
-               backgrounds=BACKGROUND_KINDS)
+    out = dict(
+        min_size=128, max_size=192, empty_fraction=0.1, max_objects=6, backgrounds=BACKGROUND_KINDS
+    )
     unknown = set(kwargs) - set(out)
     if unknown:
-        raise TypeError(f"synthetic_splits got unexpected arguments {sorted(unknown)}; "
-                        f"accepted: {sorted(out)}")
+        raise TypeError(
+            f"synthetic_splits got unexpected arguments {sorted(unknown)}; accepted: {sorted(out)}"
+        )
     out.update(kwargs)
     return out
 
 
-def _make_records(num_images, seed, stream, prefix, min_size, max_size, empty_fraction,
-                  max_objects, backgrounds):
+def _make_records(
+    num_images, seed, stream, prefix, min_size, max_size, empty_fraction, max_objects, backgrounds
+):
     num_images = int(num_images)
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
     if not MIN_OBJECT_SIZE * 2 <= min_size <= max_size:
-        raise ValueError(f"need {2 * MIN_OBJECT_SIZE} <= min_size <= max_size, got "
-                         f"min_size={min_size}, max_size={max_size}")
+        raise ValueError(
+            f"need {2 * MIN_OBJECT_SIZE} <= min_size <= max_size, got "
+            f"min_size={min_size}, max_size={max_size}"
+        )
     if not 0.0 <= empty_fraction <= 1.0:
         raise ValueError(f"empty_fraction must be in [0, 1], got {empty_fraction}")
     if max_objects < 1:
@@ -128,13 +151,15 @@ def _make_records(num_images, seed, stream, prefix, min_size, max_size, empty_fr
         kind = backgrounds[int(rng.integers(len(backgrounds)))]
         num_objects = 0 if empty[index] else int(rng.integers(1, max_objects + 1))
         image, boxes, classes = _render(rng, height, width, kind, num_objects)
-        records.append({
-            "image": image,
-            "boxes": boxes,
-            "classes": classes,
-            "difficult": np.zeros(len(classes), np.bool_),
-            "image_id": f"{prefix}-{index:05d}",
-        })
+        records.append(
+            {
+                "image": image,
+                "boxes": boxes,
+                "classes": classes,
+                "difficult": np.zeros(len(classes), np.bool_),
+                "image_id": f"{prefix}-{index:05d}",
+            }
+        )
     return records
 
 
@@ -149,8 +174,9 @@ def _render(rng, height, width, kind, num_objects):
         if box is None:
             break
         neighbours = [p[2] for p in placed if _intersection(box, p[0]) > 0]
-        placed.append((box, int(rng.integers(len(SYNTHETIC_CLASS_NAMES))),
-                       _colour(rng, base, neighbours)))
+        placed.append(
+            (box, int(rng.integers(len(SYNTHETIC_CLASS_NAMES))), _colour(rng, base, neighbours))
+        )
 
     # Larger shapes first, so a smaller one lying partly on a larger one stays whole.
     placed.sort(key=lambda p: -(p[0][2] - p[0][0]) * (p[0][3] - p[0][1]))
@@ -163,9 +189,11 @@ def _render(rng, height, width, kind, num_objects):
         cols = np.flatnonzero(mask.any(axis=0))
         boxes.append([y1 + rows[0], x1 + cols[0], y1 + rows[-1] + 1, x1 + cols[-1] + 1])
         classes.append(cls)
-    return (image,
-            np.asarray(boxes, np.float32).reshape(-1, 4),
-            np.asarray(classes, np.int32).reshape(-1))
+    return (
+        image,
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(classes, np.int32).reshape(-1),
+    )
 
 
 def _background(rng, height, width, kind, base):
@@ -176,15 +204,22 @@ def _background(rng, height, width, kind, base):
     if kind == "noise":
         cells = int(rng.integers(3, 12))
         coarse = rng.uniform(-1, 1, size=(cells, cells, 3))
-        texture = np.stack([
-            np.asarray(Image.fromarray(coarse[..., c].astype(np.float32))
-                       .resize((width, height), Image.BICUBIC))
-            for c in range(3)], axis=-1)
+        texture = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(coarse[..., c].astype(np.float32)).resize(
+                        (width, height), Image.BICUBIC
+                    )
+                )
+                for c in range(3)
+            ],
+            axis=-1,
+        )
         texture = texture / max(np.abs(texture).max(), 1e-6)
     else:
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
         angle = rng.uniform(0, np.pi)
-        t = (yy * np.sin(angle) + xx * np.cos(angle))
+        t = yy * np.sin(angle) + xx * np.cos(angle)
         if kind == "gradient":
             t = (t - t.min()) / max(t.max() - t.min(), 1e-6) * 2 - 1
             texture = t[..., None] * rng.uniform(-1, 1, size=3)
@@ -258,13 +293,13 @@ def _shape_mask(rng, cls, h, w):
         # side at a random position, pointing up, down, left or right.
         t = rng.uniform(0.2, 0.8)
         side = int(rng.integers(4))
-        if side == 0:    # apex up
+        if side == 0:  # apex up
             pts = [(t * (w - 1), 0), (0, h - 1), (w - 1, h - 1)]
         elif side == 1:  # apex down
             pts = [(t * (w - 1), h - 1), (0, 0), (w - 1, 0)]
         elif side == 2:  # apex left
             pts = [(0, t * (h - 1)), (w - 1, 0), (w - 1, h - 1)]
-        else:            # apex right
+        else:  # apex right
             pts = [(w - 1, t * (h - 1)), (0, 0), (0, h - 1)]
         draw.polygon(pts, fill=1)
     return np.asarray(canvas, dtype=bool)

@@ -44,6 +44,7 @@ Example::
     paths = write_tfrecords(records, names, "data/bccd-trainval", num_shards=4)
     ds = read_tfrecords("data/bccd-trainval-*.tfrecord")     # dicts: image, boxes, classes, ...
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -142,12 +143,20 @@ def encode_record_image(record):
     if "image" in record:
         image = np.asarray(record["image"])
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"record {record.get('image_id')!r}: 'image' must be uint8 [H, W, 3], "
-                             f"got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"record {record.get('image_id')!r}: 'image' must be uint8 [H, W, 3], "
+                f"got {image.dtype} {image.shape}"
+            )
         return _png_bytes(image), "png", image.shape[0], image.shape[1]
     if "encoded" in record:  # a record read from a TFRecord: its upright JPEG / PNG bytes
         data = bytes(record["encoded"])
-        fmt = "png" if data.startswith(_PNG_MAGIC) else "jpeg" if data.startswith(_JPEG_MAGIC) else None
+        fmt = (
+            "png"
+            if data.startswith(_PNG_MAGIC)
+            else "jpeg"
+            if data.startswith(_JPEG_MAGIC)
+            else None
+        )
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
         if fmt is None:
@@ -176,22 +185,36 @@ def record_to_example(record, class_names):
     """
     image_id = str(record.get("image_id", ""))
     encoded, fmt, height, width = encode_record_image(record)
-    if record.get("height") and record.get("width") and \
-            (int(record["height"]), int(record["width"])) != (height, width):
-        raise ValueError(f"record {image_id!r}: height x width {record['height']}x{record['width']} "
-                         f"disagrees with its image ({height}x{width})")
+    if (
+        record.get("height")
+        and record.get("width")
+        and (int(record["height"]), int(record["width"])) != (height, width)
+    ):
+        raise ValueError(
+            f"record {image_id!r}: height x width {record['height']}x{record['width']} "
+            f"disagrees with its image ({height}x{width})"
+        )
     boxes = np.asarray(record.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
     n = len(boxes)
     classes = np.asarray(record.get("classes", np.zeros((0,))), np.int64).reshape(-1)
     difficult = np.asarray(record.get("difficult", np.zeros(n, bool)), bool).reshape(-1)
     iscrowd = np.asarray(record.get("iscrowd", np.zeros(n, bool)), bool).reshape(-1)
     if not (len(classes) == len(difficult) == len(iscrowd) == n):
-        raise ValueError(f"record {image_id!r}: {n} boxes but {len(classes)} classes, "
-                         f"{len(difficult)} difficult, {len(iscrowd)} iscrowd")
+        raise ValueError(
+            f"record {image_id!r}: {n} boxes but {len(classes)} classes, "
+            f"{len(difficult)} difficult, {len(iscrowd)} iscrowd"
+        )
     source = f"record {image_id!r}" + (f" ({record['path']})" if "path" in record else "")
-    (boxes, classes, _), _ = validate_record(boxes, classes, height, width, source=source,
-                                             num_classes=len(class_names), mode=STRICT,
-                                             class_names=list(class_names))
+    (boxes, classes, _), _ = validate_record(
+        boxes,
+        classes,
+        height,
+        width,
+        source=source,
+        num_classes=len(class_names),
+        mode=STRICT,
+        class_names=list(class_names),
+    )
     b = boxes.astype(np.float64)
     if "path" in record:
         filename = os.path.basename(os.fspath(record["path"]))
@@ -224,12 +247,16 @@ def shard_paths(output_prefix, num_shards):
 
 def _stale_shards(output_prefix, keep):
     prefix = os.path.abspath(os.fspath(output_prefix))
-    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-\d{5}-of-\d{5}"
-                         + re.escape(SHARD_SUFFIX) + "$")
+    pattern = re.compile(
+        re.escape(os.path.basename(prefix)) + r"-\d{5}-of-\d{5}" + re.escape(SHARD_SUFFIX) + "$"
+    )
     folder = os.path.dirname(prefix)
     keep = {os.path.abspath(p) for p in keep}
-    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if pattern.match(f) and os.path.join(folder, f) not in keep]
+    return [
+        os.path.join(folder, f)
+        for f in sorted(os.listdir(folder))
+        if pattern.match(f) and os.path.join(folder, f) not in keep
+    ]
 
 
 def write_tfrecords(records, class_names, output_prefix, num_shards=1):
@@ -260,7 +287,11 @@ def write_tfrecords(records, class_names, output_prefix, num_shards=1):
     records = list(records)
     if not records:
         raise ValueError("no records to write: the data set is empty")
-    if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+    if (
+        isinstance(num_shards, bool)
+        or not isinstance(num_shards, (int, np.integer))
+        or num_shards < 1
+    ):
         raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
     names = [str(n) for n in class_names]
     if not names or len(set(names)) != len(names):
@@ -275,13 +306,21 @@ def write_tfrecords(records, class_names, output_prefix, num_shards=1):
         for shard, final in enumerate(finals):
             tmp = stack.enter_context(atomic_file(final))
             with tf.io.TFRecordWriter(tmp) as writer:
-                for record in records[bounds[shard]:bounds[shard + 1]]:
+                for record in records[bounds[shard] : bounds[shard + 1]]:
                     writer.write(record_to_example(record, names).SerializeToString())
     for stale in _stale_shards(output_prefix, finals):
-        logger.info("removing %s: an earlier shard of %s with another shard count", stale, output_prefix)
+        logger.info(
+            "removing %s: an earlier shard of %s with another shard count", stale, output_prefix
+        )
         os.remove(stale)
-    logger.info("wrote %d records to %d shard(s) %s-*-of-%05d%s", len(records), num_shards,
-                os.fspath(output_prefix), num_shards, SHARD_SUFFIX)
+    logger.info(
+        "wrote %d records to %d shard(s) %s-*-of-%05d%s",
+        len(records),
+        num_shards,
+        os.fspath(output_prefix),
+        num_shards,
+        SHARD_SUFFIX,
+    )
     return shard_paths(output_prefix, num_shards)
 
 
@@ -302,7 +341,8 @@ def decode_image(encoded):
     image = tf.cond(
         tf.io.is_jpeg(encoded),
         lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False))
+        lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -337,10 +377,17 @@ def parse_example(serialized):
         return tf.not_equal(v, 0)
 
     image_id = parsed["image/source_id"]
-    image_id = tf.where(tf.equal(tf.strings.length(image_id), 0), parsed["image/filename"], image_id)
-    return {"image": image, "boxes": boxes, "classes": classes,
-            "difficult": flags("image/object/difficult"), "iscrowd": flags("image/object/is_crowd"),
-            "image_id": image_id}
+    image_id = tf.where(
+        tf.equal(tf.strings.length(image_id), 0), parsed["image/filename"], image_id
+    )
+    return {
+        "image": image,
+        "boxes": boxes,
+        "classes": classes,
+        "difficult": flags("image/object/difficult"),
+        "iscrowd": flags("image/object/is_crowd"),
+        "image_id": image_id,
+    }
 
 
 def _resolve(pattern_or_paths):
@@ -407,13 +454,17 @@ def tfrecord_records(pattern_or_paths):
         image_id = parsed["image_id"].decode("utf-8")
         for i, label in enumerate(labels):
             if label < LABEL_OFFSET:
-                raise ValueError(f"{image_id}: class label {label} below {LABEL_OFFSET}; OD API labels "
-                                 "are 1-based (0 is background)")
+                raise ValueError(
+                    f"{image_id}: class label {label} below {LABEL_OFFSET}; OD API labels "
+                    "are 1-based (0 is background)"
+                )
             if i < len(texts):
                 known = names.setdefault(label - LABEL_OFFSET, texts[i])
                 if known != texts[i]:
-                    raise ValueError(f"{image_id}: label {label} is named both {known!r} and "
-                                     f"{texts[i]!r} in image/object/class/text")
+                    raise ValueError(
+                        f"{image_id}: label {label} is named both {known!r} and "
+                        f"{texts[i]!r} in image/object/class/text"
+                    )
         parsed["image_id"] = image_id
         parsed["height"], parsed["width"] = (int(d) for d in parsed["image"].shape[:2])
         records.append(parsed)
@@ -431,9 +482,19 @@ def tfrecord_records(pattern_or_paths):
 # ------------------------------------------------------------------------------------------ converting
 
 
-def convert_to_tfrecord(source_format, source, output_prefix, num_shards=1, split=None, *,
-                        image_dir=None, class_names=None, mode="skip", skip_empty=False,
-                        check_images="quick"):
+def convert_to_tfrecord(
+    source_format,
+    source,
+    output_prefix,
+    num_shards=1,
+    split=None,
+    *,
+    image_dir=None,
+    class_names=None,
+    mode="skip",
+    skip_empty=False,
+    check_images="quick",
+):
     """Reads a VOC folder or a COCO JSON and writes it as sharded OD API TFRecord files.
 
     Args:
@@ -461,20 +522,35 @@ def convert_to_tfrecord(source_format, source, output_prefix, num_shards=1, spli
             raise ValueError("image_dir is for COCO; a VOC folder holds its images in JPEGImages")
         from tfrcnn.data.voc import read_voc
 
-        records, names, report = read_voc(source, "trainval" if split is None else split,
-                                          class_names, mode=mode, skip_empty=skip_empty,
-                                          check_images=check_images)
+        records, names, report = read_voc(
+            source,
+            "trainval" if split is None else split,
+            class_names,
+            mode=mode,
+            skip_empty=skip_empty,
+            check_images=check_images,
+        )
     elif source_format == "coco":
         if split is not None:
-            raise ValueError("split is for VOC; for COCO pass the split's JSON file as source and its "
-                             "image folder as image_dir")
+            raise ValueError(
+                "split is for VOC; for COCO pass the split's JSON file as source and its "
+                "image folder as image_dir"
+            )
         if image_dir is None:
-            raise ValueError("image_dir is required for COCO: the folder the JSON's file_name values "
-                             "are relative to (e.g. coco/val2017)")
+            raise ValueError(
+                "image_dir is required for COCO: the folder the JSON's file_name values "
+                "are relative to (e.g. coco/val2017)"
+            )
         from tfrcnn.data.coco import read_coco
 
-        records, names, report = read_coco(source, image_dir, class_names=class_names, mode=mode,
-                                           skip_empty=skip_empty, check_images=check_images)
+        records, names, report = read_coco(
+            source,
+            image_dir,
+            class_names=class_names,
+            mode=mode,
+            skip_empty=skip_empty,
+            check_images=check_images,
+        )
     else:
         raise ValueError(f"source_format must be one of {SOURCE_FORMATS}, got {source_format!r}")
     paths = write_tfrecords(records, names, output_prefix, num_shards=num_shards)

@@ -23,6 +23,7 @@ skip mode logs it as a warning (clipping: info) and strict mode raises :class:`A
 with the same message. Readers count the issues, and the image-level ones (unreadable_image, size_mismatch, empty_image, bad_annotation), in a
 :class:`ValidationReport`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,8 +89,18 @@ class ValidationReport:
     empty_image: int = 0
     issues: list = dataclasses.field(default_factory=list)
 
-    COUNT_FIELDS = ("non_finite", "degenerate", "inverted", "clipped", "outside", "bad_label",
-                    "unreadable_image", "bad_annotation", "size_mismatch", "empty_image")
+    COUNT_FIELDS = (
+        "non_finite",
+        "degenerate",
+        "inverted",
+        "clipped",
+        "outside",
+        "bad_label",
+        "unreadable_image",
+        "bad_annotation",
+        "size_mismatch",
+        "empty_image",
+    )
 
     def add(self, kind, message):
         """Counts one issue of ``kind`` (a count field name) and keeps its message."""
@@ -116,8 +127,21 @@ def _fmt_box(box):
     return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
 
 
-def validate_record(boxes, classes, height, width, *, source, num_classes, mode=SKIP,
-                    inclusive=False, class_names=None, labels=None, describe=None, report=None):
+def validate_record(
+    boxes,
+    classes,
+    height,
+    width,
+    *,
+    source,
+    num_classes,
+    mode=SKIP,
+    inclusive=False,
+    class_names=None,
+    labels=None,
+    describe=None,
+    report=None,
+):
     """Checks one image's boxes and classes; drops, clips or raises per the module's rules.
 
     Args:
@@ -165,7 +189,9 @@ def validate_record(boxes, classes, height, width, *, source, num_classes, mode=
     if c.shape[0] != b.shape[0]:
         raise ValueError(f"{source}: {b.shape[0]} boxes but {c.shape[0]} classes")
     if not (height > 0 and width > 0):
-        raise ValueError(f"{source}: image size must be positive, got height={height}, width={width}")
+        raise ValueError(
+            f"{source}: image size must be positive, got height={height}, width={width}"
+        )
     if labels is not None and len(labels) != b.shape[0]:
         raise ValueError(f"{source}: {b.shape[0]} boxes but {len(labels)} labels")
 
@@ -186,20 +212,29 @@ def validate_record(boxes, classes, height, width, *, source, num_classes, mode=
         elif (y2 - y1) - offset < 0 or (x2 - x1) - offset < 0:
             kind, problem = INVERTED, "inverted box (bottom or right edge before top or left edge)"
         elif (y2 - y1) - offset <= 0 or (x2 - x1) - offset <= 0:
-            kind, problem = DEGENERATE, "degenerate box (zero area: the two corners coincide in a dimension)"
+            kind, problem = (
+                DEGENERATE,
+                "degenerate box (zero area: the two corners coincide in a dimension)",
+            )
         else:
             label_ok = _is_valid_label(c[i], num_classes)
             if not label_ok:
-                kind, problem = BAD_LABEL, _label_problem(c[i], num_classes, class_names,
-                                                          None if labels is None else labels[i])
+                kind, problem = (
+                    BAD_LABEL,
+                    _label_problem(
+                        c[i], num_classes, class_names, None if labels is None else labels[i]
+                    ),
+                )
             else:
                 cy1, cx1 = min(max(y1, 0.0), height), min(max(x1, 0.0), width)
                 cy2, cx2 = min(max(y2, 0.0), height), min(max(x2, 0.0), width)
                 if cy2 - cy1 <= 0 or cx2 - cx1 <= 0:
                     kind, problem = OUTSIDE, f"box entirely outside the {height}x{width} image"
                 elif (cy1, cx1, cy2, cx2) != (y1, x1, y2, x2):
-                    msg = (f"{where}: partly outside the {height}x{width} image, clipped to "
-                           f"{_fmt_box((cy1, cx1, cy2, cx2))}")
+                    msg = (
+                        f"{where}: partly outside the {height}x{width} image, clipped to "
+                        f"{_fmt_box((cy1, cx1, cy2, cx2))}"
+                    )
                     out[i] = (cy1, cx1, cy2, cx2)
                     issues.append(msg)
                     logger.info(msg)

@@ -55,6 +55,7 @@ Example::
     records, class_names, report = read_voc("datasets/bccd", split=("trainval", "test"))
     print(report.summary())   # 364 images, 4886 boxes kept; issues: 2 degenerate
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,18 @@ logger = logging.getLogger(__name__)
 SPLIT_DIR = os.path.join("ImageSets", "Main")
 ANNOTATION_DIR = "Annotations"
 IMAGE_DIR = "JPEGImages"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".JPG",
+    ".JPEG",
+    ".PNG",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
 CHECK_IMAGES = ("quick", "full", "none")
 
 
@@ -107,9 +119,12 @@ def _read_split(root, split):
         if not os.path.isdir(root):
             raise DatasetNotFoundError(f"VOC dataset folder not found: {root}")
         splits = available_splits(root)
-        have = (f"available splits: {', '.join(splits)}" if splits else
-                f"no split files in {os.path.join(root, SPLIT_DIR)}; a VOC folder holds "
-                f"{SPLIT_DIR}/<split>.txt, {ANNOTATION_DIR}/<id>.xml and {IMAGE_DIR}/<id>.jpg")
+        have = (
+            f"available splits: {', '.join(splits)}"
+            if splits
+            else f"no split files in {os.path.join(root, SPLIT_DIR)}; a VOC folder holds "
+            f"{SPLIT_DIR}/<split>.txt, {ANNOTATION_DIR}/<id>.xml and {IMAGE_DIR}/<id>.jpg"
+        )
         raise DatasetNotFoundError(f"split file not found: {path} ({have})")
     ids, seen = [], set()
     with open(path, encoding="utf-8") as f:
@@ -181,8 +196,10 @@ def _parse_annotation(path):
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()
         bnd = obj.find("bndbox")
-        corners = [_number(None if bnd is None else bnd.findtext(k))
-                   for k in ("xmin", "ymin", "xmax", "ymax")]
+        corners = [
+            _number(None if bnd is None else bnd.findtext(k))
+            for k in ("xmin", "ymin", "xmax", "ymax")
+        ]
         difficult = _number((obj.findtext("difficult") or "0").strip())
         objects.append((name, corners, bool(np.isfinite(difficult) and difficult != 0)))
     return filename, size, objects
@@ -237,15 +254,30 @@ def _fit_to_image(boxes, xml_size, stored_size, orientation):
             return orient_boxes(scaled, orientation, *stored_size), done
     scale = _uniform_scale(xml_size, upright)
     if scale is not None:
-        return (boxes * np.array([scale[0], scale[1], scale[0], scale[1]], np.float32),
-                f"boxes scaled by {scale[0]:.4g} x {scale[1]:.4g}")
+        return (
+            boxes * np.array([scale[0], scale[1], scale[0], scale[1]], np.float32),
+            f"boxes scaled by {scale[0]:.4g} x {scale[1]:.4g}",
+        )
     if tuple(xml_size) == tuple(upright[::-1]):
-        return None, "height and width swapped but the image has no EXIF orientation to say which way"
+        return (
+            None,
+            "height and width swapped but the image has no EXIF orientation to say which way",
+        )
     return None, "not a uniform scale"
 
 
-def read_voc(root, split="trainval", class_names=None, *, mode="skip", keep_difficult=True,
-             skip_empty=False, check_image_size=True, check_images="quick", report=None):
+def read_voc(
+    root,
+    split="trainval",
+    class_names=None,
+    *,
+    mode="skip",
+    keep_difficult=True,
+    skip_empty=False,
+    check_image_size=True,
+    check_images="quick",
+    report=None,
+):
     """Reads a Pascal VOC folder into lazy records (see the module docstring for the rules).
 
     Args:
@@ -302,14 +334,27 @@ def read_voc(root, split="trainval", class_names=None, *, mode="skip", keep_diff
 
     records = []
     for image_id in ids:
-        record = _read_one(root, image_id, class_names, class_ids, strict, mode, keep_difficult,
-                           check_image_size, check_images, report)
+        record = _read_one(
+            root,
+            image_id,
+            class_names,
+            class_ids,
+            strict,
+            mode,
+            keep_difficult,
+            check_image_size,
+            check_images,
+            report,
+        )
         if record is None:
             report.skipped_images += 1
             continue
         if len(record["boxes"]) == 0:
-            report.add("empty_image", f"{record['source']}: no objects left in image {image_id}"
-                       + ("; image skipped" if skip_empty else "; image kept with no boxes"))
+            report.add(
+                "empty_image",
+                f"{record['source']}: no objects left in image {image_id}"
+                + ("; image skipped" if skip_empty else "; image kept with no boxes"),
+            )
             if skip_empty:
                 report.skipped_images += 1
                 continue
@@ -319,13 +364,24 @@ def read_voc(root, split="trainval", class_names=None, *, mode="skip", keep_diff
         report.boxes += len(record["boxes"])
     logger.info("read_voc %s %s: %s", root, "+".join(map(str, splits)), report.summary())
     if not records:
-        raise ValueError(f"no usable images in {root} split {'+'.join(map(str, splits))}: "
-                         f"{report.summary()}")
+        raise ValueError(
+            f"no usable images in {root} split {'+'.join(map(str, splits))}: {report.summary()}"
+        )
     return records, class_names, report
 
 
-def _read_one(root, image_id, class_names, class_ids, strict, mode, keep_difficult,
-              check_image_size, check_images, report):
+def _read_one(
+    root,
+    image_id,
+    class_names,
+    class_ids,
+    strict,
+    mode,
+    keep_difficult,
+    check_image_size,
+    check_images,
+    report,
+):
     xml_path = os.path.join(root, ANNOTATION_DIR, f"{image_id}.xml")
     try:
         filename, xml_size, objects = _parse_annotation(xml_path)
@@ -360,8 +416,10 @@ def _read_one(root, image_id, class_names, class_ids, strict, mode, keep_difficu
     if xml_size is not None and tuple(xml_size) != tuple(upright):
         if check_image_size:
             fitted, done = _fit_to_image(boxes, xml_size, stored, orientation)
-            msg = (f"{xml_path}: <size> height x width {xml_size[0]}x{xml_size[1]} disagrees with "
-                   f"image {image_path} ({height}x{width} upright, EXIF orientation {orientation})")
+            msg = (
+                f"{xml_path}: <size> height x width {xml_size[0]}x{xml_size[1]} disagrees with "
+                f"image {image_path} ({height}x{width} upright, EXIF orientation {orientation})"
+            )
             if strict:
                 raise AnnotationError(msg)
             if fitted is None:
@@ -379,12 +437,25 @@ def _read_one(root, image_id, class_names, class_ids, strict, mode, keep_difficu
     def describe(i):
         xmin, ymin, xmax, ymax = (f"{v:g}" for v in corners[i])
         yxyx = ", ".join(f"{v:g}" for v in boxes[i])
-        return (f"box {i} ({names[i]!r}, xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}; "
-                f"[y1, x1, y2, x2]=[{yxyx}])")
+        return (
+            f"box {i} ({names[i]!r}, xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}; "
+            f"[y1, x1, y2, x2]=[{yxyx}])"
+        )
 
     (boxes, classes, kept), _ = validate_record(
-        boxes, classes, height, width, source=xml_path, num_classes=len(class_names), mode=mode,
-        inclusive=True, class_names=class_names, labels=names, describe=describe, report=report)
+        boxes,
+        classes,
+        height,
+        width,
+        source=xml_path,
+        num_classes=len(class_names),
+        mode=mode,
+        inclusive=True,
+        class_names=class_names,
+        labels=names,
+        describe=describe,
+        report=report,
+    )
     difficult = difficult[kept]
     if not keep_difficult:
         boxes, classes, difficult = boxes[~difficult], classes[~difficult], difficult[~difficult]

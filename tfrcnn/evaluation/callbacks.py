@@ -27,8 +27,16 @@ class MeanAveragePrecisionCallback(keras.callbacks.Callback):
         >>> model.fit(train, epochs=10, callbacks=[MeanAveragePrecisionCallback(val, 3)])
     """
 
-    def __init__(self, dataset, num_classes, class_names=None, every=1, iou_threshold=0.5,
-                 name="val_mAP", verbose=1):
+    def __init__(
+        self,
+        dataset,
+        num_classes,
+        class_names=None,
+        every=1,
+        iou_threshold=0.5,
+        name="val_mAP",
+        verbose=1,
+    ):
         super().__init__()
         self.dataset = dataset
         self.num_classes = int(num_classes)
@@ -45,8 +53,13 @@ class MeanAveragePrecisionCallback(keras.callbacks.Callback):
         total = self.params.get("epochs") if self.params else None
         due = (epoch + 1) % self.every == 0 or (total is not None and epoch + 1 == total)
         if due or self._last is None:
-            result = evaluate_model(self.model, self.dataset, self.num_classes,
-                                    class_names=self.class_names, iou_threshold=self.iou_threshold)
+            result = evaluate_model(
+                self.model,
+                self.dataset,
+                self.num_classes,
+                class_names=self.class_names,
+                iou_threshold=self.iou_threshold,
+            )
             self._last = result
             self.history.append((epoch, result["mAP"]))
             if self.verbose:
@@ -76,8 +89,16 @@ class DetectionImagesCallback(keras.callbacks.Callback):
         >>> model.fit(train, epochs=10, callbacks=[DetectionImagesCallback(val, "logs/images")])
     """
 
-    def __init__(self, dataset, log_dir, class_names=None, num_images=3, every=1,
-                 score_threshold=0.3, name="validation_detections"):
+    def __init__(
+        self,
+        dataset,
+        log_dir,
+        class_names=None,
+        num_images=3,
+        every=1,
+        score_threshold=0.3,
+        name="validation_detections",
+    ):
         super().__init__()
         self.dataset = dataset
         self.log_dir = log_dir
@@ -104,9 +125,9 @@ class DetectionImagesCallback(keras.callbacks.Callback):
 
     def pictures(self):
         """The drawn images, uint8 ``[N, Hp, Wp, 3]`` (the padded network input size)."""
-        from tfrcnn.visualize import draw_boxes
-
         import tensorflow as tf
+
+        from tfrcnn.visualize import draw_boxes
 
         if self._inputs is None:
             self._inputs = self._first_inputs()
@@ -121,9 +142,17 @@ class DetectionImagesCallback(keras.callbacks.Callback):
             n = int(out["num_detections"][i])
             keep = out["detection_scores"][i][:n] >= self.score_threshold
             boxes = out["detection_boxes"][i][:n][keep] * scales[i]
-            drawn.append(np.asarray(draw_boxes(image, boxes, out["detection_classes"][i][:n][keep],
-                                               out["detection_scores"][i][:n][keep],
-                                               self.class_names)))
+            drawn.append(
+                np.asarray(
+                    draw_boxes(
+                        image,
+                        boxes,
+                        out["detection_classes"][i][:n][keep],
+                        out["detection_scores"][i][:n][keep],
+                        self.class_names,
+                    )
+                )
+            )
         return np.stack(drawn)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -135,8 +164,9 @@ class DetectionImagesCallback(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
-            tf.summary.image(self.name, self.pictures(), step=epoch + 1,
-                             max_outputs=self.num_images)
+            tf.summary.image(
+                self.name, self.pictures(), step=epoch + 1, max_outputs=self.num_images
+            )
         self._writer.flush()
 
     def on_train_end(self, logs=None):

@@ -16,8 +16,20 @@ import io
 
 import numpy as np
 
-COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-                   "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+COCO_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 
 
 def _to_xywh(boxes):
@@ -26,8 +38,9 @@ def _to_xywh(boxes):
     return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
 
 
-def coco_dicts(detections, ground_truths, class_names, image_ids=None, category_ids=None,
-               file_names=None):
+def coco_dicts(
+    detections, ground_truths, class_names, image_ids=None, category_ids=None, file_names=None
+):
     """The ground truth as a COCO instances dict and the detections as a COCO results list.
 
     Args:
@@ -46,8 +59,11 @@ def coco_dicts(detections, ground_truths, class_names, image_ids=None, category_
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} detection entries for {len(ground_truths)} images")
     image_ids = list(range(1, len(ground_truths) + 1)) if image_ids is None else list(image_ids)
-    category_ids = (list(range(1, len(class_names) + 1)) if category_ids is None
-                    else [int(c) for c in category_ids])
+    category_ids = (
+        list(range(1, len(class_names) + 1))
+        if category_ids is None
+        else [int(c) for c in category_ids]
+    )
     if len(image_ids) != len(ground_truths) or len(set(image_ids)) != len(image_ids):
         raise ValueError(f"image_ids must be {len(ground_truths)} unique ids")
     if len(category_ids) != len(class_names) or len(set(category_ids)) != len(category_ids):
@@ -65,17 +81,30 @@ def coco_dicts(detections, ground_truths, class_names, image_ids=None, category_
         for box, cls, ign, isc in zip(gt_boxes, gt_classes, ignore, crowd):
             if cls < 0:
                 continue
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": category_ids[int(cls)],
-                                "bbox": [float(v) for v in box], "area": float(box[2] * box[3]),
-                                "iscrowd": int(isc or ign)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_ids[int(cls)],
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": int(isc or ign),
+                }
+            )
         det_boxes = _to_xywh(det["boxes"])
-        for box, cls, score in zip(det_boxes, np.asarray(det["classes"]).reshape(-1),
-                                   np.asarray(det["scores"]).reshape(-1)):
+        for box, cls, score in zip(
+            det_boxes, np.asarray(det["classes"]).reshape(-1), np.asarray(det["scores"]).reshape(-1)
+        ):
             if cls < 0:
                 continue
-            results.append({"image_id": image_id, "category_id": category_ids[int(cls)],
-                            "bbox": [float(v) for v in box], "score": float(score)})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_ids[int(cls)],
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
     categories = [{"id": c, "name": str(name)} for c, name in zip(category_ids, class_names)]
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}
     return ground_truth, results
@@ -92,8 +121,11 @@ def build_coco_objects(detections, ground_truths, class_names):
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results) if results else COCO()
     if not results:
-        coco_dt.dataset = {"images": dataset["images"], "annotations": [],
-                           "categories": dataset["categories"]}
+        coco_dt.dataset = {
+            "images": dataset["images"],
+            "annotations": [],
+            "categories": dataset["categories"],
+        }
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt.createIndex()
     return coco_gt, coco_dt

@@ -27,6 +27,7 @@ Example::
     print(format_recall_table(results))
     plot_recall_curves(results, "recall.png")
 """
+
 from __future__ import annotations
 
 import io
@@ -60,15 +61,22 @@ def _gt_boxes(boxes, index):
     if boxes.size == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"image {index}: ground truth must be [G, 4] [y1, x1, y2, x2] pixels, got "
-                         f"shape {boxes.shape}")
+        raise ValueError(
+            f"image {index}: ground truth must be [G, 4] [y1, x1, y2, x2] pixels, got "
+            f"shape {boxes.shape}"
+        )
     boxes = boxes[~np.all(boxes == PADDING_VALUE, axis=1)]
-    bad = ~np.all(np.isfinite(boxes), axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (
-        boxes[:, 3] <= boxes[:, 1])
+    bad = (
+        ~np.all(np.isfinite(boxes), axis=1)
+        | (boxes[:, 2] <= boxes[:, 0])
+        | (boxes[:, 3] <= boxes[:, 1])
+    )
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"image {index}: ground-truth box {i} {boxes[i].tolist()} is degenerate, "
-                         "inverted or not finite; a box needs y2 > y1 and x2 > x1 (pixels)")
+        raise ValueError(
+            f"image {index}: ground-truth box {i} {boxes[i].tolist()} is degenerate, "
+            "inverted or not finite; a box needs y2 > y1 and x2 > x1 (pixels)"
+        )
     return boxes
 
 
@@ -77,13 +85,19 @@ def _proposal_boxes(boxes, index):
     if boxes.size == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"image {index}: proposals must be [P, 4] [y1, x1, y2, x2] pixels, best "
-                         f"first; got shape {boxes.shape}")
+        raise ValueError(
+            f"image {index}: proposals must be [P, 4] [y1, x1, y2, x2] pixels, best "
+            f"first; got shape {boxes.shape}"
+        )
     return boxes
 
 
-def proposal_recall(proposals_per_image, gt_boxes_per_image, iou_thresholds=DEFAULT_IOU_THRESHOLDS,
-                    top_n=DEFAULT_TOP_N):
+def proposal_recall(
+    proposals_per_image,
+    gt_boxes_per_image,
+    iou_thresholds=DEFAULT_IOU_THRESHOLDS,
+    top_n=DEFAULT_TOP_N,
+):
     """Recall of ground-truth boxes by the top-``n`` proposals, at several IoU thresholds.
 
     Args:
@@ -112,8 +126,10 @@ def proposal_recall(proposals_per_image, gt_boxes_per_image, iou_thresholds=DEFA
     proposals_per_image = list(proposals_per_image)
     gt_boxes_per_image = list(gt_boxes_per_image)
     if len(proposals_per_image) != len(gt_boxes_per_image):
-        raise ValueError(f"{len(proposals_per_image)} proposal arrays for "
-                         f"{len(gt_boxes_per_image)} ground-truth arrays: one of each an image")
+        raise ValueError(
+            f"{len(proposals_per_image)} proposal arrays for "
+            f"{len(gt_boxes_per_image)} ground-truth arrays: one of each an image"
+        )
     thresholds = np.asarray(iou_thresholds, np.float64).reshape(-1)
     if thresholds.size == 0 or np.any((thresholds < 0) | (thresholds > 1)):
         raise ValueError(f"iou_thresholds must be non-empty values in [0, 1], got {iou_thresholds}")
@@ -162,7 +178,9 @@ def _record_image(record):
             return np.asarray(record["image"])
         if record.get("path") is not None:
             return load_image(record["path"])
-        raise ValueError(f"a record needs a 'path' (or an 'image' array); got keys {sorted(record)}")
+        raise ValueError(
+            f"a record needs a 'path' (or an 'image' array); got keys {sorted(record)}"
+        )
     return load_image(record)
 
 
@@ -189,15 +207,16 @@ def rpn_proposals(model, records, max_proposals=2000):
         return [], 0.0
     max_proposals = int(max_proposals)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
-                 reduce_retracing=True)
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)], reduce_retracing=True
+    )
     def propose(image):
         out = model.propose(image, max_proposals=max_proposals)
         return out["proposal_boxes"][0], out["num_proposals"][0]
 
     def run(image):
         boxes, count = propose(tf.convert_to_tensor(image[None].astype(np.uint8, copy=False)))
-        return boxes.numpy()[:int(count.numpy())]
+        return boxes.numpy()[: int(count.numpy())]
 
     run(_record_image(records[0]))  # warm-up
     proposals, elapsed = [], 0.0
@@ -264,17 +283,26 @@ def format_recall_table(results):
         seconds = result.get("seconds")
         for n in sorted(result["recall"]):
             recall = np.asarray(result["recall"][n])
-            rows.append((str(name), str(n),
-                         *("n/a" if i is None else f"{recall[i]:.4f}" for i in columns),
-                         f"{result['average_recall'][n]:.4f}",
-                         "n/a" if seconds is None else f"{seconds:.4f}"))
+            rows.append(
+                (
+                    str(name),
+                    str(n),
+                    *("n/a" if i is None else f"{recall[i]:.4f}" for i in columns),
+                    f"{result['average_recall'][n]:.4f}",
+                    "n/a" if seconds is None else f"{seconds:.4f}",
+                )
+            )
     width0 = max([len(header[0])] + [len(r[0]) for r in rows])
     widths = [width0] + [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(1, 6)]
-    lines = ["  ".join([header[0].ljust(widths[0])] + [h.rjust(w) for h, w in
-                                                        zip(header[1:], widths[1:])])]
+    lines = [
+        "  ".join(
+            [header[0].ljust(widths[0])] + [h.rjust(w) for h, w in zip(header[1:], widths[1:])]
+        )
+    ]
     for row in rows:
-        lines.append("  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in
-                                                             zip(row[1:], widths[1:])]))
+        lines.append(
+            "  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])])
+        )
     return "\n".join(lines)
 
 
@@ -299,9 +327,14 @@ def plot_recall_curves(results, path, title="Proposal recall vs IoU"):
     colours = [f"C{i}" for i in range(10)]
     for m, (name, result) in enumerate(results.items()):
         for k, n in enumerate(sorted(result["recall"])):
-            axes.plot(result["iou_thresholds"], result["recall"][n], color=colours[m % 10],
-                      linestyle=styles[k % len(styles)], marker=".",
-                      label=f"{name}, N={n} (AR {result['average_recall'][n]:.3f})")
+            axes.plot(
+                result["iou_thresholds"],
+                result["recall"][n],
+                color=colours[m % 10],
+                linestyle=styles[k % len(styles)],
+                marker=".",
+                label=f"{name}, N={n} (AR {result['average_recall'][n]:.3f})",
+            )
     axes.set_xlabel("IoU threshold")
     axes.set_ylabel("recall")
     axes.set_ylim(0.0, 1.02)

@@ -54,13 +54,16 @@ def _iou(box, boxes):
     x2 = np.minimum(box[3], boxes[:, 3])
     inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
     area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(
+        boxes[:, 3] - boxes[:, 1], 0, None
+    )
     union = area + areas - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def evaluate_detections(detections, ground_truths, num_classes, iou_threshold=0.5,
-                        use_07_metric=False, class_names=None):
+def evaluate_detections(
+    detections, ground_truths, num_classes, iou_threshold=0.5, use_07_metric=False, class_names=None
+):
     """VOC AP per class and mAP.
 
     Args:
@@ -153,8 +156,11 @@ def collect_detections(model, dataset, max_batches=None, progress=False):
 
     keys = ("images", "image_shape", "image_scale", "original_shape")
 
-    call = _COMPILED.get(model) if isinstance(model, keras.Model) else (
-        lambda x: model(x, training=False))
+    call = (
+        _COMPILED.get(model)
+        if isinstance(model, keras.Model)
+        else (lambda x: model(x, training=False))
+    )
     if call is None:
         call = tf.function(lambda x: model(x, training=False), autograph=False)
         try:
@@ -184,17 +190,28 @@ def collect_detections(model, dataset, max_batches=None, progress=False):
         scale = np.asarray(batch["image_scale"])
         gt_boxes = np.asarray(batch["gt_boxes"])
         gt_classes = np.asarray(batch["gt_classes"])
-        gt_difficult = (np.asarray(batch["gt_difficult"]) if "gt_difficult" in batch
-                        else np.zeros_like(gt_classes, bool))
+        gt_difficult = (
+            np.asarray(batch["gt_difficult"])
+            if "gt_difficult" in batch
+            else np.zeros_like(gt_classes, bool)
+        )
         for i in range(len(out["num_detections"])):
             n = int(out["num_detections"][i])
-            detections.append({"boxes": out["detection_boxes"][i][:n],
-                               "scores": out["detection_scores"][i][:n],
-                               "classes": out["detection_classes"][i][:n]})
+            detections.append(
+                {
+                    "boxes": out["detection_boxes"][i][:n],
+                    "scores": out["detection_scores"][i][:n],
+                    "classes": out["detection_classes"][i][:n],
+                }
+            )
             real = gt_classes[i] >= 0
-            ground_truths.append({"boxes": gt_boxes[i][real] / scale[i],
-                                  "classes": gt_classes[i][real],
-                                  "difficult": gt_difficult[i][real]})
+            ground_truths.append(
+                {
+                    "boxes": gt_boxes[i][real] / scale[i],
+                    "classes": gt_classes[i][real],
+                    "difficult": gt_difficult[i][real],
+                }
+            )
         if bar is not None:
             bar.update(b + 1)
     if not images:  # a single batch: its time is all there is
@@ -202,8 +219,15 @@ def collect_detections(model, dataset, max_batches=None, progress=False):
     return detections, ground_truths, (seconds / images if images else float("nan"))
 
 
-def evaluate_model(model, dataset, num_classes, class_names=None, iou_threshold=0.5,
-                   use_07_metric=False, max_batches=None):
+def evaluate_model(
+    model,
+    dataset,
+    num_classes,
+    class_names=None,
+    iou_threshold=0.5,
+    use_07_metric=False,
+    max_batches=None,
+):
     """VOC AP of ``model`` on a pipeline dataset (see :func:`evaluate_detections`), plus
     ``seconds_per_image`` (model time, after the first batch when there are several, since the
     first one includes tracing).
@@ -215,7 +239,8 @@ def evaluate_model(model, dataset, num_classes, class_names=None, iou_threshold=
     divided by ``image_scale``. ``dataset`` must be finite, or ``max_batches`` given.
     """
     detections, ground_truths, seconds = collect_detections(model, dataset, max_batches)
-    result = evaluate_detections(detections, ground_truths, num_classes, iou_threshold,
-                                 use_07_metric, class_names)
+    result = evaluate_detections(
+        detections, ground_truths, num_classes, iou_threshold, use_07_metric, class_names
+    )
     result["seconds_per_image"] = seconds
     return result

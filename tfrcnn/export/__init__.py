@@ -11,5 +11,13 @@ from tfrcnn.export.atomic import atomic_directory, atomic_file, write_bytes_atom
 from tfrcnn.export.saved_model import saved_model
 from tfrcnn.export.tflite import QUANTIZATIONS, operator_names, run_tflite, tflite
 
-__all__ = ["saved_model", "tflite", "run_tflite", "operator_names", "QUANTIZATIONS",
-           "atomic_directory", "atomic_file", "write_bytes_atomic"]
+__all__ = [
+    "saved_model",
+    "tflite",
+    "run_tflite",
+    "operator_names",
+    "QUANTIZATIONS",
+    "atomic_directory",
+    "atomic_file",
+    "write_bytes_atomic",
+]

@@ -31,8 +31,9 @@ def _check_target(path, overwrite, want_dir):
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         if want_dir and not os.path.isdir(path):
-            raise FileExistsError(f"{path} exists and is not a folder; not replacing it with an "
-                                  "exported model folder")
+            raise FileExistsError(
+                f"{path} exists and is not a folder; not replacing it with an exported model folder"
+            )
         if not want_dir and os.path.isdir(path):
             raise IsADirectoryError(f"{path} is a folder; an exported file cannot replace it")
 

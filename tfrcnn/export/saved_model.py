@@ -50,8 +50,13 @@ SIGNATURE_ENCODED = "serve_encoded"
 SIGNATURE_METADATA = "metadata"
 CLASS_NAMES_FILE = "class_names.txt"
 CONFIG_FILE = "config.json"
-OUTPUT_KEYS = ("detection_boxes", "detection_boxes_normalized", "detection_scores",
-               "detection_classes", "num_detections")
+OUTPUT_KEYS = (
+    "detection_boxes",
+    "detection_boxes_normalized",
+    "detection_scores",
+    "detection_classes",
+    "num_detections",
+)
 
 
 def model_class_names(model, class_names=None):
@@ -62,12 +67,14 @@ def model_class_names(model, class_names=None):
         class_names = [f"class_{i}" for i in range(model.num_classes)]
     class_names = [str(c) for c in class_names]
     if len(class_names) != model.num_classes:
-        raise ValueError(f"{len(class_names)} class names given for a model with "
-                         f"num_classes={model.num_classes}")
+        raise ValueError(
+            f"{len(class_names)} class names given for a model with num_classes={model.num_classes}"
+        )
     for name in class_names:
         if "\n" in name or "\r" in name:
-            raise ValueError(f"class name {name!r} holds a line break; class_names.txt has one "
-                             "name a line")
+            raise ValueError(
+                f"class name {name!r} holds a line break; class_names.txt has one name a line"
+            )
     return class_names
 
 
@@ -87,8 +94,10 @@ def tf_variables(model):
     for variable in model.variables:
         value = getattr(variable, "value", variable)
         if not isinstance(value, tf.Variable):
-            raise TypeError(f"the model variable {variable.path} is not backed by a tf.Variable "
-                            f"({type(value).__name__}); export needs the TensorFlow backend")
+            raise TypeError(
+                f"the model variable {variable.path} is not backed by a tf.Variable "
+                f"({type(value).__name__}); export needs the TensorFlow backend"
+            )
         variables.append(value)
     return variables
 
@@ -114,12 +123,15 @@ class DetectionModule(tf.Module):
         self.model_variables = tf_variables(model)
         self.max_detections = int(model.max_detections)
         self.max_image_pixels = int(getattr(model, "max_image_pixels", None) or MAX_IMAGE_PIXELS)
-        self.class_names = tf.Variable(class_names, dtype=tf.string, trainable=False,
-                                       name="class_names")
-        self.config_json = tf.Variable(config_json, dtype=tf.string, trainable=False,
-                                       name="config_json")
-        self.num_classes = tf.Variable(len(class_names), dtype=tf.int32, trainable=False,
-                                       name="num_classes")
+        self.class_names = tf.Variable(
+            class_names, dtype=tf.string, trainable=False, name="class_names"
+        )
+        self.config_json = tf.Variable(
+            config_json, dtype=tf.string, trainable=False, name="config_json"
+        )
+        self.num_classes = tf.Variable(
+            len(class_names), dtype=tf.int32, trainable=False, name="num_classes"
+        )
         if assets_dir is not None:
             self.class_names_file = tf.saved_model.Asset(os.path.join(assets_dir, CLASS_NAMES_FILE))
             self.config_file = tf.saved_model.Asset(os.path.join(assets_dir, CONFIG_FILE))
@@ -211,8 +223,9 @@ def saved_model(model, path, *, overwrite=True, class_names=None, version=None):
     path = os.path.abspath(os.fspath(path))
     if version is not None:
         if isinstance(version, bool) or not str(version).isdigit() or int(version) < 1:
-            raise ValueError(f"version must be a positive integer (TF Serving's version folder), "
-                             f"got {version!r}")
+            raise ValueError(
+                f"version must be a positive integer (TF Serving's version folder), got {version!r}"
+            )
         path = os.path.join(path, str(int(version)))
     with tempfile.TemporaryDirectory(prefix="tfrcnn_assets_") as assets_dir:
         with open(os.path.join(assets_dir, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
@@ -244,10 +257,14 @@ def find_saved_model(path):
         return path
     versions = []
     if os.path.isdir(path):
-        versions = sorted((int(name), name) for name in os.listdir(path)
-                          if name.isdigit()
-                          and os.path.isfile(os.path.join(path, name, "saved_model.pb")))
+        versions = sorted(
+            (int(name), name)
+            for name in os.listdir(path)
+            if name.isdigit() and os.path.isfile(os.path.join(path, name, "saved_model.pb"))
+        )
     if not versions:
-        raise FileNotFoundError(f"{path} holds no SavedModel: neither saved_model.pb nor a "
-                                "version folder <n>/saved_model.pb")
+        raise FileNotFoundError(
+            f"{path} holds no SavedModel: neither saved_model.pb nor a "
+            "version folder <n>/saved_model.pb"
+        )
     return os.path.join(path, versions[-1][1])

@@ -46,8 +46,13 @@ from tfrcnn.export.saved_model import tf_variables
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 SIGNATURE_KEY = "serving_default"
-OUTPUT_KEYS = ("detection_boxes", "detection_boxes_normalized", "detection_scores",
-               "detection_classes", "num_detections")
+OUTPUT_KEYS = (
+    "detection_boxes",
+    "detection_boxes_normalized",
+    "detection_scores",
+    "detection_classes",
+    "num_detections",
+)
 TFLITE_SAFE_ROI_METHOD = "gather"
 # Op types given int8 kernels by quantization="int8"; every other op stays float. Not RELU,
 # MAXIMUM, PAD...: the box arithmetic after the network uses them too, on pixel coordinates, and
@@ -73,7 +78,9 @@ def _input_size(model, input_size):
     if input_size is None:
         return int(model.image_min_side), int(model.image_max_side)
     if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
-        raise ValueError(f"input_size must be (height, width) with positive sizes, got {input_size!r}")
+        raise ValueError(
+            f"input_size must be (height, width) with positive sizes, got {input_size!r}"
+        )
     return int(input_size[0]), int(input_size[1])
 
 
@@ -106,9 +113,12 @@ def _representative_dataset(images, height, width):
             if image.ndim == 4:
                 image = image[0]
             if image.ndim != 3 or image.shape[-1] != 3:
-                raise ValueError(f"representative images must be [H, W, 3] RGB, got shape {image.shape}")
+                raise ValueError(
+                    f"representative images must be [H, W, 3] RGB, got shape {image.shape}"
+                )
             resized = tf.image.resize(tf.cast(image, tf.float32), (height, width))
             yield [tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)[None]]
+
     return generate
 
 
@@ -125,8 +135,10 @@ def _selective_int8(converter, model, height, width):
         # deprecated; the exported model itself is run with LiteRT (_runner)
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=converter.representative_dataset,
-            debug_options=options)
+            converter=converter,
+            debug_dataset=converter.representative_dataset,
+            debug_options=options,
+        )
         return debugger.get_nondebug_quantized_model()
 
 
@@ -139,8 +151,10 @@ def convert(model, *, quantization="float32", input_size=None, representative_im
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if quantization == "int8" and not representative_images:
-        raise ValueError("quantization='int8' calibrates activations: pass representative_images "
-                         "(a list of uint8 [H, W, 3] images like the ones the model will see)")
+        raise ValueError(
+            "quantization='int8' calibrates activations: pass representative_images "
+            "(a list of uint8 [H, W, 3] images like the ones the model will see)"
+        )
     height, width = _input_size(model, input_size)
     module = _FixedSizeModule(tflite_ready_model(model), height, width)
     with accel.disabled():  # builtin TFLite ops only: the plain layers, no XLA computation
@@ -154,15 +168,18 @@ def convert(model, *, quantization="float32", input_size=None, representative_im
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
         converter.representative_dataset = _representative_dataset(
-            list(representative_images), height, width)
+            list(representative_images), height, width
+        )
     try:
         if quantization == "int8":
             flatbuffer = _selective_int8(converter, model, height, width)
         else:
             flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends: say what was attempted
-        raise ValueError(f"TFLite conversion ({quantization}, input {height}x{width}, builtin ops "
-                         f"only) failed: {error}") from error
+        raise ValueError(
+            f"TFLite conversion ({quantization}, input {height}x{width}, builtin ops "
+            f"only) failed: {error}"
+        ) from error
     bad = [op for op in operator_names(flatbuffer) if op.startswith("Flex") or op == "CUSTOM"]
     if bad:
         raise ValueError(f"the converted model uses non-builtin ops {bad}; TFLite builtins only")
@@ -213,8 +230,17 @@ def measure_latency(model, input_size, runs=10, num_threads=None):
     return statistics.median(times)
 
 
-def tflite(model, path, *, quantization="float32", input_size=None, representative_images=None,
-           overwrite=True, latency_runs=10, num_threads=None):
+def tflite(
+    model,
+    path,
+    *,
+    quantization="float32",
+    input_size=None,
+    representative_images=None,
+    overwrite=True,
+    latency_runs=10,
+    num_threads=None,
+):
     """Write ``model`` as a .tflite at ``path`` (atomically) and report on it.
 
     Args:
@@ -238,12 +264,22 @@ def tflite(model, path, *, quantization="float32", input_size=None, representati
         >>> report["bytes"], report["latency_ms"]
     """
     size = _input_size(model, input_size)
-    flatbuffer = convert(model, quantization=quantization, input_size=size,
-                         representative_images=representative_images)
+    flatbuffer = convert(
+        model,
+        quantization=quantization,
+        input_size=size,
+        representative_images=representative_images,
+    )
     path = os.path.abspath(os.fspath(path))
     write_bytes_atomic(path, flatbuffer, overwrite=overwrite)
     latency = None
     if latency_runs:
         latency = measure_latency(flatbuffer, size, latency_runs, num_threads)
-    return {"path": path, "bytes": len(flatbuffer), "operators": operator_names(flatbuffer),
-            "latency_ms": latency, "quantization": quantization, "input_size": size}
+    return {
+        "path": path,
+        "bytes": len(flatbuffer),
+        "operators": operator_names(flatbuffer),
+        "latency_ms": latency,
+        "quantization": quantization,
+        "input_size": size,
+    }

@@ -1,4 +1,5 @@
 """Keras layers, one a file, each a thin wrapper over :mod:`tfrcnn.ops`."""
+
 from tfrcnn.layers.anchor_generator import AnchorGenerator
 from tfrcnn.layers.detection_decoder import DetectionDecoder
 from tfrcnn.layers.fpn import FeaturePyramid
@@ -16,8 +17,19 @@ from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.layers.rpn_targets import RPNTargetAssigner
 
 __all__ = [
-    "AnchorGenerator", "DetectionDecoder",
-    "FeaturePyramid", "ImageNormalization", "ImageResizer", "InputChecks",
-    "MultiLevelROIAlign", "PreciseROIPooling", "ProposalLayer", "RCNNHead", "ROIAlign",
-    "ROIPooling", "ROISampler", "RPNHead", "RPNTargetAssigner",
+    "AnchorGenerator",
+    "DetectionDecoder",
+    "FeaturePyramid",
+    "ImageNormalization",
+    "ImageResizer",
+    "InputChecks",
+    "MultiLevelROIAlign",
+    "PreciseROIPooling",
+    "ProposalLayer",
+    "RCNNHead",
+    "ROIAlign",
+    "ROIPooling",
+    "ROISampler",
+    "RPNHead",
+    "RPNTargetAssigner",
 ]

@@ -10,7 +10,9 @@ def flatten_rois(rois):
     shape = tf.shape(rois)
     batch, count = shape[0], shape[1]
     boxes = tf.reshape(rois, [-1, 4])
-    box_indices = tf.reshape(tf.repeat(tf.range(batch, dtype=tf.int32)[:, None], count, axis=1), [-1])
+    box_indices = tf.reshape(
+        tf.repeat(tf.range(batch, dtype=tf.int32)[:, None], count, axis=1), [-1]
+    )
     return boxes, box_indices
 
 
@@ -34,7 +36,9 @@ class BatchedROILayer(keras.layers.Layer):
         return self.pool(features, boxes, box_indices)
 
     def compute_output_shape(self, features_shape, rois_shape):
-        if isinstance(features_shape, (list, tuple)) and isinstance(features_shape[0], (list, tuple)):
+        if isinstance(features_shape, (list, tuple)) and isinstance(
+            features_shape[0], (list, tuple)
+        ):
             features_shape = features_shape[0]
         b, r = rois_shape[0], rois_shape[1]
         k = None if b is None or r is None else b * r

@@ -6,8 +6,7 @@ Shapes: ``B`` images, ``h x w`` feature map, ``A = len(aspect_ratios) * len(scal
 import keras
 import tensorflow as tf
 
-from tfrcnn.ops.anchors import (anchor_shapes, generate_anchors,
-                                generate_anchors_from_image_size)
+from tfrcnn.ops.anchors import anchor_shapes, generate_anchors, generate_anchors_from_image_size
 
 
 @keras.saving.register_keras_serializable(package="tfrcnn")
@@ -38,8 +37,9 @@ class AnchorGenerator(keras.layers.Layer):
         TensorShape([17100, 4])
     """
 
-    def __init__(self, stride, scales, aspect_ratios=(0.5, 1.0, 2.0), offset=0.5,
-                 torchvision=False, **kwargs):
+    def __init__(
+        self, stride, scales, aspect_ratios=(0.5, 1.0, 2.0), offset=0.5, torchvision=False, **kwargs
+    ):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.stride = float(stride)
@@ -61,14 +61,22 @@ class AnchorGenerator(keras.layers.Layer):
         shape = tf.shape(feature_map)
         if self.torchvision:
             if images is None:
-                raise ValueError("AnchorGenerator(torchvision=True) needs the padded images as "
-                                 "its second argument (the stride is image size // grid size)")
+                raise ValueError(
+                    "AnchorGenerator(torchvision=True) needs the padded images as "
+                    "its second argument (the stride is image size // grid size)"
+                )
             image_size = tf.shape(images)[1:3]
-            return generate_anchors_from_image_size((shape[1], shape[2]), image_size,
-                                                    self.scales, self.aspect_ratios,
-                                                    offset=self.offset, rounded=True)
-        return generate_anchors((shape[1], shape[2]), self.stride, self.scales,
-                                self.aspect_ratios, offset=self.offset)
+            return generate_anchors_from_image_size(
+                (shape[1], shape[2]),
+                image_size,
+                self.scales,
+                self.aspect_ratios,
+                offset=self.offset,
+                rounded=True,
+            )
+        return generate_anchors(
+            (shape[1], shape[2]), self.stride, self.scales, self.aspect_ratios, offset=self.offset
+        )
 
     def compute_output_shape(self, feature_map_shape, images_shape=None):
         h, w = feature_map_shape[1], feature_map_shape[2]
@@ -77,6 +85,11 @@ class AnchorGenerator(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(stride=self.stride, scales=self.scales, aspect_ratios=self.aspect_ratios,
-                      offset=self.offset, torchvision=self.torchvision)
+        config.update(
+            stride=self.stride,
+            scales=self.scales,
+            aspect_ratios=self.aspect_ratios,
+            offset=self.offset,
+            torchvision=self.torchvision,
+        )
         return config

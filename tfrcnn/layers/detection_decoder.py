@@ -41,8 +41,16 @@ class DetectionDecoder(keras.layers.Layer):
         TensorShape([2, 100, 4])
     """
 
-    def __init__(self, num_classes, box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05,
-                 nms_iou=0.5, max_detections=100, min_size=0.0, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        box_weights=(10.0, 10.0, 5.0, 5.0),
+        score_threshold=0.05,
+        nms_iou=0.5,
+        max_detections=100,
+        min_size=0.0,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
@@ -52,24 +60,40 @@ class DetectionDecoder(keras.layers.Layer):
         self.max_detections = int(max_detections)
         self.min_size = float(min_size)
 
-    def call(self, class_logits, box_deltas, rois, roi_valid, image_shape, image_scale,
-             original_shape=None):
+    def call(
+        self,
+        class_logits,
+        box_deltas,
+        rois,
+        roi_valid,
+        image_shape,
+        image_scale,
+        original_shape=None,
+    ):
         num_classes = self.num_classes
         probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]  # [B, R, C]
         rois = tf.cast(rois, tf.float32)
-        boxes = decode_boxes(tf.cast(box_deltas, tf.float32), rois[:, :, None, :],
-                             weights=self.box_weights)  # [B, R, C, 4]
+        boxes = decode_boxes(
+            tf.cast(box_deltas, tf.float32), rois[:, :, None, :], weights=self.box_weights
+        )  # [B, R, C, 4]
         boxes = clip_boxes(boxes, image_shape)
         keep = tf.logical_and(roi_valid[:, :, None], valid_box_mask(boxes, self.min_size))
         scores = tf.where(keep, probs, 0.0)
         batch = tf.shape(boxes)[0]
         boxes = tf.reshape(boxes, [batch, -1, 4])
         scores = tf.reshape(scores, [batch, -1])
-        classes = tf.tile(tf.range(num_classes, dtype=tf.int32)[None, :], [tf.shape(scores)[1] // num_classes, 1])
+        classes = tf.tile(
+            tf.range(num_classes, dtype=tf.int32)[None, :], [tf.shape(scores)[1] // num_classes, 1]
+        )
         classes = tf.tile(tf.reshape(classes, [1, -1]), [batch, 1])
         index, num = batched_class_aware_non_max_suppression_padded(
-            boxes, scores, classes, self.max_detections, self.nms_iou,
-            score_threshold=self.score_threshold)
+            boxes,
+            scores,
+            classes,
+            self.max_detections,
+            self.nms_iou,
+            score_threshold=self.score_threshold,
+        )
         valid = index >= 0
         safe = tf.maximum(index, 0)
         scale = tf.cast(image_scale, tf.float32)
@@ -104,7 +128,12 @@ class DetectionDecoder(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, box_weights=self.box_weights,
-                      score_threshold=self.score_threshold, nms_iou=self.nms_iou,
-                      max_detections=self.max_detections, min_size=self.min_size)
+        config.update(
+            num_classes=self.num_classes,
+            box_weights=self.box_weights,
+            score_threshold=self.score_threshold,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+            min_size=self.min_size,
+        )
         return config

@@ -53,15 +53,11 @@ class FeaturePyramid(keras.layers.Layer):
         self.extra_pool_levels = int(extra_pool_levels)
         # Created here, in a fixed order, so weights restore by structure after a .keras round trip.
         self.lateral_convs = [
-            Conv2D(
-                self.channels, 1, padding="valid", name=f"lateral_{i}", dtype=self.dtype_policy
-            )
+            Conv2D(self.channels, 1, padding="valid", name=f"lateral_{i}", dtype=self.dtype_policy)
             for i in range(self.num_inputs)
         ]
         self.output_convs = [
-            Conv2D(
-                self.channels, 3, padding="same", name=f"output_{i}", dtype=self.dtype_policy
-            )
+            Conv2D(self.channels, 3, padding="same", name=f"output_{i}", dtype=self.dtype_policy)
             for i in range(self.num_inputs)
         ]
 

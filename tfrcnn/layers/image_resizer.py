@@ -35,8 +35,15 @@ class ImageResizer(keras.layers.Layer):
         (array([[600, 800]], dtype=int32), array([1.25], dtype=float32))
     """
 
-    def __init__(self, min_side=600, max_side=1000, size_divisor=32, rounding="round",
-                 pad_value=0.0, **kwargs):
+    def __init__(
+        self,
+        min_side=600,
+        max_side=1000,
+        size_divisor=32,
+        rounding="round",
+        pad_value=0.0,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixels and scale must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.min_side = int(min_side)
@@ -45,8 +52,11 @@ class ImageResizer(keras.layers.Layer):
         if rounding not in ("round", "floor"):
             raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
         self.rounding = rounding
-        self.pad_value = (tuple(float(v) for v in pad_value)
-                          if isinstance(pad_value, (list, tuple)) else float(pad_value))
+        self.pad_value = (
+            tuple(float(v) for v in pad_value)
+            if isinstance(pad_value, (list, tuple))
+            else float(pad_value)
+        )
 
     def call(self, images):
         images = tf.cast(images, tf.float32)
@@ -55,16 +65,18 @@ class ImageResizer(keras.layers.Layer):
         if self.rounding == "floor":
             height = tf.cast(shape[1], tf.float64)
             width = tf.cast(shape[2], tf.float64)
-            scale = tf.minimum(self.min_side / tf.minimum(height, width),
-                               self.max_side / tf.maximum(height, width))
+            scale = tf.minimum(
+                self.min_side / tf.minimum(height, width), self.max_side / tf.maximum(height, width)
+            )
             new_h = tf.cast(tf.floor(height * scale), tf.int32)
             new_w = tf.cast(tf.floor(width * scale), tf.int32)
             scale = tf.cast(scale, tf.float32)
         else:
             height = tf.cast(shape[1], tf.float32)
             width = tf.cast(shape[2], tf.float32)
-            scale = tf.minimum(self.min_side / tf.minimum(height, width),
-                               self.max_side / tf.maximum(height, width))
+            scale = tf.minimum(
+                self.min_side / tf.minimum(height, width), self.max_side / tf.maximum(height, width)
+            )
             new_h = tf.cast(tf.round(height * scale), tf.int32)
             new_w = tf.cast(tf.round(width * scale), tf.int32)
         resized = tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear")
@@ -80,12 +92,20 @@ class ImageResizer(keras.layers.Layer):
 
     def compute_output_spec(self, images):
         b = images.shape[0]
-        return (keras.KerasTensor((b, None, None, 3), dtype="float32"),
-                keras.KerasTensor((b, 2), dtype="int32"), keras.KerasTensor((b,), dtype="float32"),
-                keras.KerasTensor((b, 2), dtype="int32"))
+        return (
+            keras.KerasTensor((b, None, None, 3), dtype="float32"),
+            keras.KerasTensor((b, 2), dtype="int32"),
+            keras.KerasTensor((b,), dtype="float32"),
+            keras.KerasTensor((b, 2), dtype="int32"),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(min_side=self.min_side, max_side=self.max_side, size_divisor=self.size_divisor,
-                      rounding=self.rounding, pad_value=self.pad_value)
+        config.update(
+            min_side=self.min_side,
+            max_side=self.max_side,
+            size_divisor=self.size_divisor,
+            rounding=self.rounding,
+            pad_value=self.pad_value,
+        )
         return config

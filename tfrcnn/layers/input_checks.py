@@ -63,8 +63,9 @@ class InputChecks(keras.layers.Layer):
         batch = out["images"].shape[0]
         if out.get("image_shape") is not None:
             if self.enabled:
-                out["image_shape"] = checks.check_image_shape(out["image_shape"], out["images"],
-                                                              after=ok)
+                out["image_shape"] = checks.check_image_shape(
+                    out["image_shape"], out["images"], after=ok
+                )
             else:
                 out["image_shape"] = checks.check_shape("image_shape", out["image_shape"], 2, 2)
         if out.get("image_scale") is not None and self.enabled:
@@ -77,8 +78,8 @@ class InputChecks(keras.layers.Layer):
         if out.get("gt_boxes") is not None and out.get("gt_classes") is not None:
             if self.enabled:
                 out["gt_boxes"], out["gt_classes"] = checks.check_ground_truth(
-                    out["gt_boxes"], out["gt_classes"], self.num_classes, batch_size=batch,
-                    after=ok)
+                    out["gt_boxes"], out["gt_classes"], self.num_classes, batch_size=batch, after=ok
+                )
             else:
                 checks.static_dtype("gt_classes", out["gt_classes"], ("integer",))
         return out

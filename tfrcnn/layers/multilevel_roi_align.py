@@ -29,8 +29,17 @@ class MultiLevelROIAlign(BatchedROILayer):
         >>> layer([p2, p3, p4, p5], rois).shape  # [B * R, 7, 7, 256]
     """
 
-    def __init__(self, output_size=(7, 7), sampling_ratio=2, aligned=True, min_level=2,
-                 canonical_scale=224.0, canonical_level=4, method="auto", **kwargs):
+    def __init__(
+        self,
+        output_size=(7, 7),
+        sampling_ratio=2,
+        aligned=True,
+        min_level=2,
+        canonical_scale=224.0,
+        canonical_level=4,
+        method="auto",
+        **kwargs,
+    ):
         super().__init__(output_size=output_size, **kwargs)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
@@ -41,14 +50,26 @@ class MultiLevelROIAlign(BatchedROILayer):
 
     def pool(self, features, boxes, box_indices):
         return multilevel_roi_align(
-            list(features), boxes, box_indices, output_size=self.output_size,
-            sampling_ratio=self.sampling_ratio, aligned=self.aligned, min_level=self.min_level,
-            canonical_scale=self.canonical_scale, canonical_level=self.canonical_level,
-            method=self.method)
+            list(features),
+            boxes,
+            box_indices,
+            output_size=self.output_size,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            min_level=self.min_level,
+            canonical_scale=self.canonical_scale,
+            canonical_level=self.canonical_level,
+            method=self.method,
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-                      min_level=self.min_level, canonical_scale=self.canonical_scale,
-                      canonical_level=self.canonical_level, method=self.method)
+        config.update(
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            min_level=self.min_level,
+            canonical_scale=self.canonical_scale,
+            canonical_level=self.canonical_level,
+            method=self.method,
+        )
         return config

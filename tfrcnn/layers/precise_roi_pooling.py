@@ -33,8 +33,13 @@ class PreciseROIPooling(BatchedROILayer):
         self.spatial_scale = float(spatial_scale)
 
     def pool(self, features, boxes, box_indices):
-        return precise_roi_pool(features, boxes, box_indices, output_size=self.output_size,
-                                spatial_scale=self.spatial_scale)
+        return precise_roi_pool(
+            features,
+            boxes,
+            box_indices,
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -7,8 +7,10 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.ops.boxes import clip_boxes, decode_boxes, valid_box_mask
-from tfrcnn.ops.nms import (batched_class_aware_non_max_suppression_padded,
-                             batched_non_max_suppression_padded)
+from tfrcnn.ops.nms import (
+    batched_class_aware_non_max_suppression_padded,
+    batched_non_max_suppression_padded,
+)
 
 _SUPPRESSED = -1.0  # score given to boxes removed before NMS (object probabilities are in [0, 1])
 
@@ -46,9 +48,17 @@ class ProposalLayer(keras.layers.Layer):
         >>> boxes, scores, valid = layer([obj], [deltas], [anchors], image_shape)
     """
 
-    def __init__(self, pre_nms_top_n=6000, post_nms_top_n=300, nms_iou=0.7, min_size=0.0,
-                 box_weights=(1.0, 1.0, 1.0, 1.0), nms_per_level=False, score_threshold=0.0,
-                 **kwargs):
+    def __init__(
+        self,
+        pre_nms_top_n=6000,
+        post_nms_top_n=300,
+        nms_iou=0.7,
+        min_size=0.0,
+        box_weights=(1.0, 1.0, 1.0, 1.0),
+        nms_per_level=False,
+        score_threshold=0.0,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         # top-k of a data-dependent size and padded NMS: keep Keras' "auto" XLA choice off.
@@ -66,7 +76,8 @@ class ProposalLayer(keras.layers.Layer):
             objectness, deltas, anchors = [objectness], [deltas], [anchors]
         boxes_per_level, scores_per_level, level_ids = [], [], []
         for level, (logits, level_deltas, level_anchors) in enumerate(
-                zip(objectness, deltas, anchors)):
+            zip(objectness, deltas, anchors)
+        ):
             logits = tf.cast(logits, tf.float32)
             # log-odds of "object": monotone in the softmax probability, cheaper to rank.
             log_odds = logits[..., 1] - logits[..., 0]
@@ -86,12 +97,21 @@ class ProposalLayer(keras.layers.Layer):
         scores = tf.where(keep, scores, _SUPPRESSED)
         if self.nms_per_level:
             index, _ = batched_class_aware_non_max_suppression_padded(
-                tf.stop_gradient(boxes), tf.stop_gradient(scores), tf.concat(level_ids, axis=1),
-                self.post_nms_top_n, self.nms_iou, score_threshold=_SUPPRESSED / 2)
+                tf.stop_gradient(boxes),
+                tf.stop_gradient(scores),
+                tf.concat(level_ids, axis=1),
+                self.post_nms_top_n,
+                self.nms_iou,
+                score_threshold=_SUPPRESSED / 2,
+            )
         else:
             index, _ = batched_non_max_suppression_padded(
-                tf.stop_gradient(boxes), tf.stop_gradient(scores), self.post_nms_top_n,
-                self.nms_iou, score_threshold=_SUPPRESSED / 2)
+                tf.stop_gradient(boxes),
+                tf.stop_gradient(scores),
+                self.post_nms_top_n,
+                self.nms_iou,
+                score_threshold=_SUPPRESSED / 2,
+            )
         valid = index >= 0
         safe = tf.maximum(index, 0)
         proposals = tf.gather(boxes, safe, batch_dims=1)
@@ -105,13 +125,21 @@ class ProposalLayer(keras.layers.Layer):
         else:
             b = objectness.shape[0]
         r = self.post_nms_top_n
-        return (keras.KerasTensor((b, r, 4), dtype="float32"),
-                keras.KerasTensor((b, r), dtype="float32"),
-                keras.KerasTensor((b, r), dtype="bool"))
+        return (
+            keras.KerasTensor((b, r, 4), dtype="float32"),
+            keras.KerasTensor((b, r), dtype="float32"),
+            keras.KerasTensor((b, r), dtype="bool"),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(pre_nms_top_n=self.pre_nms_top_n, post_nms_top_n=self.post_nms_top_n,
-                      nms_iou=self.nms_iou, min_size=self.min_size, box_weights=self.box_weights,
-                      nms_per_level=self.nms_per_level, score_threshold=self.score_threshold)
+        config.update(
+            pre_nms_top_n=self.pre_nms_top_n,
+            post_nms_top_n=self.post_nms_top_n,
+            nms_iou=self.nms_iou,
+            min_size=self.min_size,
+            box_weights=self.box_weights,
+            nms_per_level=self.nms_per_level,
+            score_threshold=self.score_threshold,
+        )
         return config

@@ -37,8 +37,16 @@ class RCNNHead(keras.layers.Layer):
         (TensorShape([128, 4]), TensorShape([128, 3, 4]))
     """
 
-    def __init__(self, num_classes, head_type="fc", units=(1024, 1024), conv_channels=(),
-                 dropout=0.0, conv_batch_norm=False, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        head_type="fc",
+        units=(1024, 1024),
+        conv_channels=(),
+        dropout=0.0,
+        conv_batch_norm=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if head_type not in ("fc", "conv"):
             raise ValueError(f"head_type must be 'fc' or 'conv', got {head_type!r}")
@@ -49,23 +57,50 @@ class RCNNHead(keras.layers.Layer):
         self.dropout = float(dropout)
         self.conv_batch_norm = bool(conv_batch_norm)
         # conv_batch_norm (torchvision's v2 head): conv without bias, batch norm, then ReLU
-        self.convs = [Conv2D(c, 3, padding="same", use_bias=not self.conv_batch_norm,
-                             activation=None if self.conv_batch_norm else "relu",
-                             name=f"conv{i + 1}")
-                      for i, c in enumerate(self.conv_channels)]
-        self.norms = [keras.layers.BatchNormalization(epsilon=1e-5, name=f"conv{i + 1}_bn")
-                      for i in range(len(self.convs))] if self.conv_batch_norm else []
+        self.convs = [
+            Conv2D(
+                c,
+                3,
+                padding="same",
+                use_bias=not self.conv_batch_norm,
+                activation=None if self.conv_batch_norm else "relu",
+                name=f"conv{i + 1}",
+            )
+            for i, c in enumerate(self.conv_channels)
+        ]
+        self.norms = (
+            [
+                keras.layers.BatchNormalization(epsilon=1e-5, name=f"conv{i + 1}_bn")
+                for i in range(len(self.convs))
+            ]
+            if self.conv_batch_norm
+            else []
+        )
         self.flatten = keras.layers.Flatten(name="flatten")
-        self.fcs = [keras.layers.Dense(u, activation="relu", name=f"fc{i + 6}")
-                    for i, u in enumerate(self.units)]
-        self.drops = [keras.layers.Dropout(self.dropout, name=f"drop{i + 6}")
-                      for i in range(len(self.units))] if self.dropout > 0 else []
+        self.fcs = [
+            keras.layers.Dense(u, activation="relu", name=f"fc{i + 6}")
+            for i, u in enumerate(self.units)
+        ]
+        self.drops = (
+            [
+                keras.layers.Dropout(self.dropout, name=f"drop{i + 6}")
+                for i in range(len(self.units))
+            ]
+            if self.dropout > 0
+            else []
+        )
         self.classifier = keras.layers.Dense(
-            self.num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-            dtype="float32", name="cls_score")
+            self.num_classes + 1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            dtype="float32",
+            name="cls_score",
+        )
         self.regressor = keras.layers.Dense(
-            self.num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            dtype="float32", name="bbox_pred")
+            self.num_classes * 4,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            dtype="float32",
+            name="bbox_pred",
+        )
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -107,7 +142,12 @@ class RCNNHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, head_type=self.head_type, units=self.units,
-                      conv_channels=self.conv_channels, dropout=self.dropout,
-                      conv_batch_norm=self.conv_batch_norm)
+        config.update(
+            num_classes=self.num_classes,
+            head_type=self.head_type,
+            units=self.units,
+            conv_channels=self.conv_channels,
+            dropout=self.dropout,
+            conv_batch_norm=self.conv_batch_norm,
+        )
         return config

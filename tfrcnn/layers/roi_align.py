@@ -30,8 +30,15 @@ class ROIAlign(BatchedROILayer):
         TensorShape([300, 7, 7, 256])
     """
 
-    def __init__(self, output_size=(7, 7), spatial_scale=1.0 / 16, sampling_ratio=2, aligned=True,
-                 method="auto", **kwargs):
+    def __init__(
+        self,
+        output_size=(7, 7),
+        spatial_scale=1.0 / 16,
+        sampling_ratio=2,
+        aligned=True,
+        method="auto",
+        **kwargs,
+    ):
         super().__init__(output_size=output_size, **kwargs)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
@@ -39,12 +46,23 @@ class ROIAlign(BatchedROILayer):
         self.method = str(method)
 
     def pool(self, features, boxes, box_indices):
-        return roi_align(features, boxes, box_indices, output_size=self.output_size,
-                         spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio,
-                         aligned=self.aligned, method=self.method)
+        return roi_align(
+            features,
+            boxes,
+            box_indices,
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            method=self.method,
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio,
-                      aligned=self.aligned, method=self.method)
+        config.update(
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            method=self.method,
+        )
         return config

@@ -31,8 +31,13 @@ class ROIPooling(BatchedROILayer):
         self.spatial_scale = float(spatial_scale)
 
     def pool(self, features, boxes, box_indices):
-        return roi_pool(features, boxes, box_indices, output_size=self.output_size,
-                        spatial_scale=self.spatial_scale)
+        return roi_pool(
+            features,
+            boxes,
+            box_indices,
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+        )
 
     def get_config(self):
         config = super().get_config()

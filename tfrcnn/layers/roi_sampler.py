@@ -40,9 +40,17 @@ class ROISampler(keras.layers.Layer):
         >>> rois, labels, targets, weights = ROISampler(128)(proposals, valid, gt_boxes, gt_classes)
     """
 
-    def __init__(self, batch_size_per_image=128, positive_fraction=0.25, positive_iou=0.5,
-                 negative_iou_high=0.5, negative_iou_low=0.0, box_weights=(10.0, 10.0, 5.0, 5.0),
-                 add_gt_to_proposals=True, **kwargs):
+    def __init__(
+        self,
+        batch_size_per_image=128,
+        positive_fraction=0.25,
+        positive_iou=0.5,
+        negative_iou_high=0.5,
+        negative_iou_low=0.0,
+        box_weights=(10.0, 10.0, 5.0, 5.0),
+        add_gt_to_proposals=True,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.batch_size_per_image = int(batch_size_per_image)
@@ -62,34 +70,55 @@ class ROISampler(keras.layers.Layer):
             candidates = tf.concat([candidates, gt_boxes], axis=1)
             valid = tf.concat([valid, gt_classes >= 0], axis=1)
         matched, labels, _ = match_boxes(
-            tf.stop_gradient(candidates), gt_boxes, gt_classes,
-            positive_threshold=self.positive_iou, negative_threshold=self.negative_iou_high,
-            negative_lower_threshold=self.negative_iou_low, allow_low_quality_matches=False,
-            valid_mask=valid)
-        index, sample_labels = balanced_sample(labels, self.batch_size_per_image,
-                                               self.positive_fraction)
+            tf.stop_gradient(candidates),
+            gt_boxes,
+            gt_classes,
+            positive_threshold=self.positive_iou,
+            negative_threshold=self.negative_iou_high,
+            negative_lower_threshold=self.negative_iou_low,
+            allow_low_quality_matches=False,
+            valid_mask=valid,
+        )
+        index, sample_labels = balanced_sample(
+            labels, self.batch_size_per_image, self.positive_fraction
+        )
         rois = tf.gather(candidates, index, batch_dims=1)
         matched = tf.gather(matched, index, batch_dims=1)
         positive = tf.equal(sample_labels, POSITIVE)
         classes = tf.gather(gt_classes, matched, batch_dims=1)
         roi_labels = tf.where(positive, classes + 1, BACKGROUND)
-        targets = encode_boxes(tf.gather(gt_boxes, matched, batch_dims=1), tf.stop_gradient(rois),
-                               weights=self.box_weights)
+        targets = encode_boxes(
+            tf.gather(gt_boxes, matched, batch_dims=1),
+            tf.stop_gradient(rois),
+            weights=self.box_weights,
+        )
         targets = tf.where(positive[..., None], targets, 0.0)
         weights = tf.cast(tf.not_equal(sample_labels, IGNORE), tf.float32)
-        return (rois, tf.stop_gradient(roi_labels), tf.stop_gradient(targets),
-                tf.stop_gradient(weights))
+        return (
+            rois,
+            tf.stop_gradient(roi_labels),
+            tf.stop_gradient(targets),
+            tf.stop_gradient(weights),
+        )
 
     def compute_output_spec(self, proposals, proposal_valid, gt_boxes, gt_classes):
         b, s = proposals.shape[0], self.batch_size_per_image
-        return (keras.KerasTensor((b, s, 4), dtype="float32"), keras.KerasTensor((b, s), dtype="int32"),
-                keras.KerasTensor((b, s, 4), dtype="float32"), keras.KerasTensor((b, s), dtype="float32"))
+        return (
+            keras.KerasTensor((b, s, 4), dtype="float32"),
+            keras.KerasTensor((b, s), dtype="int32"),
+            keras.KerasTensor((b, s, 4), dtype="float32"),
+            keras.KerasTensor((b, s), dtype="float32"),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(batch_size_per_image=self.batch_size_per_image,
-                      positive_fraction=self.positive_fraction, positive_iou=self.positive_iou,
-                      negative_iou_high=self.negative_iou_high,
-                      negative_iou_low=self.negative_iou_low, box_weights=self.box_weights,
-                      add_gt_to_proposals=self.add_gt_to_proposals)
+        config.update(
+            batch_size_per_image=self.batch_size_per_image,
+            positive_fraction=self.positive_fraction,
+            positive_iou=self.positive_iou,
+            negative_iou_high=self.negative_iou_high,
+            negative_iou_low=self.negative_iou_low,
+            box_weights=self.box_weights,
+            add_gt_to_proposals=self.add_gt_to_proposals,
+        )
         return config

@@ -45,16 +45,32 @@ class RPNHead(keras.layers.Layer):
         self.kernel_size = int(kernel_size)
         self.num_convs = int(num_convs)
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.conv = Conv2D(self.channels, self.kernel_size, padding="same",
-                                        activation="relu", kernel_initializer=init, name="rpn_conv")
+        self.conv = Conv2D(
+            self.channels,
+            self.kernel_size,
+            padding="same",
+            activation="relu",
+            kernel_initializer=init,
+            name="rpn_conv",
+        )
         # torchvision's v2 RPN: further n x n convolutions with ReLU before the two outputs
-        self.extra_convs = [Conv2D(self.channels, self.kernel_size, padding="same",
-                                   activation="relu", kernel_initializer=init,
-                                   name=f"rpn_conv_{i + 2}") for i in range(self.num_convs - 1)]
-        self.objectness = Conv2D(2 * self.num_anchors, 1, kernel_initializer=init,
-                                              dtype="float32", name="rpn_objectness")
-        self.box_deltas = Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
-                                              dtype="float32", name="rpn_box_deltas")
+        self.extra_convs = [
+            Conv2D(
+                self.channels,
+                self.kernel_size,
+                padding="same",
+                activation="relu",
+                kernel_initializer=init,
+                name=f"rpn_conv_{i + 2}",
+            )
+            for i in range(self.num_convs - 1)
+        ]
+        self.objectness = Conv2D(
+            2 * self.num_anchors, 1, kernel_initializer=init, dtype="float32", name="rpn_objectness"
+        )
+        self.box_deltas = Conv2D(
+            4 * self.num_anchors, 1, kernel_initializer=init, dtype="float32", name="rpn_box_deltas"
+        )
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -78,14 +94,22 @@ class RPNHead(keras.layers.Layer):
     def compute_output_spec(self, features, return_maps=False):
         b, h, w = features.shape[0], features.shape[1], features.shape[2]
         if return_maps:
-            return (keras.KerasTensor((b, h, w, 2 * self.num_anchors), dtype="float32"),
-                    keras.KerasTensor((b, h, w, 4 * self.num_anchors), dtype="float32"))
+            return (
+                keras.KerasTensor((b, h, w, 2 * self.num_anchors), dtype="float32"),
+                keras.KerasTensor((b, h, w, 4 * self.num_anchors), dtype="float32"),
+            )
         n = None if h is None or w is None else h * w * self.num_anchors
-        return (keras.KerasTensor((b, n, 2), dtype="float32"),
-                keras.KerasTensor((b, n, 4), dtype="float32"))
+        return (
+            keras.KerasTensor((b, n, 2), dtype="float32"),
+            keras.KerasTensor((b, n, 4), dtype="float32"),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_anchors=self.num_anchors, channels=self.channels,
-                      kernel_size=self.kernel_size, num_convs=self.num_convs)
+        config.update(
+            num_anchors=self.num_anchors,
+            channels=self.channels,
+            kernel_size=self.kernel_size,
+            num_convs=self.num_convs,
+        )
         return config

@@ -34,9 +34,16 @@ class RPNTargetAssigner(keras.layers.Layer):
         >>> labels, targets = RPNTargetAssigner()(anchors, gt_boxes, gt_classes, image_shape)
     """
 
-    def __init__(self, positive_iou=0.7, negative_iou=0.3, batch_size_per_image=256,
-                 positive_fraction=0.5, allowed_border=0.0, box_weights=(1.0, 1.0, 1.0, 1.0),
-                 **kwargs):
+    def __init__(
+        self,
+        positive_iou=0.7,
+        negative_iou=0.3,
+        batch_size_per_image=256,
+        positive_fraction=0.5,
+        allowed_border=0.0,
+        box_weights=(1.0, 1.0, 1.0, 1.0),
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixel coordinates must not be autocast to 16 bits
         super().__init__(**kwargs)
         self.positive_iou = float(positive_iou)
@@ -55,9 +62,15 @@ class RPNTargetAssigner(keras.layers.Layer):
         else:
             inside = anchors_inside_mask(anchors, image_shape, self.allowed_border)
         matched, labels, _ = match_boxes(
-            anchors, gt_boxes, gt_classes, positive_threshold=self.positive_iou,
-            negative_threshold=self.negative_iou, negative_lower_threshold=0.0,
-            allow_low_quality_matches=True, valid_mask=inside)
+            anchors,
+            gt_boxes,
+            gt_classes,
+            positive_threshold=self.positive_iou,
+            negative_threshold=self.negative_iou,
+            negative_lower_threshold=0.0,
+            allow_low_quality_matches=True,
+            valid_mask=inside,
+        )
         sampled = balanced_sample_mask(labels, self.batch_size_per_image, self.positive_fraction)
         labels = tf.where(sampled, labels, IGNORE)
         matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
@@ -67,12 +80,19 @@ class RPNTargetAssigner(keras.layers.Layer):
 
     def compute_output_spec(self, anchors, gt_boxes, gt_classes, image_shape):
         b, n = gt_boxes.shape[0], anchors.shape[0]
-        return (keras.KerasTensor((b, n), dtype="int32"), keras.KerasTensor((b, n, 4), dtype="float32"))
+        return (
+            keras.KerasTensor((b, n), dtype="int32"),
+            keras.KerasTensor((b, n, 4), dtype="float32"),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(positive_iou=self.positive_iou, negative_iou=self.negative_iou,
-                      batch_size_per_image=self.batch_size_per_image,
-                      positive_fraction=self.positive_fraction, allowed_border=self.allowed_border,
-                      box_weights=self.box_weights)
+        config.update(
+            positive_iou=self.positive_iou,
+            negative_iou=self.negative_iou,
+            batch_size_per_image=self.batch_size_per_image,
+            positive_fraction=self.positive_fraction,
+            allowed_border=self.allowed_border,
+            box_weights=self.box_weights,
+        )
         return config

@@ -45,32 +45,94 @@ INPUT_KEYS = ("images", "image_shape", "image_scale", "original_shape")
 
 # Every setting a preset provides; ``None`` in the constructor means "the preset's value".
 _SETTINGS = (
-    "backbone", "backbone_weights", "trainable_backbone", "fpn_channels",
-    "anchor_scales", "anchor_aspect_ratios", "rpn_channels",
-    "rpn_positive_iou", "rpn_negative_iou", "rpn_batch_size_per_image", "rpn_positive_fraction",
-    "rpn_allowed_border", "rpn_nms_iou", "rpn_min_size", "rpn_box_weights",
-    "train_pre_nms_top_n", "train_post_nms_top_n", "test_pre_nms_top_n", "test_post_nms_top_n",
-    "roi_op", "roi_output_size", "roi_sampling_ratio", "roi_aligned", "roi_method",
-    "head_type", "head_units", "head_conv_channels", "head_dropout",
-    "rcnn_batch_size_per_image", "rcnn_positive_fraction", "rcnn_positive_iou",
-    "rcnn_negative_iou_high", "rcnn_negative_iou_low", "rcnn_box_weights", "add_gt_to_proposals",
-    "detection_score_threshold", "detection_nms_iou", "max_detections",
-    "rpn_box_loss_weight", "rpn_box_normalizer", "rcnn_box_loss_weight",
-    "rpn_smooth_l1_beta", "rcnn_smooth_l1_beta", "training_scheme",
-    "image_min_side", "image_max_side", "size_divisor", "proposal_source",
-    "num_external_proposals", "accelerate", "input_checks", "max_image_pixels",
-    "image_resize_rounding", "image_pad_value", "anchor_offset", "anchor_style",
-    "rpn_nms_per_level", "rpn_score_threshold", "detection_min_size", "detection_scale_per_axis",
-    "roi_feature_levels", "rpn_num_convs", "head_conv_batch_norm",
+    "backbone",
+    "backbone_weights",
+    "trainable_backbone",
+    "fpn_channels",
+    "anchor_scales",
+    "anchor_aspect_ratios",
+    "rpn_channels",
+    "rpn_positive_iou",
+    "rpn_negative_iou",
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "rpn_allowed_border",
+    "rpn_nms_iou",
+    "rpn_min_size",
+    "rpn_box_weights",
+    "train_pre_nms_top_n",
+    "train_post_nms_top_n",
+    "test_pre_nms_top_n",
+    "test_post_nms_top_n",
+    "roi_op",
+    "roi_output_size",
+    "roi_sampling_ratio",
+    "roi_aligned",
+    "roi_method",
+    "head_type",
+    "head_units",
+    "head_conv_channels",
+    "head_dropout",
+    "rcnn_batch_size_per_image",
+    "rcnn_positive_fraction",
+    "rcnn_positive_iou",
+    "rcnn_negative_iou_high",
+    "rcnn_negative_iou_low",
+    "rcnn_box_weights",
+    "add_gt_to_proposals",
+    "detection_score_threshold",
+    "detection_nms_iou",
+    "max_detections",
+    "rpn_box_loss_weight",
+    "rpn_box_normalizer",
+    "rcnn_box_loss_weight",
+    "rpn_smooth_l1_beta",
+    "rcnn_smooth_l1_beta",
+    "training_scheme",
+    "image_min_side",
+    "image_max_side",
+    "size_divisor",
+    "proposal_source",
+    "num_external_proposals",
+    "accelerate",
+    "input_checks",
+    "max_image_pixels",
+    "image_resize_rounding",
+    "image_pad_value",
+    "anchor_offset",
+    "anchor_style",
+    "rpn_nms_per_level",
+    "rpn_score_threshold",
+    "detection_min_size",
+    "detection_scale_per_axis",
+    "roi_feature_levels",
+    "rpn_num_convs",
+    "head_conv_batch_norm",
 )
-_DEFAULTS = dict(backbone_weights=None, trainable_backbone=True, fpn_channels=256,
-                 roi_method="auto", head_conv_channels=(), head_dropout=0.0,
-                 proposal_source="rpn", num_external_proposals=2000, accelerate="auto",
-                 input_checks=True, max_image_pixels=40_000_000,
-                 image_resize_rounding="round", image_pad_value=0.0, anchor_offset=0.5,
-                 anchor_style="exact", rpn_nms_per_level=False, rpn_score_threshold=0.0,
-                 detection_min_size=0.0, detection_scale_per_axis=False, roi_feature_levels=0,
-                 rpn_num_convs=1, head_conv_batch_norm=False)
+_DEFAULTS = dict(
+    backbone_weights=None,
+    trainable_backbone=True,
+    fpn_channels=256,
+    roi_method="auto",
+    head_conv_channels=(),
+    head_dropout=0.0,
+    proposal_source="rpn",
+    num_external_proposals=2000,
+    accelerate="auto",
+    input_checks=True,
+    max_image_pixels=40_000_000,
+    image_resize_rounding="round",
+    image_pad_value=0.0,
+    anchor_offset=0.5,
+    anchor_style="exact",
+    rpn_nms_per_level=False,
+    rpn_score_threshold=0.0,
+    detection_min_size=0.0,
+    detection_scale_per_axis=False,
+    roi_feature_levels=0,
+    rpn_num_convs=1,
+    head_conv_batch_norm=False,
+)
 ANCHOR_STYLES = ("exact", "torchvision")
 
 
@@ -173,28 +235,76 @@ class FasterRCNN(keras.Model):
         >>> model.predict(images)["detection_boxes"]          # raw uint8 images of any size
     """
 
-    def __init__(self, num_classes, class_names=None, preset="tiny", backbone=None,
-                 backbone_weights=None, trainable_backbone=None, fpn_channels=None,
-                 anchor_scales=None, anchor_aspect_ratios=None, rpn_channels=None,
-                 rpn_positive_iou=None, rpn_negative_iou=None, rpn_batch_size_per_image=None,
-                 rpn_positive_fraction=None, rpn_allowed_border=None, rpn_nms_iou=None,
-                 rpn_min_size=None, rpn_box_weights=None, train_pre_nms_top_n=None,
-                 train_post_nms_top_n=None, test_pre_nms_top_n=None, test_post_nms_top_n=None,
-                 roi_op=None, roi_output_size=None, roi_sampling_ratio=None, roi_aligned=None,
-                 roi_method=None, head_type=None, head_units=None, head_conv_channels=None,
-                 head_dropout=None, rcnn_batch_size_per_image=None, rcnn_positive_fraction=None,
-                 rcnn_positive_iou=None, rcnn_negative_iou_high=None, rcnn_negative_iou_low=None,
-                 rcnn_box_weights=None, add_gt_to_proposals=None, detection_score_threshold=None,
-                 detection_nms_iou=None, max_detections=None, rpn_box_loss_weight=None,
-                 rpn_box_normalizer=None, rcnn_box_loss_weight=None, rpn_smooth_l1_beta=None,
-                 rcnn_smooth_l1_beta=None, training_scheme=None, image_min_side=None,
-                 image_max_side=None, size_divisor=None, proposal_source=None,
-                 num_external_proposals=None, accelerate=None, input_checks=None,
-                 max_image_pixels=None, image_resize_rounding=None,
-                 image_pad_value=None, anchor_offset=None, anchor_style=None,
-                 rpn_nms_per_level=None, rpn_score_threshold=None, detection_min_size=None,
-                 detection_scale_per_axis=None, roi_feature_levels=None, rpn_num_convs=None,
-                 head_conv_batch_norm=None, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        class_names=None,
+        preset="tiny",
+        backbone=None,
+        backbone_weights=None,
+        trainable_backbone=None,
+        fpn_channels=None,
+        anchor_scales=None,
+        anchor_aspect_ratios=None,
+        rpn_channels=None,
+        rpn_positive_iou=None,
+        rpn_negative_iou=None,
+        rpn_batch_size_per_image=None,
+        rpn_positive_fraction=None,
+        rpn_allowed_border=None,
+        rpn_nms_iou=None,
+        rpn_min_size=None,
+        rpn_box_weights=None,
+        train_pre_nms_top_n=None,
+        train_post_nms_top_n=None,
+        test_pre_nms_top_n=None,
+        test_post_nms_top_n=None,
+        roi_op=None,
+        roi_output_size=None,
+        roi_sampling_ratio=None,
+        roi_aligned=None,
+        roi_method=None,
+        head_type=None,
+        head_units=None,
+        head_conv_channels=None,
+        head_dropout=None,
+        rcnn_batch_size_per_image=None,
+        rcnn_positive_fraction=None,
+        rcnn_positive_iou=None,
+        rcnn_negative_iou_high=None,
+        rcnn_negative_iou_low=None,
+        rcnn_box_weights=None,
+        add_gt_to_proposals=None,
+        detection_score_threshold=None,
+        detection_nms_iou=None,
+        max_detections=None,
+        rpn_box_loss_weight=None,
+        rpn_box_normalizer=None,
+        rcnn_box_loss_weight=None,
+        rpn_smooth_l1_beta=None,
+        rcnn_smooth_l1_beta=None,
+        training_scheme=None,
+        image_min_side=None,
+        image_max_side=None,
+        size_divisor=None,
+        proposal_source=None,
+        num_external_proposals=None,
+        accelerate=None,
+        input_checks=None,
+        max_image_pixels=None,
+        image_resize_rounding=None,
+        image_pad_value=None,
+        anchor_offset=None,
+        anchor_style=None,
+        rpn_nms_per_level=None,
+        rpn_score_threshold=None,
+        detection_min_size=None,
+        detection_scale_per_axis=None,
+        roi_feature_levels=None,
+        rpn_num_convs=None,
+        head_conv_batch_norm=None,
+        **kwargs,
+    ):
         given = dict(locals())
         kwargs.setdefault("name", "faster_rcnn")
         super().__init__(**kwargs)
@@ -214,7 +324,9 @@ class FasterRCNN(keras.Model):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names given for num_classes={self.num_classes}")
+            raise ValueError(
+                f"{len(self.class_names)} class names given for num_classes={self.num_classes}"
+            )
         self.preset = preset or "tiny"
         self.settings = settings
         for key, value in settings.items():
@@ -243,81 +355,145 @@ class FasterRCNN(keras.Model):
         if self.accelerate not in ("auto", False):
             raise ValueError(f"accelerate must be 'auto' or False, got {self.accelerate!r}")
         if self.training_scheme not in TRAINING_SCHEMES:
-            raise ValueError(f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}")
+            raise ValueError(
+                f"training_scheme must be one of {TRAINING_SCHEMES}, got {self.training_scheme!r}"
+            )
         if self.roi_op not in ROI_OPS:
             raise ValueError(f"roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
         if self.anchor_style not in ANCHOR_STYLES:
-            raise ValueError(f"anchor_style must be one of {ANCHOR_STYLES}, got {self.anchor_style!r}")
+            raise ValueError(
+                f"anchor_style must be one of {ANCHOR_STYLES}, got {self.anchor_style!r}"
+            )
         if self.proposal_source not in ("rpn", "external"):
-            raise ValueError(f"proposal_source must be 'rpn' or 'external', got {self.proposal_source!r}")
+            raise ValueError(
+                f"proposal_source must be 'rpn' or 'external', got {self.proposal_source!r}"
+            )
         if self.training_scheme == "non_approximate_joint" and self.roi_op == "roi_pool":
             raise ValueError(
                 "non_approximate_joint training needs an ROI op that is differentiable with respect "
                 "to the box coordinates: use roi_op='roi_align', 'precise_roi_pool' or "
-                "'multilevel_roi_align' (ROI pooling rounds coordinates, so its box gradient is 0)")
+                "'multilevel_roi_align' (ROI pooling rounds coordinates, so its box gradient is 0)"
+            )
 
     def _build_layers(self):
-        self.resizer = ImageResizer(self.image_min_side, self.image_max_side, self.size_divisor,
-                                    rounding=self.image_resize_rounding,
-                                    pad_value=self.image_pad_value, name="image_resizer")
+        self.resizer = ImageResizer(
+            self.image_min_side,
+            self.image_max_side,
+            self.size_divisor,
+            rounding=self.image_resize_rounding,
+            pad_value=self.image_pad_value,
+            name="image_resizer",
+        )
         self.backbone_model, strides = build_backbone(
-            self.backbone, weights=self.backbone_weights, trainable=self.trainable_backbone,
-            fpn_channels=self.fpn_channels)
+            self.backbone,
+            weights=self.backbone_weights,
+            trainable=self.trainable_backbone,
+            fpn_channels=self.fpn_channels,
+        )
         self.strides = tuple(int(s) for s in strides)
         levels = len(self.strides)
         scales = self.anchor_scales
         if not isinstance(scales[0], (list, tuple)):
             scales = (tuple(scales),) * levels
         if len(scales) != levels:
-            raise ValueError(f"anchor_scales gives {len(scales)} levels but backbone "
-                             f"{self.backbone!r} has {levels} (strides {self.strides})")
+            raise ValueError(
+                f"anchor_scales gives {len(scales)} levels but backbone "
+                f"{self.backbone!r} has {levels} (strides {self.strides})"
+            )
         self.anchor_generators = [
-            AnchorGenerator(stride, level_scales, self.anchor_aspect_ratios,
-                            offset=self.anchor_offset,
-                            torchvision=self.anchor_style == "torchvision", name=f"anchors_{i}")
-            for i, (stride, level_scales) in enumerate(zip(self.strides, scales))]
+            AnchorGenerator(
+                stride,
+                level_scales,
+                self.anchor_aspect_ratios,
+                offset=self.anchor_offset,
+                torchvision=self.anchor_style == "torchvision",
+                name=f"anchors_{i}",
+            )
+            for i, (stride, level_scales) in enumerate(zip(self.strides, scales))
+        ]
         counts = {g.num_anchors for g in self.anchor_generators}
         if len(counts) != 1:
-            raise ValueError("every pyramid level needs the same number of anchors a location "
-                             f"(the RPN head is shared); got {sorted(counts)}")
+            raise ValueError(
+                "every pyramid level needs the same number of anchors a location "
+                f"(the RPN head is shared); got {sorted(counts)}"
+            )
         self.num_anchors = counts.pop()
-        self.rpn_head = RPNHead(self.num_anchors, self.rpn_channels, num_convs=self.rpn_num_convs,
-                                name="rpn_head")
+        self.rpn_head = RPNHead(
+            self.num_anchors, self.rpn_channels, num_convs=self.rpn_num_convs, name="rpn_head"
+        )
         self.rpn_targets = RPNTargetAssigner(
-            self.rpn_positive_iou, self.rpn_negative_iou, self.rpn_batch_size_per_image,
-            self.rpn_positive_fraction, self.rpn_allowed_border, self.rpn_box_weights,
-            name="rpn_targets")
+            self.rpn_positive_iou,
+            self.rpn_negative_iou,
+            self.rpn_batch_size_per_image,
+            self.rpn_positive_fraction,
+            self.rpn_allowed_border,
+            self.rpn_box_weights,
+            name="rpn_targets",
+        )
         self.train_proposals = ProposalLayer(
-            self.train_pre_nms_top_n, self.train_post_nms_top_n, self.rpn_nms_iou,
-            self.rpn_min_size, self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
-            score_threshold=self.rpn_score_threshold, name="train_proposals")
+            self.train_pre_nms_top_n,
+            self.train_post_nms_top_n,
+            self.rpn_nms_iou,
+            self.rpn_min_size,
+            self.rpn_box_weights,
+            nms_per_level=self.rpn_nms_per_level,
+            score_threshold=self.rpn_score_threshold,
+            name="train_proposals",
+        )
         self.test_proposals = ProposalLayer(
-            self.test_pre_nms_top_n, self.test_post_nms_top_n, self.rpn_nms_iou,
-            self.rpn_min_size, self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
-            score_threshold=self.rpn_score_threshold, name="test_proposals")
+            self.test_pre_nms_top_n,
+            self.test_post_nms_top_n,
+            self.rpn_nms_iou,
+            self.rpn_min_size,
+            self.rpn_box_weights,
+            nms_per_level=self.rpn_nms_per_level,
+            score_threshold=self.rpn_score_threshold,
+            name="test_proposals",
+        )
         self.roi_sampler = ROISampler(
-            self.rcnn_batch_size_per_image, self.rcnn_positive_fraction, self.rcnn_positive_iou,
-            self.rcnn_negative_iou_high, self.rcnn_negative_iou_low, self.rcnn_box_weights,
-            self.add_gt_to_proposals, name="roi_sampler")
+            self.rcnn_batch_size_per_image,
+            self.rcnn_positive_fraction,
+            self.rcnn_positive_iou,
+            self.rcnn_negative_iou_high,
+            self.rcnn_negative_iou_low,
+            self.rcnn_box_weights,
+            self.add_gt_to_proposals,
+            name="roi_sampler",
+        )
         size = self.roi_output_size
         if self.roi_op == "multilevel_roi_align":
             if levels < 2:
-                raise ValueError(f"roi_op='multilevel_roi_align' needs a pyramid backbone; "
-                                 f"{self.backbone!r} has one level")
+                raise ValueError(
+                    f"roi_op='multilevel_roi_align' needs a pyramid backbone; "
+                    f"{self.backbone!r} has one level"
+                )
             min_level = int(round(math.log2(self.strides[0])))
-            self.roi_layer = MultiLevelROIAlign(size, self.roi_sampling_ratio, self.roi_aligned,
-                                                min_level=min_level, method=self.roi_method,
-                                                name="roi_align")
+            self.roi_layer = MultiLevelROIAlign(
+                size,
+                self.roi_sampling_ratio,
+                self.roi_aligned,
+                min_level=min_level,
+                method=self.roi_method,
+                name="roi_align",
+            )
         else:
             if levels != 1:
-                raise ValueError(f"roi_op={self.roi_op!r} pools one feature map but backbone "
-                                 f"{self.backbone!r} has {levels} levels: use 'multilevel_roi_align'")
+                raise ValueError(
+                    f"roi_op={self.roi_op!r} pools one feature map but backbone "
+                    f"{self.backbone!r} has {levels} levels: use 'multilevel_roi_align'"
+                )
             scale = 1.0 / self.strides[0]
             if self.roi_op == "roi_pool":
                 self.roi_layer = ROIPooling(size, scale, name="roi_pool")
             elif self.roi_op == "roi_align":
-                self.roi_layer = ROIAlign(size, scale, self.roi_sampling_ratio, self.roi_aligned,
-                                          method=self.roi_method, name="roi_align")
+                self.roi_layer = ROIAlign(
+                    size,
+                    scale,
+                    self.roi_sampling_ratio,
+                    self.roi_aligned,
+                    method=self.roi_method,
+                    name="roi_align",
+                )
             else:
                 self.roi_layer = PreciseROIPooling(size, scale, name="precise_roi_pool")
         if self.head_type == "resnet_c5":
@@ -326,19 +502,31 @@ class FasterRCNN(keras.Model):
             head_weights = self.backbone_weights
             if isinstance(head_weights, str) and head_weights.endswith((".weights.h5", ".keras")):
                 head_weights = None
-            self.head_trunk = build_resnet50_c5_head(weights=head_weights,
-                                                     trainable=self.trainable_backbone)
+            self.head_trunk = build_resnet50_c5_head(
+                weights=head_weights, trainable=self.trainable_backbone
+            )
             head_type = "fc"
         else:
             self.head_trunk = None
             head_type = self.head_type
-        self.rcnn_head = RCNNHead(self.num_classes, head_type, self.head_units,
-                                  self.head_conv_channels, self.head_dropout,
-                                  conv_batch_norm=self.head_conv_batch_norm, name="rcnn_head")
-        self.decoder = DetectionDecoder(self.num_classes, self.rcnn_box_weights,
-                                        self.detection_score_threshold, self.detection_nms_iou,
-                                        self.max_detections, min_size=self.detection_min_size,
-                                        name="detection_decoder")
+        self.rcnn_head = RCNNHead(
+            self.num_classes,
+            head_type,
+            self.head_units,
+            self.head_conv_channels,
+            self.head_dropout,
+            conv_batch_norm=self.head_conv_batch_norm,
+            name="rcnn_head",
+        )
+        self.decoder = DetectionDecoder(
+            self.num_classes,
+            self.rcnn_box_weights,
+            self.detection_score_threshold,
+            self.detection_nms_iou,
+            self.max_detections,
+            min_size=self.detection_min_size,
+            name="detection_decoder",
+        )
 
     def _trunk(self, images):
         features = self.backbone_model(images)
@@ -353,7 +541,7 @@ class FasterRCNN(keras.Model):
             deltas.append(level_deltas)
             anchors.append(generator(level, images) if generator.torchvision else generator(level))
         if self.roi_op == "multilevel_roi_align":
-            roi_features = features[:self.roi_feature_levels or len(features) - 1]
+            roi_features = features[: self.roi_feature_levels or len(features) - 1]
         else:
             roi_features = features[0]
         return roi_features, objectness, deltas, anchors
@@ -372,13 +560,18 @@ class FasterRCNN(keras.Model):
         image_shape = keras.Input((2,), name="image_shape", dtype="int32")
         image_scale = keras.Input((), name="image_scale", dtype="float32")
         original_shape = keras.Input((2,), name="original_shape", dtype="int32")
-        inputs = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
-                  "original_shape": original_shape}
+        inputs = {
+            "images": images,
+            "image_shape": image_shape,
+            "image_scale": image_scale,
+            "original_shape": original_shape,
+        }
         roi_features, objectness, deltas, anchors = self._trunk(images)
         external = self.proposal_source == "external"
         if external:
-            inputs["proposals"] = keras.Input((self.num_external_proposals, 4), name="proposals",
-                                              dtype="float32")
+            inputs["proposals"] = keras.Input(
+                (self.num_external_proposals, 4), name="proposals", dtype="float32"
+            )
             # given in original-image pixels; zero-area entries are padding
             ext = inputs["proposals"] * keras.ops.reshape(image_scale, (-1, 1, 1))
             ext_valid = keras.ops.logical_and(ext[..., 2] > ext[..., 0], ext[..., 3] > ext[..., 1])
@@ -391,10 +584,12 @@ class FasterRCNN(keras.Model):
             logits, box_deltas = self._head(roi_features, proposals, count)
             scale = image_scale
             if self.detection_scale_per_axis:
-                scale = (keras.ops.cast(image_shape, "float32")
-                         / keras.ops.cast(original_shape, "float32"))
-            outputs = self.decoder(logits, box_deltas, proposals, valid, image_shape, scale,
-                                   original_shape)
+                scale = keras.ops.cast(image_shape, "float32") / keras.ops.cast(
+                    original_shape, "float32"
+                )
+            outputs = self.decoder(
+                logits, box_deltas, proposals, valid, image_shape, scale, original_shape
+            )
             return keras.Model(inputs, outputs, name="inference_graph")
         gt_boxes = keras.Input((None, 4), name="gt_boxes", dtype="float32")
         gt_classes = keras.Input((None,), name="gt_classes", dtype="int32")
@@ -403,23 +598,36 @@ class FasterRCNN(keras.Model):
         if external:
             proposals, valid = ext, ext_valid
         else:
-            all_objectness = keras.ops.concatenate(objectness, axis=1) if len(objectness) > 1 else objectness[0]
+            all_objectness = (
+                keras.ops.concatenate(objectness, axis=1) if len(objectness) > 1 else objectness[0]
+            )
             all_deltas = keras.ops.concatenate(deltas, axis=1) if len(deltas) > 1 else deltas[0]
             all_anchors = keras.ops.concatenate(anchors, axis=0) if len(anchors) > 1 else anchors[0]
-            rpn_labels, rpn_box_targets = self.rpn_targets(all_anchors, gt_boxes, gt_classes, image_shape)
-            outputs.update(rpn_objectness=all_objectness, rpn_deltas=all_deltas,
-                           rpn_labels=rpn_labels, rpn_box_targets=rpn_box_targets)
+            rpn_labels, rpn_box_targets = self.rpn_targets(
+                all_anchors, gt_boxes, gt_classes, image_shape
+            )
+            outputs.update(
+                rpn_objectness=all_objectness,
+                rpn_deltas=all_deltas,
+                rpn_labels=rpn_labels,
+                rpn_box_targets=rpn_box_targets,
+            )
             proposals, _, valid = self.train_proposals(objectness, deltas, anchors, image_shape)
             if self.training_scheme != "non_approximate_joint":
                 # Approximate joint training: the proposals are constants for the second stage.
                 proposals = keras.ops.stop_gradient(proposals)
         rois, labels, targets, weights = self.roi_sampler(proposals, valid, gt_boxes, gt_classes)
         logits, box_deltas = self._head(roi_features, rois, self.rcnn_batch_size_per_image)
-        outputs.update({
-            "rcnn_class_logits": logits, "rcnn_box_deltas": box_deltas,
-            "rcnn_labels": labels, "rcnn_box_targets": targets, "rcnn_weights": weights,
-            "rois": rois,
-        })
+        outputs.update(
+            {
+                "rcnn_class_logits": logits,
+                "rcnn_box_deltas": box_deltas,
+                "rcnn_labels": labels,
+                "rcnn_box_targets": targets,
+                "rcnn_weights": weights,
+                "rois": rois,
+            }
+        )
         return keras.Model(inputs, outputs, name="training_graph")
 
     # ----------------------------------------------------------------------------------------
@@ -456,11 +664,17 @@ class FasterRCNN(keras.Model):
         inputs = self.input_checker(inputs)
         if not isinstance(inputs, dict):
             if self.proposal_source == "external":
-                raise ValueError("this model runs on external proposals (Fast R-CNN): pass a dict "
-                                 "with 'images', 'image_shape', 'image_scale' and 'proposals'")
+                raise ValueError(
+                    "this model runs on external proposals (Fast R-CNN): pass a dict "
+                    "with 'images', 'image_shape', 'image_scale' and 'proposals'"
+                )
             images, image_shape, image_scale, original_shape = self.resizer(inputs)
-            return {"images": images, "image_shape": image_shape, "image_scale": image_scale,
-                    "original_shape": original_shape}
+            return {
+                "images": images,
+                "image_shape": image_shape,
+                "image_scale": image_scale,
+                "original_shape": original_shape,
+            }
         if "images" not in inputs:
             raise ValueError(f"the input dict needs an 'images' entry; got keys {sorted(inputs)}")
         images = tf.cast(inputs["images"], tf.float32)
@@ -477,24 +691,36 @@ class FasterRCNN(keras.Model):
         if inputs.get("original_shape") is not None:
             original_shape = tf.cast(inputs["original_shape"], tf.int32)
         else:
-            original_shape = tf.cast(tf.math.ceil(
-                tf.cast(image_shape, tf.float32) / image_scale[:, None] - 1e-3), tf.int32)
-        result = {"images": images, "image_shape": image_shape, "image_scale": image_scale,
-                  "original_shape": original_shape}
+            original_shape = tf.cast(
+                tf.math.ceil(tf.cast(image_shape, tf.float32) / image_scale[:, None] - 1e-3),
+                tf.int32,
+            )
+        result = {
+            "images": images,
+            "image_shape": image_shape,
+            "image_scale": image_scale,
+            "original_shape": original_shape,
+        }
         if self.proposal_source == "external":
             if inputs.get("proposals") is None:
-                raise ValueError("this model runs on external proposals (Fast R-CNN): the input dict "
-                                 f"needs 'proposals' [B, {self.num_external_proposals}, 4] in "
-                                 "original-image pixels")
+                raise ValueError(
+                    "this model runs on external proposals (Fast R-CNN): the input dict "
+                    f"needs 'proposals' [B, {self.num_external_proposals}, 4] in "
+                    "original-image pixels"
+                )
             result["proposals"] = tf.cast(inputs["proposals"], tf.float32)
         if inputs.get("gt_boxes") is not None:
             if inputs.get("gt_classes") is None:
                 raise ValueError("'gt_boxes' given without 'gt_classes'")
             # One extra padding slot, so that images with zero ground-truth slots (M = 0) work.
-            result["gt_boxes"] = tf.pad(tf.cast(inputs["gt_boxes"], tf.float32),
-                                        [[0, 0], [0, 1], [0, 0]], constant_values=-1.0)
-            result["gt_classes"] = tf.pad(tf.cast(inputs["gt_classes"], tf.int32),
-                                          [[0, 0], [0, 1]], constant_values=-1)
+            result["gt_boxes"] = tf.pad(
+                tf.cast(inputs["gt_boxes"], tf.float32),
+                [[0, 0], [0, 1], [0, 0]],
+                constant_values=-1.0,
+            )
+            result["gt_classes"] = tf.pad(
+                tf.cast(inputs["gt_classes"], tf.int32), [[0, 0], [0, 1]], constant_values=-1
+            )
         return result
 
     def propose(self, inputs, max_proposals=2000, pre_nms_top_n=None):
@@ -516,14 +742,23 @@ class FasterRCNN(keras.Model):
             raise ValueError("propose() needs a model with an RPN (proposal_source='rpn')")
         inputs = self.standardize_inputs(inputs)
         pre = pre_nms_top_n or max(self.test_pre_nms_top_n, int(max_proposals))
-        layer = ProposalLayer(pre, int(max_proposals), self.rpn_nms_iou, self.rpn_min_size,
-                              self.rpn_box_weights, nms_per_level=self.rpn_nms_per_level,
-                              score_threshold=self.rpn_score_threshold)
+        layer = ProposalLayer(
+            pre,
+            int(max_proposals),
+            self.rpn_nms_iou,
+            self.rpn_min_size,
+            self.rpn_box_weights,
+            nms_per_level=self.rpn_nms_per_level,
+            score_threshold=self.rpn_score_threshold,
+        )
         _, objectness, deltas, anchors = self._trunk(inputs["images"])
         boxes, scores, valid = layer(objectness, deltas, anchors, inputs["image_shape"])
         boxes = boxes / tf.reshape(inputs["image_scale"], [-1, 1, 1])
-        return {"proposal_boxes": boxes, "proposal_scores": scores,
-                "num_proposals": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
+        return {
+            "proposal_boxes": boxes,
+            "proposal_scores": scores,
+            "num_proposals": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        }
 
     def build(self, input_shape=None):
         # Every layer is built when the two graphs are traced in __init__.
@@ -544,21 +779,33 @@ class FasterRCNN(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The multi-task loss of both stages; each term is tracked as a metric."""
         if not isinstance(y_pred, dict) or "rcnn_labels" not in y_pred:
-            raise ValueError("training and evaluation need ground truth: the input dict must hold "
-                             "'gt_boxes' [B, M, 4] and 'gt_classes' [B, M] (-1 padding)")
+            raise ValueError(
+                "training and evaluation need ground truth: the input dict must hold "
+                "'gt_boxes' [B, M, 4] and 'gt_classes' [B, M] (-1 padding)"
+            )
         if "rpn_labels" in y_pred:
             num_locations = tf.shape(y_pred["rpn_labels"])[1] // self.num_anchors
             rpn_cls, rpn_box = rpn_losses(
-                y_pred["rpn_objectness"], y_pred["rpn_deltas"], y_pred["rpn_labels"],
-                y_pred["rpn_box_targets"], num_locations=num_locations,
-                beta=self.rpn_smooth_l1_beta, box_normalizer=self.rpn_box_normalizer,
-                box_loss_weight=self.rpn_box_loss_weight)
+                y_pred["rpn_objectness"],
+                y_pred["rpn_deltas"],
+                y_pred["rpn_labels"],
+                y_pred["rpn_box_targets"],
+                num_locations=num_locations,
+                beta=self.rpn_smooth_l1_beta,
+                box_normalizer=self.rpn_box_normalizer,
+                box_loss_weight=self.rpn_box_loss_weight,
+            )
         else:  # Fast R-CNN on external proposals: no RPN
             rpn_cls = rpn_box = tf.constant(0.0, tf.float32)
         rcnn_cls, rcnn_box = rcnn_losses(
-            y_pred["rcnn_class_logits"], y_pred["rcnn_box_deltas"], y_pred["rcnn_labels"],
-            y_pred["rcnn_box_targets"], y_pred["rcnn_weights"], beta=self.rcnn_smooth_l1_beta,
-            box_loss_weight=self.rcnn_box_loss_weight)
+            y_pred["rcnn_class_logits"],
+            y_pred["rcnn_box_deltas"],
+            y_pred["rcnn_labels"],
+            y_pred["rcnn_box_targets"],
+            y_pred["rcnn_weights"],
+            beta=self.rcnn_smooth_l1_beta,
+            box_loss_weight=self.rcnn_box_loss_weight,
+        )
         terms = dict(zip(LOSS_TERMS, (rpn_cls, rpn_box, rcnn_cls, rcnn_box)))
         total = tf.constant(0.0, tf.float32)
         for name, value in terms.items():
@@ -576,8 +823,13 @@ class FasterRCNN(keras.Model):
         return total
 
     def get_config(self):
-        config = {"num_classes": self.num_classes, "class_names": self.class_names,
-                  "preset": self.preset, "name": self.name, "dtype": self.dtype_policy.name}
+        config = {
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "preset": self.preset,
+            "name": self.name,
+            "dtype": self.dtype_policy.name,
+        }
         config.update(self.settings)
         return config
 

@@ -29,13 +29,16 @@ def check_model_file(path):
     if not os.path.isfile(path):
         raise ModelFileError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path} is not a .keras model file (not a zip archive); a tfrcnn "
-                             "model is saved with model.save('name.keras')")
+        raise ModelFileError(
+            f"{path} is not a .keras model file (not a zip archive); a tfrcnn "
+            "model is saved with model.save('name.keras')"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             if "config.json" not in archive.namelist():
-                raise ModelFileError(f"{path} is a zip archive but not a .keras model file (no "
-                                     "config.json)")
+                raise ModelFileError(
+                    f"{path} is a zip archive but not a .keras model file (no config.json)"
+                )
             config = json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         if isinstance(e, ModelFileError):
@@ -43,8 +46,9 @@ def check_model_file(path):
         raise ModelFileError(f"{path} is not a readable .keras model file ({e})") from None
     name = config.get("registered_name") or config.get("class_name")
     if name != MODEL_CLASS:
-        raise ModelFileError(f"{path} holds a Keras model of class {name!r}, not a tfrcnn "
-                             "FasterRCNN")
+        raise ModelFileError(
+            f"{path} holds a Keras model of class {name!r}, not a tfrcnn FasterRCNN"
+        )
     return config
 
 
@@ -60,4 +64,5 @@ def load_model(path, compile=True):
     """
     check_model_file(path)
     import tfrcnn.layers  # noqa: F401  (registers every layer before deserializing)
+
     return keras.models.load_model(os.fspath(path), compile=compile, safe_mode=True)

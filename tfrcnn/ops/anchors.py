@@ -16,6 +16,7 @@ Anchors are float32 ``[..., 4]`` yxyx in pixels of the network input, continuous
 rounding of sizes). An aspect ratio is ``r = height / width``; an anchor of scale ``s`` and ratio
 ``r`` has height ``s * sqrt(r)`` and width ``s / sqrt(r)`` (area ``s**2``).
 """
+
 import tensorflow as tf
 
 
@@ -115,17 +116,23 @@ def generate_multilevel_anchors(feature_sizes, strides, scales, aspect_ratios, o
     feature_sizes = list(feature_sizes)
     strides = list(strides)
     if len(feature_sizes) != len(strides):
-        raise ValueError(f"generate_multilevel_anchors: {len(feature_sizes)} feature sizes but "
-                         f"{len(strides)} strides; give one stride a level.")
+        raise ValueError(
+            f"generate_multilevel_anchors: {len(feature_sizes)} feature sizes but "
+            f"{len(strides)} strides; give one stride a level."
+        )
     if _is_per_level(scales):
         per_level = list(scales)
         if len(per_level) != len(strides):
-            raise ValueError(f"generate_multilevel_anchors: {len(per_level)} lists of scales for "
-                             f"{len(strides)} levels; give one list a level or one list for all.")
+            raise ValueError(
+                f"generate_multilevel_anchors: {len(per_level)} lists of scales for "
+                f"{len(strides)} levels; give one list a level or one list for all."
+            )
     else:
         per_level = [scales] * len(strides)
-    levels = [generate_anchors(size, stride, level_scales, aspect_ratios, offset)
-              for size, stride, level_scales in zip(feature_sizes, strides, per_level)]
+    levels = [
+        generate_anchors(size, stride, level_scales, aspect_ratios, offset)
+        for size, stride, level_scales in zip(feature_sizes, strides, per_level)
+    ]
     return tf.concat(levels, axis=0)
 
 
@@ -166,11 +173,16 @@ def anchors_inside_mask(anchors, image_shape, allowed_border=0.0):
     if hw.shape.rank == 2:
         hw = hw[:, None, :]  # [B, 1, 2], broadcasts against [N, 4] or [B, N, 4]
     elif hw.shape.rank != 1:
-        raise ValueError(f"anchors_inside_mask: image_shape must be [2] or [B, 2]; got shape "
-                         f"{hw.shape}.")
+        raise ValueError(
+            f"anchors_inside_mask: image_shape must be [2] or [B, 2]; got shape {hw.shape}."
+        )
     y1, x1, y2, x2 = tf.unstack(anchors, 4, axis=-1)
-    return ((y1 >= -border) & (x1 >= -border)
-            & (y2 <= hw[..., 0] + border) & (x2 <= hw[..., 1] + border))
+    return (
+        (y1 >= -border)
+        & (x1 >= -border)
+        & (y2 <= hw[..., 0] + border)
+        & (x2 <= hw[..., 1] + border)
+    )
 
 
 def rounded_anchor_corners(scales, aspect_ratios):
@@ -192,8 +204,9 @@ def rounded_anchor_corners(scales, aspect_ratios):
     return tf.round(tf.concat([-half, half], axis=-1))
 
 
-def generate_anchors_from_image_size(feature_size, image_size, scales, aspect_ratios,
-                                     offset=0.0, rounded=True):
+def generate_anchors_from_image_size(
+    feature_size, image_size, scales, aspect_ratios, offset=0.0, rounded=True
+):
     """All anchors of one feature map, with torchvision's stride and base anchors.
 
     The stride of each axis is ``image_size // feature_size`` (the padded input size over the

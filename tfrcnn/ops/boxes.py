@@ -13,6 +13,7 @@ Integer or float image shapes are accepted.
 Every function casts its inputs to float32, runs eagerly and inside ``tf.function``, and accepts
 unknown (``None``) dimensions except where noted.
 """
+
 import math
 
 import tensorflow as tf
@@ -46,19 +47,22 @@ def _image_scale(image_shape, boxes):
     hw = _float(image_shape)
     rank = hw.shape.rank
     if rank is None:
-        raise ValueError("image_shape must have a known rank (1 for [2], 2 for [B, 2]); got an "
-                         "unknown rank.")
+        raise ValueError(
+            "image_shape must have a known rank (1 for [2], 2 for [B, 2]); got an unknown rank."
+        )
     if rank == 1:
         return tf.concat([hw, hw], axis=-1)
     if rank != 2:
-        raise ValueError(f"image_shape must be [2] (height, width) or [B, 2]; got shape "
-                         f"{hw.shape}.")
+        raise ValueError(
+            f"image_shape must be [2] (height, width) or [B, 2]; got shape {hw.shape}."
+        )
     scale = tf.concat([hw, hw], axis=-1)  # [B, 4]
     boxes_rank = boxes.shape.rank
     if boxes_rank is not None:
         if boxes_rank < 2:
-            raise ValueError(f"image_shape [B, 2] needs boxes [B, ..., 4]; got boxes of shape "
-                             f"{boxes.shape}.")
+            raise ValueError(
+                f"image_shape [B, 2] needs boxes [B, ..., 4]; got boxes of shape {boxes.shape}."
+            )
         middle = boxes_rank - 2
         if middle == 0:
             return scale
@@ -283,8 +287,9 @@ def convert_boxes(boxes, source, target):
     """
     for name, fmt in (("source", source), ("target", target)):
         if fmt not in BOX_FORMATS:
-            raise ValueError(f"convert_boxes: unknown {name} format {fmt!r}; accepted: "
-                             f"{', '.join(BOX_FORMATS)}.")
+            raise ValueError(
+                f"convert_boxes: unknown {name} format {fmt!r}; accepted: {', '.join(BOX_FORMATS)}."
+            )
     boxes = _float(boxes)
     if source == target:
         return boxes

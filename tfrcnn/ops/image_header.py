@@ -26,18 +26,29 @@ _HEAD = 32
 def too_large_message(height, width, limit):
     """The refusal text, e.g. ``image of 20000 x 20000 pixels (400.0 megapixels) is above the
     decoded-size limit of 40.0 megapixels (max_image_pixels): ...``."""
-    return (f"image of {int(height)} x {int(width)} pixels ({height * width / 1e6:.1f} megapixels) "
-            f"is above the decoded-size limit of {limit / 1e6:.1f} megapixels (max_image_pixels): "
-            "resize it first, or raise max_image_pixels")
+    return (
+        f"image of {int(height)} x {int(width)} pixels ({height * width / 1e6:.1f} megapixels) "
+        f"is above the decoded-size limit of {limit / 1e6:.1f} megapixels (max_image_pixels): "
+        "resize it first, or raise max_image_pixels"
+    )
 
 
 def _tf_too_large_message(height, width, limit):
     megapixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64) / 1e6
-    return tf.strings.join([
-        "image of ", tf.strings.as_string(height), " x ", tf.strings.as_string(width), " pixels (",
-        tf.strings.as_string(megapixels, precision=1),
-        (f" megapixels) is above the decoded-size limit of {limit / 1e6:.1f} megapixels "
-         "(max_image_pixels): resize it first, or raise max_image_pixels")])
+    return tf.strings.join(
+        [
+            "image of ",
+            tf.strings.as_string(height),
+            " x ",
+            tf.strings.as_string(width),
+            " pixels (",
+            tf.strings.as_string(megapixels, precision=1),
+            (
+                f" megapixels) is above the decoded-size limit of {limit / 1e6:.1f} megapixels "
+                "(max_image_pixels): resize it first, or raise max_image_pixels"
+            ),
+        ]
+    )
 
 
 def _u(head, start, count, big_endian):
@@ -50,8 +61,9 @@ def _u(head, start, count, big_endian):
 
 
 def _starts_with(head, magic, offset=0):
-    return tf.reduce_all(tf.equal(head[offset:offset + len(magic)],
-                                  tf.constant(list(magic), tf.uint8)))
+    return tf.reduce_all(
+        tf.equal(head[offset : offset + len(magic)], tf.constant(list(magic), tf.uint8))
+    )
 
 
 def encoded_image_size(data):
@@ -78,19 +90,28 @@ def encoded_image_size(data):
     lossless_bits = _u(head, 21, 4, big_endian=False)
 
     def int32(value):  # BMP stores signed sizes
-        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
 
     unknown = tf.constant(UNKNOWN_FORMAT, tf.int64)
     candidates = [
         (is_png, _u(head, 20, 4, True), _u(head, 16, 4, True)),
         (is_gif, _u(head, 8, 2, False), _u(head, 6, 2, False)),
         (is_bmp, int32(_u(head, 22, 4, False)), int32(_u(head, 18, 4, False))),
-        (tf.logical_and(is_webp, webp_lossy), _u(head, 28, 2, False) % 16384,
-         _u(head, 26, 2, False) % 16384),
-        (tf.logical_and(is_webp, webp_lossless), (lossless_bits // 16384) % 16384 + 1,
-         lossless_bits % 16384 + 1),
-        (tf.logical_and(is_webp, webp_extended), _u(head, 27, 3, False) + 1,
-         _u(head, 24, 3, False) + 1),
+        (
+            tf.logical_and(is_webp, webp_lossy),
+            _u(head, 28, 2, False) % 16384,
+            _u(head, 26, 2, False) % 16384,
+        ),
+        (
+            tf.logical_and(is_webp, webp_lossless),
+            (lossless_bits // 16384) % 16384 + 1,
+            lossless_bits % 16384 + 1,
+        ),
+        (
+            tf.logical_and(is_webp, webp_extended),
+            _u(head, 27, 3, False) + 1,
+            _u(head, 24, 3, False) + 1,
+        ),
     ]
     height, width = unknown, unknown
     for flag, h, w in reversed(candidates):
@@ -109,20 +130,26 @@ def check_encoded_image(data, max_pixels, name="encoded_images", index=None):
     ``max_pixels`` pixels; else ``InvalidArgumentError`` with :func:`too_large_message`'s text
     (prefixed by ``name[index]: ``), before anything is decoded."""
     height, width = encoded_image_size(data)
-    where = name if index is None else tf.strings.join([name, "[", tf.strings.as_string(index), "]"])
+    where = (
+        name if index is None else tf.strings.join([name, "[", tf.strings.as_string(index), "]"])
+    )
     known = height >= 0
     small = tf.cast(height, tf.float64) * tf.cast(width, tf.float64) <= float(max_pixels)
 
     def fail(text):
         def build():
             return tf.strings.join([where, ": ", text()])
+
         return build
 
     checks = []
-    for ok, text in ((known, lambda: tf.constant(
-            "not a JPEG, PNG, GIF, BMP or WebP image (unknown header)")),
-                     (tf.logical_or(tf.logical_not(known), small),
-                      lambda: _tf_too_large_message(height, width, max_pixels))):
+    for ok, text in (
+        (known, lambda: tf.constant("not a JPEG, PNG, GIF, BMP or WebP image (unknown header)")),
+        (
+            tf.logical_or(tf.logical_not(known), small),
+            lambda: _tf_too_large_message(height, width, max_pixels),
+        ),
+    ):
         checks.append(tf.cond(ok, lambda: tf.constant(True), _raiser(ok, fail(text))))
     with tf.control_dependencies(checks):
         return tf.identity(data)
@@ -130,7 +157,9 @@ def check_encoded_image(data, max_pixels, name="encoded_images", index=None):
 
 def _raiser(ok, message):
     def raise_():
-        with tf.control_dependencies([tf.raw_ops.Assert(condition=ok, data=[message()],
-                                                        summarize=1)]):
+        with tf.control_dependencies(
+            [tf.raw_ops.Assert(condition=ok, data=[message()], summarize=1)]
+        ):
             return tf.constant(False)
+
     return raise_

@@ -31,8 +31,17 @@ def smooth_l1(x, beta=1.0):
     return tf.where(ax < beta, 0.5 * tf.square(ax) / beta, ax - 0.5 * beta)
 
 
-def rpn_losses(objectness, deltas, labels, box_targets, *, num_locations=None, beta=1.0 / 9.0,
-               box_normalizer="anchor_locations", box_loss_weight=10.0):
+def rpn_losses(
+    objectness,
+    deltas,
+    labels,
+    box_targets,
+    *,
+    num_locations=None,
+    beta=1.0 / 9.0,
+    box_normalizer="anchor_locations",
+    box_loss_weight=10.0,
+):
     """RPN classification and box losses.
 
     Args:
@@ -57,7 +66,8 @@ def rpn_losses(objectness, deltas, labels, box_targets, *, num_locations=None, b
     sampled_f = tf.cast(sampled, tf.float32)
     num_sampled = tf.maximum(tf.reduce_sum(sampled_f), 1.0)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(tf.equal(labels, POSITIVE), tf.int32), logits=objectness)
+        labels=tf.cast(tf.equal(labels, POSITIVE), tf.int32), logits=objectness
+    )
     cls_loss = tf.reduce_sum(ce * sampled_f) / num_sampled
     positive = tf.cast(tf.equal(labels, POSITIVE), tf.float32)
     per_anchor = tf.reduce_sum(smooth_l1(deltas - tf.cast(box_targets, tf.float32), beta), axis=-1)
@@ -71,13 +81,15 @@ def rpn_losses(objectness, deltas, labels, box_targets, *, num_locations=None, b
         denom = num_sampled
     else:
         raise ValueError(
-            f"box_normalizer must be 'anchor_locations' or 'sampled', got {box_normalizer!r}")
+            f"box_normalizer must be 'anchor_locations' or 'sampled', got {box_normalizer!r}"
+        )
     box_loss = box_loss_weight * box_sum / denom
     return cls_loss, box_loss
 
 
-def rcnn_losses(class_logits, box_deltas, labels, box_targets, weights, *, beta=1.0,
-                box_loss_weight=1.0):
+def rcnn_losses(
+    class_logits, box_deltas, labels, box_targets, weights, *, beta=1.0, box_loss_weight=1.0
+):
     """Fast R-CNN head losses (Girshick, 2015): softmax over ``C + 1`` classes, class-specific smooth-L1.
 
     Args:

@@ -6,6 +6,7 @@ an image (padded), ``S`` sampled boxes an image.
 Boxes are float32 ``[..., 4]`` yxyx in pixels. Ground-truth classes are int32 ``[B, M]`` with
 ``-1`` marking padding rows. Labels use the named constants ``POSITIVE``, ``NEGATIVE``, ``IGNORE``.
 """
+
 import tensorflow as tf
 
 from tfrcnn.ops.boxes import box_iou
@@ -28,8 +29,16 @@ def _float(x):
     return x
 
 
-def match_boxes(boxes, gt_boxes, gt_classes, positive_threshold=0.7, negative_threshold=0.3,
-                negative_lower_threshold=0.0, allow_low_quality_matches=True, valid_mask=None):
+def match_boxes(
+    boxes,
+    gt_boxes,
+    gt_classes,
+    positive_threshold=0.7,
+    negative_threshold=0.3,
+    negative_lower_threshold=0.0,
+    allow_low_quality_matches=True,
+    valid_mask=None,
+):
     """Match every box to its best ground truth by IoU and label it positive / negative / ignore.
 
     Rules, for box ``n`` of image ``b`` with ``iou`` its best IoU over the image's real gt:
@@ -104,12 +113,15 @@ def match_boxes(boxes, gt_boxes, gt_classes, positive_threshold=0.7, negative_th
         # Each real gt's best IoU over the valid boxes.
         candidate_iou = tf.where(valid[:, :, None], masked_iou, -tf.ones_like(masked_iou))
         gt_best = tf.reduce_max(candidate_iou, axis=1, keepdims=True)  # [B, 1, M+1]
-        low_quality = ((candidate_iou == gt_best) & (gt_best > 0.0)
-                       & gt_real[:, None, :] & valid[:, :, None])  # [B, N, M+1]
+        low_quality = (
+            (candidate_iou == gt_best) & (gt_best > 0.0) & gt_real[:, None, :] & valid[:, :, None]
+        )  # [B, N, M+1]
         has_low_quality = tf.reduce_any(low_quality, axis=2)
         low_quality_match = tf.argmax(
-            tf.where(low_quality, masked_iou, -tf.ones_like(masked_iou)), axis=2,
-            output_type=tf.int32)
+            tf.where(low_quality, masked_iou, -tf.ones_like(masked_iou)),
+            axis=2,
+            output_type=tf.int32,
+        )
         matched = tf.where(has_low_quality, low_quality_match, matched)
         positive = positive | has_low_quality
 
@@ -177,10 +189,12 @@ def _balanced_sample(labels, num_samples, positive_fraction, seed):
     _, pos_order = tf.math.top_k(pos_keys, k=num_samples)  # [B, S], candidates first, at random
     _, neg_order = tf.math.top_k(neg_keys, k=num_samples)
 
-    num_pos = tf.minimum(tf.reduce_sum(tf.cast(labels == POSITIVE, tf.int32), axis=1),
-                         max_positives)  # [B]
-    num_neg = tf.minimum(tf.reduce_sum(tf.cast(labels == NEGATIVE, tf.int32), axis=1),
-                         num_samples - num_pos)
+    num_pos = tf.minimum(
+        tf.reduce_sum(tf.cast(labels == POSITIVE, tf.int32), axis=1), max_positives
+    )  # [B]
+    num_neg = tf.minimum(
+        tf.reduce_sum(tf.cast(labels == NEGATIVE, tf.int32), axis=1), num_samples - num_pos
+    )
 
     slots = tf.range(num_samples)[None, :]  # [1, S]
     is_pos = slots < num_pos[:, None]

@@ -12,6 +12,7 @@ whose score is strictly greater than ``score_threshold``; drop every remaining b
 it is strictly greater than ``iou_threshold``; repeat until ``K`` boxes are taken. Equal scores are
 taken in index order.
 """
+
 import tensorflow as tf
 
 #: Value of the padded entries of the returned indices.
@@ -33,8 +34,9 @@ def _finite_threshold(score_threshold):
     return tf.maximum(_float(score_threshold), _LOWEST_FLOAT32)
 
 
-def non_max_suppression_padded(boxes, scores, max_output_size, iou_threshold,
-                               score_threshold=float("-inf")):
+def non_max_suppression_padded(
+    boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")
+):
     """Greedy NMS of one image, padded to ``max_output_size``.
 
     Args:
@@ -58,9 +60,13 @@ def non_max_suppression_padded(boxes, scores, max_output_size, iou_threshold,
     boxes = _float(boxes)
     scores = _float(scores)
     selected, num_valid = tf.raw_ops.NonMaxSuppressionV4(
-        boxes=boxes, scores=scores, max_output_size=max_output_size,
-        iou_threshold=_float(iou_threshold), score_threshold=_finite_threshold(score_threshold),
-        pad_to_max_output_size=True)
+        boxes=boxes,
+        scores=scores,
+        max_output_size=max_output_size,
+        iou_threshold=_float(iou_threshold),
+        score_threshold=_finite_threshold(score_threshold),
+        pad_to_max_output_size=True,
+    )
     keep = tf.range(tf.shape(selected)[0]) < num_valid
     indices = tf.where(keep, selected, PADDING_INDEX)
     return indices, num_valid
@@ -80,8 +86,9 @@ def _map_images(fn, elems, max_output_size):
     return tf.map_fn(fn, elems, fn_output_signature=_output_signature(max_output_size))
 
 
-def batched_non_max_suppression_padded(boxes, scores, max_output_size, iou_threshold,
-                                       score_threshold=float("-inf")):
+def batched_non_max_suppression_padded(
+    boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")
+):
     """:func:`non_max_suppression_padded` for each image of a batch.
 
     Args:
@@ -102,8 +109,9 @@ def batched_non_max_suppression_padded(boxes, scores, max_output_size, iou_thres
 
     def one_image(args):
         image_boxes, image_scores = args
-        return non_max_suppression_padded(image_boxes, image_scores, max_output_size,
-                                          iou_threshold, score_threshold)
+        return non_max_suppression_padded(
+            image_boxes, image_scores, max_output_size, iou_threshold, score_threshold
+        )
 
     return _map_images(one_image, (boxes, scores), max_output_size)
 
@@ -121,8 +129,9 @@ def _class_offset_boxes(boxes, classes):
     return boxes + offsets[:, None]
 
 
-def class_aware_non_max_suppression_padded(boxes, scores, classes, max_output_size, iou_threshold,
-                                           score_threshold=float("-inf")):
+def class_aware_non_max_suppression_padded(
+    boxes, scores, classes, max_output_size, iou_threshold, score_threshold=float("-inf")
+):
     """Greedy NMS run independently for each class, merged by decreasing score.
 
     Boxes of different classes never suppress each other (implemented by offsetting each class's
@@ -146,12 +155,14 @@ def class_aware_non_max_suppression_padded(boxes, scores, classes, max_output_si
     """
     boxes = _float(boxes)
     classes = tf.convert_to_tensor(classes)
-    return non_max_suppression_padded(_class_offset_boxes(boxes, classes), scores,
-                                      max_output_size, iou_threshold, score_threshold)
+    return non_max_suppression_padded(
+        _class_offset_boxes(boxes, classes), scores, max_output_size, iou_threshold, score_threshold
+    )
 
 
-def batched_class_aware_non_max_suppression_padded(boxes, scores, classes, max_output_size,
-                                                   iou_threshold, score_threshold=float("-inf")):
+def batched_class_aware_non_max_suppression_padded(
+    boxes, scores, classes, max_output_size, iou_threshold, score_threshold=float("-inf")
+):
     """:func:`class_aware_non_max_suppression_padded` for each image of a batch.
 
     Args:
@@ -175,8 +186,13 @@ def batched_class_aware_non_max_suppression_padded(boxes, scores, classes, max_o
 
     def one_image(args):
         image_boxes, image_scores, image_classes = args
-        return class_aware_non_max_suppression_padded(image_boxes, image_scores, image_classes,
-                                                      max_output_size, iou_threshold,
-                                                      score_threshold)
+        return class_aware_non_max_suppression_padded(
+            image_boxes,
+            image_scores,
+            image_classes,
+            max_output_size,
+            iou_threshold,
+            score_threshold,
+        )
 
     return _map_images(one_image, (boxes, scores, classes), max_output_size)

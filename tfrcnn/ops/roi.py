@@ -69,6 +69,7 @@ def _pair(output_size, name="output_size"):
             size = tuple(output_size)
         except TypeError:
             size = ()
+
     def positive_int(v):
         return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
@@ -412,8 +413,6 @@ def _bilinear_gather(flat, row0, row1, col0, col1, ly, lx, wy, wx, sr):
     return total / float(sr * sr)
 
 
-
-
 def _scatter_terms(row0, row1, col0, col1, ly, lx, wy, wx, sr):
     """The ``4 sr**2`` (sample, neighbour) terms of :func:`_bilinear_scatter`: ``weights [T, K, oh,
     ow]`` (bilinear weight times validity, divided by ``sr**2`` for the bin average) and the table
@@ -452,8 +451,9 @@ def _bilinear_scatter(upstream, row0, row1, col0, col1, ly, lx, wy, wx, cells, s
     channels = tf.shape(upstream)[-1]
     weights, indices = _scatter_terms(row0, row1, col0, col1, ly, lx, wy, wx, sr)
     values = upstream[None] * weights[..., None]  # [T, K, oh, ow, C]
-    return tf.math.unsorted_segment_sum(tf.reshape(values, [-1, channels]),
-                                        tf.reshape(indices, [-1]), cells)
+    return tf.math.unsorted_segment_sum(
+        tf.reshape(values, [-1, channels]), tf.reshape(indices, [-1]), cells
+    )
 
 
 def _flat_levels(maps):
@@ -513,14 +513,16 @@ def _gather_from_levels(maps, image_index, ys, xs, level, sampling_ratio):
     return _bilinear_gather(flat, *neighbours, sampling_ratio)
 
 
-def _scatter_to_levels(maps, upstream, image_index, ys, xs, level, sampling_ratio,
-                       scatter=_bilinear_scatter):
+def _scatter_to_levels(
+    maps, upstream, image_index, ys, xs, level, sampling_ratio, scatter=_bilinear_scatter
+):
     """The gradient of :func:`_gather_from_levels` with respect to each map (a list like
     ``maps``), written out with ``scatter`` (:func:`_bilinear_scatter` or a compiled version)."""
     flat, heights, widths, bases = _flat_levels(maps)
     neighbours = _neighbours(heights, widths, bases, image_index, ys, xs, level)
-    gradient = scatter(tf.cast(upstream, tf.float32), *neighbours, tf.shape(flat)[0],
-                       sampling_ratio)
+    gradient = scatter(
+        tf.cast(upstream, tf.float32), *neighbours, tf.shape(flat)[0], sampling_ratio
+    )
     sizes = [tf.reduce_prod(tf.shape(m)[:3]) for m in maps]
     return [tf.reshape(g, tf.shape(m)) for g, m in zip(tf.split(gradient, tf.stack(sizes)), maps)]
 
@@ -529,8 +531,9 @@ def _scatter_to_levels(maps, upstream, image_index, ys, xs, level, sampling_rati
 #: sampling_ratio)`` (the forward bins, :func:`_gather_from_levels`) and ``bilinear_scatter``
 #: (its gradient on the flat table, :func:`_bilinear_scatter`). :mod:`tfrcnn.accel` passes
 #: XLA-compiled versions of the same functions.
-ROIAlignKernels = collections.namedtuple("ROIAlignKernels",
-                                         ["gather_from_levels", "bilinear_scatter"])
+ROIAlignKernels = collections.namedtuple(
+    "ROIAlignKernels", ["gather_from_levels", "bilinear_scatter"]
+)
 REFERENCE_KERNELS = ROIAlignKernels(_gather_from_levels, _bilinear_scatter)
 
 
@@ -554,8 +557,14 @@ def _crop_and_resize_bins(maps, image_index, ys, xs, level, pooled, sr):
     crop_boxes = tf.stack(
         [cy[:, 0] / scale_h, cx[:, 0] / scale_w, cy[:, -1] / scale_h, cx[:, -1] / scale_w], 1
     )
-    samples = tf.image.crop_and_resize(canvas, crop_boxes, image_index, [oh * sr, ow * sr],
-                                       method="bilinear", extrapolation_value=0.0)  # [K, N, M, C]
+    samples = tf.image.crop_and_resize(
+        canvas,
+        crop_boxes,
+        image_index,
+        [oh * sr, ow * sr],
+        method="bilinear",
+        extrapolation_value=0.0,
+    )  # [K, N, M, C]
     mask = tf.cast(valid_y[:, :, None] & valid_x[:, None, :], tf.float32)
     samples = samples * mask[..., None]
     if sr == 1:
@@ -597,8 +606,16 @@ def _align(maps, image_index, ys, xs, level, pooled, sampling_ratio, method, ker
     @tf.custom_gradient
     def features_term(*maps):
         def grad(upstream):
-            return _scatter_to_levels(list(maps), upstream, image_index, sample_ys, sample_xs,
-                                      level, sr, kernels.bilinear_scatter)
+            return _scatter_to_levels(
+                list(maps),
+                upstream,
+                image_index,
+                sample_ys,
+                sample_xs,
+                level,
+                sr,
+                kernels.bilinear_scatter,
+            )
 
         return forward(list(maps), sample_ys, sample_xs), grad
 
@@ -607,8 +624,9 @@ def _align(maps, image_index, ys, xs, level, pooled, sampling_ratio, method, ker
         def grad(upstream):
             with tf.GradientTape() as tape:
                 tape.watch([ys, xs])
-                reference = _gather_from_levels([tf.stop_gradient(m) for m in maps], image_index,
-                                                ys, xs, level, sr)
+                reference = _gather_from_levels(
+                    [tf.stop_gradient(m) for m in maps], image_index, ys, xs, level, sr
+                )
             return tape.gradient(reference, [ys, xs], output_gradients=upstream)
 
         # forward value 0: the term only carries the coordinates' gradient

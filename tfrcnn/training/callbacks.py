@@ -58,8 +58,14 @@ class NaNGuard(keras.callbacks.Callback):
 
         @tf.function
         def finite():
-            return tf.stack([tf.reduce_all(tf.math.is_finite(v)) if v.dtype.is_floating
-                             else tf.constant(True) for v in variables])
+            return tf.stack(
+                [
+                    tf.reduce_all(tf.math.is_finite(v))
+                    if v.dtype.is_floating
+                    else tf.constant(True)
+                    for v in variables
+                ]
+            )
 
         self._finite = finite
 
@@ -85,8 +91,12 @@ class NaNGuard(keras.callbacks.Callback):
             text = f"non-finite weight after {where}: {variable} (a non-finite gradient or update)"
         raise NonFiniteTrainingError(
             f"{text}. Training stopped before saving; lower the learning rate or check the data "
-            "for broken boxes.", self.epoch + 1, batch + 1, variable=bad[0] if bad else None,
-            losses=losses)
+            "for broken boxes.",
+            self.epoch + 1,
+            batch + 1,
+            variable=bad[0] if bad else None,
+            losses=losses,
+        )
 
     def on_train_batch_begin(self, batch, logs=None):
         bad = self._bad_variables()
@@ -94,8 +104,11 @@ class NaNGuard(keras.callbacks.Callback):
             self._stop(batch, "before", bad, {})
 
     def on_train_batch_end(self, batch, logs=None):
-        losses = {k: float(v) for k, v in (logs or {}).items()
-                  if k.endswith("loss") and not math.isfinite(float(v))}
+        losses = {
+            k: float(v)
+            for k, v in (logs or {}).items()
+            if k.endswith("loss") and not math.isfinite(float(v))
+        }
         bad = self._bad_variables()
         if losses or bad:
             self._stop(batch, "after", bad, losses)

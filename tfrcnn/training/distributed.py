@@ -88,7 +88,8 @@ def configure_cpu_devices(num_devices):
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+        )
     except RuntimeError as error:
         existing = tf.config.list_logical_devices("CPU")
         if len(existing) != num_devices:
@@ -97,48 +98,69 @@ def configure_cpu_devices(num_devices):
                 f"initialised its devices ({len(existing)} logical CPU device(s)). Call "
                 "make_strategy('mirrored', num_cpu_devices=...) (or configure_cpu_devices) at the "
                 "very start of the program, before any TensorFlow op, tensor or model is created; "
-                f"TensorFlow said: {error}") from error
+                f"TensorFlow said: {error}"
+            ) from error
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
 def _parse_tf_config():
     """TF_CONFIG as a dict, checked for what MultiWorkerMirroredStrategy needs."""
     raw = os.environ.get("TF_CONFIG")
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}')
+    example = (
+        '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}'
+    )
     if not raw:
-        raise ValueError("make_strategy('multi_worker') needs the TF_CONFIG environment variable "
-                         f"describing the cluster and this task, e.g. TF_CONFIG='{example}'")
+        raise ValueError(
+            "make_strategy('multi_worker') needs the TF_CONFIG environment variable "
+            f"describing the cluster and this task, e.g. TF_CONFIG='{example}'"
+        )
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {raw!r}; expected e.g. "
-                         f"{example}") from error
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({error}): {raw!r}; expected e.g. {example}"
+        ) from error
     if not isinstance(config, dict):
         raise ValueError(f"TF_CONFIG must be a JSON object, got {raw!r}; expected e.g. {example}")
     cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not cluster:
-        raise ValueError(f"TF_CONFIG needs a non-empty 'cluster' object mapping task types "
-                         f"('chief', 'worker') to lists of 'host:port'; got {raw!r}")
+        raise ValueError(
+            f"TF_CONFIG needs a non-empty 'cluster' object mapping task types "
+            f"('chief', 'worker') to lists of 'host:port'; got {raw!r}"
+        )
     for task_type, addresses in cluster.items():
-        if (not isinstance(addresses, list) or not addresses
-                or not all(isinstance(a, str) and re.fullmatch(r".+:\d+", a) for a in addresses)):
-            raise ValueError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of "
-                             f"'host:port' strings; got {addresses!r}")
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) and re.fullmatch(r".+:\d+", a) for a in addresses)
+        ):
+            raise ValueError(
+                f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of "
+                f"'host:port' strings; got {addresses!r}"
+            )
     if "worker" not in cluster and "chief" not in cluster:
-        raise ValueError(f"TF_CONFIG cluster needs 'worker' (and optionally one 'chief') tasks; "
-                         f"got task types {sorted(cluster)}")
+        raise ValueError(
+            f"TF_CONFIG cluster needs 'worker' (and optionally one 'chief') tasks; "
+            f"got task types {sorted(cluster)}"
+        )
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ValueError(f"TF_CONFIG needs a 'task' object with 'type' and 'index' (this process's "
-                         f"place in the cluster); got {task!r}")
+        raise ValueError(
+            f"TF_CONFIG needs a 'task' object with 'type' and 'index' (this process's "
+            f"place in the cluster); got {task!r}"
+        )
     task_type, index = task["type"], task["index"]
     if task_type not in cluster:
-        raise ValueError(f"TF_CONFIG task type {task_type!r} is not in the cluster "
-                         f"(task types {sorted(cluster)})")
+        raise ValueError(
+            f"TF_CONFIG task type {task_type!r} is not in the cluster "
+            f"(task types {sorted(cluster)})"
+        )
     count = len(cluster[task_type])
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
-        raise ValueError(f"TF_CONFIG task index {index!r} is out of range for "
-                         f"{len(cluster[task_type])} {task_type!r} task(s)")
+        raise ValueError(
+            f"TF_CONFIG task index {index!r} is out of range for "
+            f"{len(cluster[task_type])} {task_type!r} task(s)"
+        )
     return config
 
 
@@ -179,8 +201,11 @@ def make_strategy(name="default", *, num_cpu_devices=None, tpu=None):
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             if num_cpu_devices is not None:
-                log.warning("num_cpu_devices=%s ignored: mirroring over %d GPU(s)",
-                            num_cpu_devices, len(gpus))
+                log.warning(
+                    "num_cpu_devices=%s ignored: mirroring over %d GPU(s)",
+                    num_cpu_devices,
+                    len(gpus),
+                )
             return tf.distribute.MirroredStrategy()
         if num_cpu_devices is not None:
             devices = configure_cpu_devices(num_cpu_devices)
@@ -194,7 +219,8 @@ def make_strategy(name="default", *, num_cpu_devices=None, tpu=None):
         except RuntimeError as error:
             raise RuntimeError(
                 "could not create MultiWorkerMirroredStrategy: it must be created at program "
-                f"start, before any TensorFlow op runs; TensorFlow said: {error}") from error
+                f"start, before any TensorFlow op runs; TensorFlow said: {error}"
+            ) from error
     # tpu
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -204,14 +230,24 @@ def make_strategy(name="default", *, num_cpu_devices=None, tpu=None):
         raise RuntimeError(
             f"no TPU found (tpu={tpu!r}): make_strategy('tpu') needs a Cloud TPU VM or a TPU "
             "name/address; use 'mirrored' for GPUs/CPUs. TensorFlow said: "
-            f"{type(error).__name__}: {error}") from error
+            f"{type(error).__name__}: {error}"
+        ) from error
     return tf.distribute.TPUStrategy(resolver)
 
 
 # ------------------------------------------------------------------------------------------------
 # a training loop on the strategy's API
-def distributed_fit(model, dataset, strategy=None, steps=1, optimizer=None, *, checkpoint_dir=None,
-                    checkpoint_every=None, max_to_keep=3):
+def distributed_fit(
+    model,
+    dataset,
+    strategy=None,
+    steps=1,
+    optimizer=None,
+    *,
+    checkpoint_dir=None,
+    checkpoint_every=None,
+    max_to_keep=3,
+):
     """Train ``steps`` steps with ``strategy.run`` / ``strategy.reduce`` (no ``model.fit``).
 
     ``model.fit`` works under the default and ``MirroredStrategy``; under
@@ -256,8 +292,10 @@ def distributed_fit(model, dataset, strategy=None, steps=1, optimizer=None, *, c
             model.compile(optimizer=optimizer)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
-        raise ValueError("distributed_fit needs an optimizer: pass optimizer=... or compile the "
-                         "model inside strategy.scope() first")
+        raise ValueError(
+            "distributed_fit needs an optimizer: pass optimizer=... or compile the "
+            "model inside strategy.scope() first"
+        )
     _build_optimizer(model)
     trackers = dict(getattr(model, "loss_trackers", {}))
     variables = model.trainable_variables
@@ -361,8 +399,9 @@ def save_checkpoint(model, directory, number, *, strategy=None, max_to_keep=3):
         task_type, task_id, _ = _task(strategy)
         target = tempfile.mkdtemp(prefix=f"tfrcnn_ckpt_{task_type}_{task_id}_")
     try:
-        manager = tf.train.CheckpointManager(_checkpoint(model), target, max_to_keep=max_to_keep,
-                                             checkpoint_name=CHECKPOINT_PREFIX)
+        manager = tf.train.CheckpointManager(
+            _checkpoint(model), target, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_PREFIX
+        )
         path = manager.save(checkpoint_number=int(number))
     finally:
         if not chief:
@@ -422,8 +461,9 @@ class ChiefCheckpoint(keras.callbacks.Callback):
         self.last_saved = None
 
     def _save(self, number):
-        self.last_saved = save_checkpoint(self.model, self.directory, number,
-                                          max_to_keep=self.max_to_keep)
+        self.last_saved = save_checkpoint(
+            self.model, self.directory, number, max_to_keep=self.max_to_keep
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch":

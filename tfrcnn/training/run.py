@@ -27,15 +27,14 @@ import keras
 import numpy as np
 
 from tfrcnn import config as presets
-from tfrcnn.data import make_dataset, synthetic_splits, SYNTHETIC_CLASS_NAMES
-from tfrcnn.evaluation import (DetectionImagesCallback, MeanAveragePrecisionCallback,
-                               evaluate_model)
+from tfrcnn.accel import check_cpu_allocator
+from tfrcnn.data import SYNTHETIC_CLASS_NAMES, make_dataset, synthetic_splits
+from tfrcnn.evaluation import DetectionImagesCallback, MeanAveragePrecisionCallback, evaluate_model
 from tfrcnn.export.atomic import OLD_TAG, TMP_TAG, atomic_file
 from tfrcnn.models import FasterRCNN
-from tfrcnn.accel import check_cpu_allocator
 from tfrcnn.training.callbacks import BestCheckpoint, NaNGuard
-from tfrcnn.training.distributed import (distributed_fit, is_chief, latest_checkpoint,
-                                         make_strategy, resume as resume_checkpoint)
+from tfrcnn.training.distributed import distributed_fit, is_chief, latest_checkpoint, make_strategy
+from tfrcnn.training.distributed import resume as resume_checkpoint
 from tfrcnn.training.precision import precision_scope, resolve_precision
 from tfrcnn.training.schemes import train_alternating
 
@@ -48,17 +47,24 @@ def _optimizer(settings, total_steps):
     lr = float(settings["learning_rate"])
     warmup = int(settings.get("warmup_steps", 0))
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else lr, decay_steps=max(total_steps - warmup, 1), alpha=0.01,
-        warmup_target=lr if warmup else None, warmup_steps=warmup)
+        0.0 if warmup else lr,
+        decay_steps=max(total_steps - warmup, 1),
+        alpha=0.01,
+        warmup_target=lr if warmup else None,
+        warmup_steps=warmup,
+    )
     name = settings["optimizer"].lower()
     clip = settings.get("clipnorm")
     if name == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=float(settings["weight_decay"]), clipnorm=clip)
+        return keras.optimizers.AdamW(
+            schedule, weight_decay=float(settings["weight_decay"]), clipnorm=clip
+        )
     if name == "adam":
         return keras.optimizers.Adam(schedule, clipnorm=clip)
     if name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=float(settings["weight_decay"]),
-                                    clipnorm=clip)
+        return keras.optimizers.SGD(
+            schedule, momentum=0.9, weight_decay=float(settings["weight_decay"]), clipnorm=clip
+        )
     raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {settings['optimizer']!r}")
 
 
@@ -88,8 +94,11 @@ def load_data(settings, model_args=None):
 
     kind = settings["data"]
     if kind == "synthetic":
-        train, val = synthetic_splits(num_train=int(settings["num_train"]),
-                                      num_val=int(settings["num_val"]), seed=int(settings["seed"]))
+        train, val = synthetic_splits(
+            num_train=int(settings["num_train"]),
+            num_val=int(settings["num_val"]),
+            seed=int(settings["seed"]),
+        )
         return train, val, list(SYNTHETIC_CLASS_NAMES)
     if kind in ("voc", "bccd"):
         path = settings.get("data_path") or (default_bccd_path() if kind == "bccd" else None)
@@ -103,21 +112,29 @@ def load_data(settings, model_args=None):
     if kind in ("coco", "tfrecord"):
         path = settings.get("data_path")
         if not path:
-            raise ValueError(f"data='{kind}' needs data_path: "
-                             + ("the COCO instances JSON" if kind == "coco" else
-                                "a TFRecord file pattern"))
+            raise ValueError(
+                f"data='{kind}' needs data_path: "
+                + ("the COCO instances JSON" if kind == "coco" else "a TFRecord file pattern")
+            )
         train, names, report = read_source(kind, path, image_dir=settings.get("image_dir"))
         log.info("training data %s: %s", path, report.summary())
         val_path = settings.get("val_data_path")
         if val_path:
-            val, _, report = read_source(kind, val_path, class_names=names,
-                                         image_dir=settings.get("val_image_dir")
-                                         or settings.get("image_dir"))
+            val, _, report = read_source(
+                kind,
+                val_path,
+                class_names=names,
+                image_dir=settings.get("val_image_dir") or settings.get("image_dir"),
+            )
             log.info("validation data %s: %s", val_path, report.summary())
         else:
             train, val = hold_out(train, float(settings["val_fraction"]), int(settings["seed"]))
-            log.info("no val_data_path: %d of the %d images of %s held out for validation",
-                     len(val), len(train) + len(val), path)
+            log.info(
+                "no val_data_path: %d of the %d images of %s held out for validation",
+                len(val),
+                len(train) + len(val),
+                path,
+            )
         return train, val, list(names)
     raise ValueError(f"unknown data {kind!r}: use {', '.join(DATA_KINDS)}")
 
@@ -128,12 +145,15 @@ def hold_out(records, fraction, seed):
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
     if len(records) < 2:
-        raise ValueError(f"{len(records)} image(s): too few to hold out a validation set; "
-                         "give val_data_path")
+        raise ValueError(
+            f"{len(records)} image(s): too few to hold out a validation set; give val_data_path"
+        )
     count = min(max(int(round(len(records) * fraction)), 1), len(records) - 1)
     chosen = set(np.random.default_rng(seed).permutation(len(records))[:count].tolist())
-    return ([r for i, r in enumerate(records) if i not in chosen],
-            [r for i, r in enumerate(records) if i in chosen])
+    return (
+        [r for i, r in enumerate(records) if i not in chosen],
+        [r for i, r in enumerate(records) if i in chosen],
+    )
 
 
 def model_setting_names():
@@ -141,9 +161,12 @@ def model_setting_names():
     import inspect
 
     params = inspect.signature(FasterRCNN.__init__).parameters
-    return sorted(k for k, p in params.items()
-                  if k not in ("self", "num_classes", "class_names", "preset")
-                  and p.kind is not inspect.Parameter.VAR_KEYWORD)
+    return sorted(
+        k
+        for k, p in params.items()
+        if k not in ("self", "num_classes", "class_names", "preset")
+        and p.kind is not inspect.Parameter.VAR_KEYWORD
+    )
 
 
 def _suggest(name, known):
@@ -164,8 +187,10 @@ def resolve_settings(overrides=None):
         elif key in settings:
             settings[key] = value
         else:
-            raise ValueError(f"unknown run setting {key!r}; {_suggest(key, list(settings))} "
-                             "(model settings go under 'model.<name>')")
+            raise ValueError(
+                f"unknown run setting {key!r}; {_suggest(key, list(settings))} "
+                "(model settings go under 'model.<name>')"
+            )
     if not isinstance(settings["model"], dict):
         raise ValueError(f"the model settings must be a mapping, got {settings['model']!r}")
     known = model_setting_names()
@@ -173,8 +198,10 @@ def resolve_settings(overrides=None):
         if key not in known:
             raise ValueError(f"unknown model setting {key!r}; {_suggest(key, known)}")
     if settings["preset"] not in presets.PRESETS:
-        raise ValueError(f"unknown preset {settings['preset']!r}; "
-                         f"{_suggest(str(settings['preset']), list(presets.PRESETS))}")
+        raise ValueError(
+            f"unknown preset {settings['preset']!r}; "
+            f"{_suggest(str(settings['preset']), list(presets.PRESETS))}"
+        )
     if settings["data"] not in DATA_KINDS:
         raise ValueError(f"unknown data {settings['data']!r}; use {', '.join(DATA_KINDS)}")
     resolve_precision(settings["precision"])  # a clear error for an unknown name
@@ -184,11 +211,20 @@ def resolve_settings(overrides=None):
 def _datasets(model, train, val, settings):
     side = (model.image_max_side, model.image_max_side)
     pad = tuple(int(np.ceil(s / model.size_divisor) * model.size_divisor) for s in side)
-    common = dict(min_side=model.image_min_side, max_side=model.image_max_side, pad_to=pad,
-                  size_divisor=model.size_divisor)
-    train_ds = make_dataset(train, batch_size=int(settings["batch_size"]), training=True,
-                            seed=int(settings["seed"]), augment=settings.get("augment") or None,
-                            **common).repeat()
+    common = dict(
+        min_side=model.image_min_side,
+        max_side=model.image_max_side,
+        pad_to=pad,
+        size_divisor=model.size_divisor,
+    )
+    train_ds = make_dataset(
+        train,
+        batch_size=int(settings["batch_size"]),
+        training=True,
+        seed=int(settings["seed"]),
+        augment=settings.get("augment") or None,
+        **common,
+    ).repeat()
     val_ds = make_dataset(val, batch_size=int(settings["batch_size"]), training=False, **common)
     return train_ds, val_ds
 
@@ -331,8 +367,10 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
             raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
         extra = dict(overrides or {})
         if set(extra) - {"epochs"}:
-            raise ValueError("--resume continues the saved configuration; only epochs may change "
-                             f"(got {sorted(set(extra) - {'epochs'})})")
+            raise ValueError(
+                "--resume continues the saved configuration; only epochs may change "
+                f"(got {sorted(set(extra) - {'epochs'})})"
+            )
         saved.update(extra)
         settings = resolve_settings(saved)
         if multi_worker:
@@ -359,36 +397,61 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         if resume and not multi_worker:
             model = keras.models.load_model(os.path.join(checkpoints, "last.keras"))
         else:
-            model = FasterRCNN.from_preset(settings["preset"], num_classes=len(class_names),
-                                           class_names=class_names, **settings["model"])
+            model = FasterRCNN.from_preset(
+                settings["preset"],
+                num_classes=len(class_names),
+                class_names=class_names,
+                **settings["model"],
+            )
     # The folder is made once the settings, the data and the model are known to be good: a
     # mistake in any of them leaves nothing behind.
     if chief:
         os.makedirs(checkpoints, exist_ok=True)
     if not resume and chief:
-        _write_json(os.path.join(run_dir, "config.json"),
-                    {"run": settings, "model": model.get_config()}, indent=2, default=list)
+        _write_json(
+            os.path.join(run_dir, "config.json"),
+            {"run": settings, "model": model.get_config()},
+            indent=2,
+            default=list,
+        )
     train_ds, val_ds = _datasets(model, train_records, val_records, settings)
     epochs, steps = int(settings["epochs"]), int(settings["steps_per_epoch"])
-    map_callback = MeanAveragePrecisionCallback(val_ds, len(class_names), class_names=class_names,
-                                                every=int(settings["eval_every"]), verbose=verbose)
+    map_callback = MeanAveragePrecisionCallback(
+        val_ds,
+        len(class_names),
+        class_names=class_names,
+        every=int(settings["eval_every"]),
+        verbose=verbose,
+    )
     callbacks = [
         NaNGuard(),
         map_callback,
         BestCheckpoint(os.path.join(checkpoints, "best.keras")),
-        DetectionImagesCallback(val_ds, os.path.join(run_dir, "logs", "images"),
-                                class_names=class_names, every=int(settings["eval_every"])),
-        RunCheckpoint(run_dir, rows=[] if multi_worker else
-                      _resumed_history(run_dir, resumed_rows, initial_epoch)),
+        DetectionImagesCallback(
+            val_ds,
+            os.path.join(run_dir, "logs", "images"),
+            class_names=class_names,
+            every=int(settings["eval_every"]),
+        ),
+        RunCheckpoint(
+            run_dir,
+            rows=[] if multi_worker else _resumed_history(run_dir, resumed_rows, initial_epoch),
+        ),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
     ] + list(extra_callbacks)
     start = time.time()
     if model.training_scheme == "alternating":
         quarter = max(epochs // 4, 1)
         model.compile(optimizer=_optimizer(settings, quarter * steps))
-        results = train_alternating(model, train_ds, epochs_per_stage=(quarter,) * 4,
-                                    steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
-                                    optimizer_factory=lambda: _optimizer(settings, quarter * steps))
+        results = train_alternating(
+            model,
+            train_ds,
+            epochs_per_stage=(quarter,) * 4,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            optimizer_factory=lambda: _optimizer(settings, quarter * steps),
+        )
         history = {}
         for _, h in results:
             for k, v in h.history.items():
@@ -401,11 +464,17 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         done = resume_checkpoint(model, checkpoints) if resume else 0
         if done:
             log.info("resuming at optimizer step %d of %d", done, epochs * steps)
-        per_step = distributed_fit(model, train_ds, strategy, steps=max(epochs * steps - done, 0),
-                                   checkpoint_dir=checkpoints, checkpoint_every=steps)
+        per_step = distributed_fit(
+            model,
+            train_ds,
+            strategy,
+            steps=max(epochs * steps - done, 0),
+            checkpoint_dir=checkpoints,
+            checkpoint_every=steps,
+        )
         history = {k: [float(v) for v in vals] for k, vals in per_step.items()}
         previous = os.path.join(run_dir, "history.json")
-        if resume and os.path.exists(previous):   # the steps before the checkpoint stay recorded
+        if resume and os.path.exists(previous):  # the steps before the checkpoint stay recorded
             with open(previous) as f:
                 earlier = json.load(f)
             history = {k: list(earlier.get(k, []))[:done] + v for k, v in history.items()}
@@ -413,8 +482,14 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         if not resume:
             with strategy.scope():
                 model.compile(optimizer=_optimizer(settings, epochs * steps))
-        model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=verbose, initial_epoch=initial_epoch)
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            initial_epoch=initial_epoch,
+        )
         history = _read_csv_history(os.path.join(run_dir, "history.csv"))
     train_seconds = time.time() - start
     result = evaluate_model(model, val_ds, len(class_names), class_names=class_names)
@@ -423,12 +498,16 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         "per_class_ap": {k: float(v) for k, v in result["per_class"].items()},
         "train_seconds": train_seconds,
         "seconds_per_image": float(result.get("seconds_per_image", float("nan"))),
-        "epochs": epochs, "steps_per_epoch": steps,
+        "epochs": epochs,
+        "steps_per_epoch": steps,
     }
     if chief:
         save_model_atomic(model, os.path.join(run_dir, "model.keras"))
-        _write_json(os.path.join(run_dir, "history.json"),
-                    {k: [float(x) for x in v] for k, v in history.items()}, indent=2)
+        _write_json(
+            os.path.join(run_dir, "history.json"),
+            {k: [float(x) for x in v] for k, v in history.items()},
+            indent=2,
+        )
         _write_json(os.path.join(run_dir, "metrics.json"), metrics, indent=2)
     return metrics
 
@@ -444,8 +523,13 @@ def _resumed_history(run_dir, rows, epochs_done):
         if os.path.exists(path):
             with open(path) as f:
                 for record in csv.DictReader(f):
-                    rows.append({k: float(v) for k, v in record.items()
-                                 if k != "epoch" and v not in (None, "", "NA")})
+                    rows.append(
+                        {
+                            k: float(v)
+                            for k, v in record.items()
+                            if k != "epoch" and v not in (None, "", "NA")
+                        }
+                    )
     rows = rows[:epochs_done]
     write_history_csv(os.path.join(run_dir, "history.csv"), rows)
     return rows

@@ -37,8 +37,17 @@ def set_loss_terms(model, active):
         model.loss_term_weights[name] = 1.0 if name in active else 0.0
 
 
-def train_alternating(model, dataset, *, epochs_per_stage=(1, 1, 1, 1), steps_per_epoch=None,
-                      optimizer_factory=None, callbacks=None, validation_data=None, verbose=1):
+def train_alternating(
+    model,
+    dataset,
+    *,
+    epochs_per_stage=(1, 1, 1, 1),
+    steps_per_epoch=None,
+    optimizer_factory=None,
+    callbacks=None,
+    validation_data=None,
+    verbose=1,
+):
     """The paper's 4-step alternating training on one shared backbone.
 
     1. train the RPN (backbone + RPN, RPN losses);
@@ -73,13 +82,20 @@ def train_alternating(model, dataset, *, epochs_per_stage=(1, 1, 1, 1), steps_pe
     original_backbone = model.backbone_model.trainable
     histories = []
     try:
-        for (name, (backbone, rpn, head), active), epochs in zip(ALTERNATING_STAGES, epochs_per_stage):
+        for (name, (backbone, rpn, head), active), epochs in zip(
+            ALTERNATING_STAGES, epochs_per_stage
+        ):
             set_trainable_parts(model, backbone and original_backbone, rpn, head)
             set_loss_terms(model, active)
             model.compile(optimizer=optimizer_factory())
-            history = model.fit(dataset, epochs=int(epochs), steps_per_epoch=steps_per_epoch,
-                                callbacks=callbacks, validation_data=validation_data,
-                                verbose=verbose)
+            history = model.fit(
+                dataset,
+                epochs=int(epochs),
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                validation_data=validation_data,
+                verbose=verbose,
+            )
             histories.append((name, history))
     finally:
         set_trainable_parts(model, original_backbone, True, True)

@@ -9,7 +9,7 @@ Keras name its torchvision name maps to and checks every shape before anything i
 def keras_name(module, strip=""):
     """The Keras layer name of a torchvision module: ``strip`` removed, ``.`` -> ``_``."""
     if strip and module.startswith(strip):
-        module = module[len(strip):]
+        module = module[len(strip) :]
     return module.replace(".", "_")
 
 
@@ -17,12 +17,16 @@ def assign_layer(layer, module, arrays, source="checkpoint"):
     """Sets ``layer``'s weights from one converted module, checking every shape first."""
     weights = layer.weights
     if len(weights) != len(arrays):
-        raise ValueError(f"{source}: '{module}' has {len(arrays)} tensors, layer '{layer.name}' "
-                         f"holds {len(weights)}")
+        raise ValueError(
+            f"{source}: '{module}' has {len(arrays)} tensors, layer '{layer.name}' "
+            f"holds {len(weights)}"
+        )
     for w, a in zip(weights, arrays):
         if tuple(w.shape) != tuple(a.shape):
-            raise ValueError(f"{source}: '{module}' gives shape {list(a.shape)} for '{w.path}', "
-                             f"which has shape {list(w.shape)}")
+            raise ValueError(
+                f"{source}: '{module}' gives shape {list(a.shape)} for '{w.path}', "
+                f"which has shape {list(w.shape)}"
+            )
     for w, a in zip(weights, arrays):
         w.assign(a)
 
@@ -54,16 +58,21 @@ def assign_modules(model, modules, strip="", add="", source="checkpoint"):
         name = add + keras_name(module, strip)
         layer = layers.get(name)
         if layer is None:
-            raise ValueError(f"{source}: tensor '{module}' has no layer '{name}' in model "
-                             f"'{model.name}'")
+            raise ValueError(
+                f"{source}: tensor '{module}' has no layer '{name}' in model '{model.name}'"
+            )
         weights = layer.weights
         if len(weights) != len(arrays):
-            raise ValueError(f"{source}: '{module}' has {len(arrays)} tensors, layer '{name}' "
-                             f"holds {len(weights)}")
+            raise ValueError(
+                f"{source}: '{module}' has {len(arrays)} tensors, layer '{name}' "
+                f"holds {len(weights)}"
+            )
         for w, a in zip(weights, arrays):
             if tuple(w.shape) != tuple(a.shape):
-                raise ValueError(f"{source}: '{module}' gives shape {list(a.shape)} for "
-                                 f"'{w.path}', which has shape {list(w.shape)}")
+                raise ValueError(
+                    f"{source}: '{module}' gives shape {list(a.shape)} for "
+                    f"'{w.path}', which has shape {list(w.shape)}"
+                )
         plan.append((module, weights, arrays))
     for _, weights, arrays in plan:
         for w, a in zip(weights, arrays):

@@ -20,25 +20,41 @@ def add_parser(subparsers, **kwargs):
     from tfrcnn.weights.registry import PRESET_ARCHITECTURES
 
     p = subparsers.add_parser(
-        "import-weights", **kwargs, help="convert a torchvision Faster R-CNN checkpoint to a .keras model",
+        "import-weights",
+        **kwargs,
+        help="convert a torchvision Faster R-CNN checkpoint to a .keras model",
         description="Read a torchvision checkpoint without torch (its pickle never runs), map every "
-                    "tensor into the matching tfrcnn preset and save a .keras model with its class "
-                    "names. A published name (fasterrcnn_resnet50_fpn_coco) is downloaded into the "
-                    "Keras cache and hash-checked.")
+        "tensor into the matching tfrcnn preset and save a .keras model with its class "
+        "names. A published name (fasterrcnn_resnet50_fpn_coco) is downloaded into the "
+        "Keras cache and hash-checked.",
+    )
     p.add_argument("source", choices=("torchvision",), help="where the checkpoint comes from")
     p.add_argument("checkpoint", help="a .pth file or a published name")
-    p.add_argument("--preset", choices=sorted(PRESET_ARCHITECTURES),
-                   help="the tfrcnn preset of the checkpoint's architecture (implied by a "
-                        "published name)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESET_ARCHITECTURES),
+        help="the tfrcnn preset of the checkpoint's architecture (implied by a published name)",
+    )
     p.add_argument("--output", required=True, help="the .keras file to write")
-    p.add_argument("--class-names", help="comma-separated class names (background excluded); the "
-                                         "count must match the checkpoint's")
-    p.add_argument("--coco-unused", choices=("drop", "keep"), default="drop",
-                   help="a 91-row COCO checkpoint: drop the 10 unused ids (80 classes, default) or "
-                        "keep them as 'N/A' classes (torchvision's exact scores)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="a model setting, as in tfrcnn train (e.g. --set image_min_side=480 "
-                        "--set detection_score_threshold=0.0)")
+    p.add_argument(
+        "--class-names",
+        help="comma-separated class names (background excluded); the "
+        "count must match the checkpoint's",
+    )
+    p.add_argument(
+        "--coco-unused",
+        choices=("drop", "keep"),
+        default="drop",
+        help="a 91-row COCO checkpoint: drop the 10 unused ids (80 classes, default) or "
+        "keep them as 'N/A' classes (torchvision's exact scores)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a model setting, as in tfrcnn train (e.g. --set image_min_side=480 "
+        "--set detection_score_threshold=0.0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func="cmd_import_weights")
     return p
@@ -64,8 +80,13 @@ def run(args):
     if args.class_names:
         names = [n.strip() for n in args.class_names.split(",") if n.strip()]
     try:
-        model = from_torchvision(args.checkpoint, preset=args.preset, class_names=names,
-                                 coco_unused=args.coco_unused, **settings)
+        model = from_torchvision(
+            args.checkpoint,
+            preset=args.preset,
+            class_names=names,
+            coco_unused=args.coco_unused,
+            **settings,
+        )
     except (PthError, DownloadError, ValueError, TypeError) as e:
         raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     with atomic_file(output, overwrite=True) as tmp:
@@ -76,6 +97,5 @@ def run(args):
         finally:
             if os.path.exists(keras_tmp):
                 os.remove(keras_tmp)
-    print(f"{args.checkpoint} -> {args.output}: {model.num_classes} classes, preset "
-          f"{model.preset}")
+    print(f"{args.checkpoint} -> {args.output}: {model.num_classes} classes, preset {model.preset}")
     return 0

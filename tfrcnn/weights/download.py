@@ -115,8 +115,15 @@ class _Progress:
         self.stream.flush()
 
 
-def fetch(url, file_name=None, *, file_hash=None, base_url=None, progress=True,
-          alternative="its local path"):
+def fetch(
+    url,
+    file_name=None,
+    *,
+    file_hash=None,
+    base_url=None,
+    progress=True,
+    alternative="its local path",
+):
     """The local path of a published file: from the Keras cache, else downloaded into it.
 
     Args:
@@ -145,13 +152,17 @@ def fetch(url, file_name=None, *, file_hash=None, base_url=None, progress=True,
     try:
         response = urllib.request.urlopen(address, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as e:
-        raise DownloadError(f"could not download {file_name} from {address}: HTTP {e.code} "
-                            f"{e.reason}; download it on a machine with internet and copy it to "
-                            f"{target}, or pass {alternative}") from None
+        raise DownloadError(
+            f"could not download {file_name} from {address}: HTTP {e.code} "
+            f"{e.reason}; download it on a machine with internet and copy it to "
+            f"{target}, or pass {alternative}"
+        ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"no network: download {address} on a machine with internet and copy "
-                            f"it to {target}, or pass {alternative} ({reason})") from None
+        raise DownloadError(
+            f"no network: download {address} on a machine with internet and copy "
+            f"it to {target}, or pass {alternative} ({reason})"
+        ) from None
     total = int(response.headers.get("Content-Length") or 0)
     bar = _Progress(file_name, total, sys.stderr if progress else None)
     digest = hashlib.new(_algorithm(file_hash) if file_hash else "sha256")
@@ -164,18 +175,22 @@ def fetch(url, file_name=None, *, file_hash=None, base_url=None, progress=True,
                     bar.update(len(chunk))
                 bar.update(0, final=True)
                 if total and bar.done != total:
-                    raise DownloadError(f"download of {file_name} from {address} stopped after "
-                                        f"{bar.done} of {total} bytes; nothing was kept")
+                    raise DownloadError(
+                        f"download of {file_name} from {address} stopped after "
+                        f"{bar.done} of {total} bytes; nothing was kept"
+                    )
                 if file_hash and not digest.hexdigest().startswith(file_hash):
                     raise DownloadError(
                         f"{file_name} from {address} has {digest.name} {digest.hexdigest()}, "
                         f"expected {file_hash}; the download is corrupt or not the published "
-                        f"file, nothing was kept")
+                        f"file, nothing was kept"
+                    )
                 f.flush()
                 os.fsync(f.fileno())
     except DownloadError:
         raise
     except OSError as e:
-        raise DownloadError(f"download of {file_name} from {address} failed ({e}); nothing was "
-                            f"kept") from None
+        raise DownloadError(
+            f"download of {file_name} from {address} failed ({e}); nothing was kept"
+        ) from None
     return target

@@ -20,11 +20,15 @@ def _source_model(source, base_url=None, progress=True):
 
         return from_torchvision(name, base_url=base_url, progress=progress)
     if not os.path.isfile(name):
-        raise ValueError(f"{name}: no such model file (a .keras model, a FasterRCNN, or "
-                         f"'torchvision:<published name>')")
+        raise ValueError(
+            f"{name}: no such model file (a .keras model, a FasterRCNN, or "
+            f"'torchvision:<published name>')"
+        )
     if name.endswith(".pth"):
-        raise ValueError(f"{name}: convert a torchvision checkpoint first with "
-                         f"tfrcnn.weights.from_torchvision(path, preset=...)")
+        raise ValueError(
+            f"{name}: convert a torchvision checkpoint first with "
+            f"tfrcnn.weights.from_torchvision(path, preset=...)"
+        )
     import keras
 
     model = keras.saving.load_model(name)
@@ -33,8 +37,9 @@ def _source_model(source, base_url=None, progress=True):
     return model
 
 
-def from_pretrained(source, num_classes, class_names=None, base_url=None, progress=True,
-                    **settings):
+def from_pretrained(
+    source, num_classes, class_names=None, base_url=None, progress=True, **settings
+):
     """A ``FasterRCNN`` for ``num_classes`` classes with every weight of ``source`` but the class
     logits and box deltas.
 
@@ -55,17 +60,24 @@ def from_pretrained(source, num_classes, class_names=None, base_url=None, progre
     config.update(num_classes=int(num_classes), class_names=class_names, **settings)
     config["backbone_weights"] = None  # every backbone weight is copied below
     model = FasterRCNN.from_config(config)
-    fresh = {id(w) for layer in (model.rcnn_head.classifier, model.rcnn_head.regressor)
-             for w in layer.weights}
+    fresh = {
+        id(w)
+        for layer in (model.rcnn_head.classifier, model.rcnn_head.regressor)
+        for w in layer.weights
+    }
     targets, sources = model.weights, pretrained.weights
     if len(targets) != len(sources):
-        raise ValueError(f"the new model has {len(targets)} weights, the pretrained one "
-                         f"{len(sources)}: a setting changed the architecture")
+        raise ValueError(
+            f"the new model has {len(targets)} weights, the pretrained one "
+            f"{len(sources)}: a setting changed the architecture"
+        )
     for target, weight in zip(targets, sources):
         if id(target) in fresh:
             continue
         if tuple(target.shape) != tuple(weight.shape):
-            raise ValueError(f"weight '{weight.path}' has shape {list(weight.shape)} in the "
-                             f"pretrained model and {list(target.shape)} in the new one")
+            raise ValueError(
+                f"weight '{weight.path}' has shape {list(weight.shape)} in the "
+                f"pretrained model and {list(target.shape)} in the new one"
+            )
         target.assign(weight)
     return model

@@ -42,8 +42,9 @@ def depthwise_kernel(weight, name="depthwise conv"):
     """torch depthwise ``[C, 1, kh, kw]`` -> Keras ``DepthwiseConv2D`` ``[kh, kw, C, 1]``."""
     weight = _check(weight, 4, name)
     if weight.shape[1] != 1:
-        raise ValueError(f"{name}: a depthwise kernel has 1 input channel a group, got shape "
-                         f"{weight.shape}")
+        raise ValueError(
+            f"{name}: a depthwise kernel has 1 input channel a group, got shape {weight.shape}"
+        )
     return np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
 
 
@@ -57,11 +58,14 @@ def flatten_dense_kernel(weight, channels, height, width, name="fc6"):
     channel-last flatten of the same pooled map."""
     weight = _check(weight, 2, name)
     if weight.shape[1] != channels * height * width:
-        raise ValueError(f"{name}: {weight.shape[1]} inputs, but the pooled map is {channels} x "
-                         f"{height} x {width} = {channels * height * width}")
+        raise ValueError(
+            f"{name}: {weight.shape[1]} inputs, but the pooled map is {channels} x "
+            f"{height} x {width} = {channels * height * width}"
+        )
     out = weight.shape[0]
     return np.ascontiguousarray(
-        weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(-1, out))
+        weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(-1, out)
+    )
 
 
 def batch_norm(weight, bias, mean, var):
@@ -117,5 +121,7 @@ def box_deltas(weight, bias, rows):
 
 def _check_rows(rows, available, name):
     if rows.size and (rows.min() < 0 or rows.max() >= available):
-        raise ValueError(f"{name}: class rows {rows.min()}..{rows.max()} asked of a tensor with "
-                         f"{available} classes")
+        raise ValueError(
+            f"{name}: class rows {rows.min()}..{rows.max()} asked of a tensor with "
+            f"{available} classes"
+        )

@@ -55,15 +55,24 @@ STORAGE_DTYPES = {
 
 # torch dtype name (a global ``torch.float32`` ...) -> storage type name, for ``_rebuild_tensor_v3``.
 TORCH_DTYPES = {
-    "float64": "DoubleStorage", "double": "DoubleStorage",
-    "float32": "FloatStorage", "float": "FloatStorage",
-    "float16": "HalfStorage", "half": "HalfStorage",
+    "float64": "DoubleStorage",
+    "double": "DoubleStorage",
+    "float32": "FloatStorage",
+    "float": "FloatStorage",
+    "float16": "HalfStorage",
+    "half": "HalfStorage",
     "bfloat16": "BFloat16Storage",
-    "int64": "LongStorage", "long": "LongStorage",
-    "int32": "IntStorage", "int": "IntStorage",
-    "int16": "ShortStorage", "short": "ShortStorage",
-    "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
-    "complex128": "ComplexDoubleStorage", "complex64": "ComplexFloatStorage",
+    "int64": "LongStorage",
+    "long": "LongStorage",
+    "int32": "IntStorage",
+    "int": "IntStorage",
+    "int16": "ShortStorage",
+    "short": "ShortStorage",
+    "int8": "CharStorage",
+    "uint8": "ByteStorage",
+    "bool": "BoolStorage",
+    "complex128": "ComplexDoubleStorage",
+    "complex64": "ComplexFloatStorage",
 }
 
 
@@ -112,8 +121,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     return _PendingTensor(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, metadata=None):
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
     if not isinstance(dtype, _TorchDType):
         raise pickle.UnpicklingError(f"_rebuild_tensor_v3 with dtype {dtype!r}")
     return _PendingTensor(storage, storage_offset, size, stride, dtype.storage)
@@ -151,13 +161,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _TorchDType(name)
         raise PthError(
             f"{self._source}: the checkpoint's pickle asks for '{module}.{name}', which is not a "
-            f"tensor or a dict; refused without running it (only state dicts of tensors load)")
+            f"tensor or a dict; refused without running it (only state dicts of tensors load)"
+        )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise PthError(f"{self._source}: unsupported persistent object {str(pid)[:80]!r} in the "
-                           f"checkpoint (only tensor storages are read)")
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) in (5, 6)
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+        ):
+            raise PthError(
+                f"{self._source}: unsupported persistent object {str(pid)[:80]!r} in the "
+                f"checkpoint (only tensor storages are read)"
+            )
         storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
         storage = self._storages.get(key)
         if storage is None:
@@ -177,8 +194,9 @@ def _materialise(tensor, source):
     """A contiguous numpy copy of ``tensor`` read through its offset, size and stride."""
     storage = tensor.storage
     if not isinstance(storage, _Storage):
-        raise PthError(f"{source}: a tensor without a storage ({type(storage).__name__}) in the "
-                       f"checkpoint")
+        raise PthError(
+            f"{source}: a tensor without a storage ({type(storage).__name__}) in the checkpoint"
+        )
     flat = storage.array
     if tensor.dtype is not None:  # an untyped (byte) storage viewed with the tensor's dtype
         flat = flat.view(np.uint8).view(tensor.dtype.dtype)
@@ -187,19 +205,26 @@ def _materialise(tensor, source):
         kind = storage.storage_type.name
     size, stride = tensor.size, tensor.stride
     if len(size) != len(stride) or tensor.offset < 0 or any(s < 0 for s in size + stride):
-        raise PthError(f"{source}: a tensor with size {size}, stride {stride}, offset "
-                       f"{tensor.offset} is malformed")
+        raise PthError(
+            f"{source}: a tensor with size {size}, stride {stride}, offset "
+            f"{tensor.offset} is malformed"
+        )
     if 0 in size:
         out = np.zeros(size, flat.dtype)
     else:
         last = tensor.offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= flat.size:
-            raise PthError(f"{source}: a tensor with size {size}, stride {stride}, offset "
-                           f"{tensor.offset} reads past the end of storage '{storage.key}' "
-                           f"({flat.size} elements); the file is truncated or corrupt")
+            raise PthError(
+                f"{source}: a tensor with size {size}, stride {stride}, offset "
+                f"{tensor.offset} reads past the end of storage '{storage.key}' "
+                f"({flat.size} elements); the file is truncated or corrupt"
+            )
         view = np.lib.stride_tricks.as_strided(
-            flat[tensor.offset:], shape=size,
-            strides=[s * flat.itemsize for s in stride], writeable=False)
+            flat[tensor.offset :],
+            shape=size,
+            strides=[s * flat.itemsize for s in stride],
+            writeable=False,
+        )
         out = np.array(view, copy=True, order="C")
     if kind == "BFloat16Storage":
         out = (out.astype(np.uint32) << 16).view(np.float32)
@@ -231,8 +256,10 @@ def _array_from_bytes(data, storage, source, big_endian):
     if big_endian:
         dtype = dtype.newbyteorder(">")
     if len(data) < storage.numel * dtype.itemsize:
-        raise PthError(f"{source}: storage '{storage.key}' holds {len(data)} bytes, "
-                       f"{storage.numel * dtype.itemsize} expected; the file is truncated")
+        raise PthError(
+            f"{source}: storage '{storage.key}' holds {len(data)} bytes, "
+            f"{storage.numel * dtype.itemsize} expected; the file is truncated"
+        )
     array = np.frombuffer(data, dtype=dtype, count=storage.numel)
     return array.astype(dtype.newbyteorder("="), copy=False) if big_endian else array
 
@@ -242,8 +269,9 @@ def _load_zip(path, source):
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise PthError(f"{source}: a zip file without one '<name>/data.pkl'; not a torch "
-                           f"checkpoint")
+            raise PthError(
+                f"{source}: a zip file without one '<name>/data.pkl'; not a torch checkpoint"
+            )
         prefix = pickles[0][: -len("data.pkl")]
         big_endian = False
         if prefix + "byteorder" in names:
@@ -254,14 +282,17 @@ def _load_zip(path, source):
         for storage in storages.values():
             member = f"{prefix}data/{storage.key}"
             if member not in names:
-                raise PthError(f"{source}: storage '{member}' is missing from the zip file; the "
-                               f"checkpoint is incomplete")
+                raise PthError(
+                    f"{source}: storage '{member}' is missing from the zip file; the "
+                    f"checkpoint is incomplete"
+                )
             storage.array = _array_from_bytes(archive.read(member), storage, source, big_endian)
     return _resolve(obj, source)
 
 
 def _load_legacy(path, source):
     with open(path, "rb") as f:
+
         def small_pickle():
             return _RestrictedUnpickler(f, source, {}).load()
 
@@ -270,11 +301,15 @@ def _load_legacy(path, source):
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
             if isinstance(e, PthError):
                 raise
-            raise PthError(f"{source}: not a torch checkpoint (neither a zip file nor a legacy "
-                           f"torch.save stream)") from None
+            raise PthError(
+                f"{source}: not a torch checkpoint (neither a zip file nor a legacy "
+                f"torch.save stream)"
+            ) from None
         if magic != LEGACY_MAGIC_NUMBER:
-            raise PthError(f"{source}: not a torch checkpoint (neither a zip file nor a legacy "
-                           f"torch.save stream)")
+            raise PthError(
+                f"{source}: not a torch checkpoint (neither a zip file nor a legacy "
+                f"torch.save stream)"
+            )
         if small_pickle() != LEGACY_PROTOCOL_VERSION:
             raise PthError(f"{source}: unsupported legacy torch.save protocol version")
         sys_info = small_pickle()
@@ -293,14 +328,16 @@ def _load_legacy(path, source):
                 raise PthError(f"{source}: the file ends before storage '{key}'; truncated")
             numel = struct.unpack(">q" if big_endian else "<q", header)[0]
             if numel != storage.numel:
-                raise PthError(f"{source}: storage '{key}' has {numel} elements on disk, "
-                               f"{storage.numel} in the pickle; the file is corrupt")
+                raise PthError(
+                    f"{source}: storage '{key}' has {numel} elements on disk, "
+                    f"{storage.numel} in the pickle; the file is corrupt"
+                )
             data = f.read(numel * storage.storage_type.dtype.itemsize)
             storage.array = _array_from_bytes(data, storage, source, big_endian)
     for storage in storages.values():
         if storage.base is not None:
             root, offset = storage.base
-            storage.array = root.array[offset: offset + storage.numel]
+            storage.array = root.array[offset : offset + storage.numel]
         elif storage.array is None:
             raise PthError(f"{source}: storage '{storage.key}' has no data in the file")
     return _resolve(obj, source)
@@ -331,10 +368,22 @@ def load_pth(path):
         return _load_legacy(path, path)
     except PthError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, TypeError,
-            AttributeError, IndexError, KeyError, ValueError, RecursionError) as e:
-        raise PthError(f"{path}: unreadable torch checkpoint ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else source})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        struct.error,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ValueError,
+        RecursionError,
+    ) as e:
+        raise PthError(
+            f"{path}: unreadable torch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else source})"
+        ) from None
 
 
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module")
@@ -355,10 +404,12 @@ def find_state_dict(obj, source="checkpoint"):
         for key in STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):
                 return find_state_dict(obj[key], source)
-        raise PthError(f"{source}: no state dict found (top-level keys {list(obj)[:8]}; expected "
-                       f"tensors, or a dict under one of {list(STATE_DICT_KEYS)})")
+        raise PthError(
+            f"{source}: no state dict found (top-level keys {list(obj)[:8]}; expected "
+            f"tensors, or a dict under one of {list(STATE_DICT_KEYS)})"
+        )
     if all(k.startswith("module.") for k in state):
-        state = collections.OrderedDict((k[len("module."):], v) for k, v in state.items())
+        state = collections.OrderedDict((k[len("module.") :], v) for k, v in state.items())
     return collections.OrderedDict(state)
 
 

@@ -47,68 +47,167 @@ class Published:
 TORCHVISION = {
     "fasterrcnn_resnet50_fpn_coco": Published(
         TORCHVISION_BASE + "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
-        "torchvision_resnet50_fpn", "detector", 37.0),
+        "torchvision_resnet50_fpn",
+        "detector",
+        37.0,
+    ),
     "fasterrcnn_resnet50_fpn_v2_coco": Published(
         TORCHVISION_BASE + "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
-        "torchvision_resnet50_fpn_v2", "detector", 46.7),
+        "torchvision_resnet50_fpn_v2",
+        "detector",
+        46.7,
+    ),
     "fasterrcnn_mobilenet_v3_large_fpn_coco": Published(
         TORCHVISION_BASE + "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
-        "torchvision_mobilenet_v3_large_fpn", "detector", 32.8),
+        "torchvision_mobilenet_v3_large_fpn",
+        "detector",
+        32.8,
+    ),
     "fasterrcnn_mobilenet_v3_large_320_fpn_coco": Published(
         TORCHVISION_BASE + "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth",
-        "torchvision_mobilenet_v3_large_320_fpn", "detector", 22.8),
+        "torchvision_mobilenet_v3_large_320_fpn",
+        "detector",
+        22.8,
+    ),
     # The ImageNet weights torchvision's detectors start from (IMAGENET1K_V1).
     "resnet50": Published(TORCHVISION_BASE + "resnet50-0676ba61.pth", None, "backbone"),
     "mobilenet_v3_large": Published(
-        TORCHVISION_BASE + "mobilenet_v3_large-8738ca79.pth", None, "backbone"),
+        TORCHVISION_BASE + "mobilenet_v3_large-8738ca79.pth", None, "backbone"
+    ),
 }
 
 # keras.applications ImageNet files: cache file name -> (address, MD5 as in keras' source).
 KERAS_APPLICATIONS = {
     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5": (
         KERAS_APPLICATIONS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "4d473c1dd8becc155b73f8504c6f6626"),
+        "4d473c1dd8becc155b73f8504c6f6626",
+    ),
     "resnet50_weights_tf_dim_ordering_tf_kernels.h5": (
         KERAS_APPLICATIONS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-        "2cb95161c43110f7111970584f804107"),
+        "2cb95161c43110f7111970584f804107",
+    ),
     "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5": (
         KERAS_APPLICATIONS_BASE
         + "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
-        "07fb09a5933dd0c8eaafa16978110389"),
+        "07fb09a5933dd0c8eaafa16978110389",
+    ),
     "weights_mobilenet_v3_large_224_1.0_float.h5": (
         KERAS_APPLICATIONS_BASE + "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float.h5",
-        "59e551e166be033d707958cf9e29a6a7"),
+        "59e551e166be033d707958cf9e29a6a7",
+    ),
     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": (
         KERAS_APPLICATIONS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "6d6bbae143d832006294945121d1f1fc"),
+        "6d6bbae143d832006294945121d1f1fc",
+    ),
     "vgg16_weights_tf_dim_ordering_tf_kernels.h5": (
         KERAS_APPLICATIONS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        "64373286793e3c8b2b4e3219cbf3544b"),
+        "64373286793e3c8b2b4e3219cbf3544b",
+    ),
 }
 
 NA = "N/A"
 
 # torchvision's 91 detector rows: background, then COCO category ids 1 .. 90 ("N/A" = unused id).
 COCO_TORCHVISION_CATEGORIES = (
-    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
-    "truck", "boat", "traffic light", "fire hydrant", NA, "stop sign", "parking meter", "bench",
-    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", NA,
-    "backpack", "umbrella", NA, NA, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", NA, "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana",
-    "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
-    "chair", "couch", "potted plant", "bed", NA, "dining table", NA, NA, "toilet", NA, "tv",
-    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", NA, "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "__background__",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    NA,
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    NA,
+    "backpack",
+    "umbrella",
+    NA,
+    NA,
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    NA,
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    NA,
+    "dining table",
+    NA,
+    NA,
+    "toilet",
+    NA,
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    NA,
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
     "toothbrush",
 )
 
 # The 80 real categories in COCO order and the torchvision row (= COCO category id) of each.
 COCO_TORCHVISION_ROWS = tuple(
-    row for row, name in enumerate(COCO_TORCHVISION_CATEGORIES) if row and name != NA)
+    row for row, name in enumerate(COCO_TORCHVISION_CATEGORIES) if row and name != NA
+)
 COCO_NAMES = tuple(COCO_TORCHVISION_CATEGORIES[row] for row in COCO_TORCHVISION_ROWS)
-COCO_UNUSED_IDS = tuple(
-    row for row, name in enumerate(COCO_TORCHVISION_CATEGORIES) if name == NA)
+COCO_UNUSED_IDS = tuple(row for row, name in enumerate(COCO_TORCHVISION_CATEGORIES) if name == NA)
 
 
 def coco_class_rows(coco_unused="drop"):
@@ -133,8 +232,9 @@ def published(name):
     """The :class:`Published` entry of a torchvision name, or a one-line error listing the names."""
     name = name.removeprefix("torchvision:")
     if name not in TORCHVISION:
-        raise ValueError(f"unknown published torchvision weights {name!r}; known: "
-                         f"{', '.join(TORCHVISION)}")
+        raise ValueError(
+            f"unknown published torchvision weights {name!r}; known: {', '.join(TORCHVISION)}"
+        )
     return TORCHVISION[name]
 
 
@@ -144,8 +244,12 @@ def fetch_torchvision(name, base_url=None, progress=True):
     from tfrcnn.weights.download import fetch
 
     entry = published(name)
-    return fetch(entry.url, base_url=base_url, progress=progress,
-                 alternative="the path of the downloaded .pth file instead of its name")
+    return fetch(
+        entry.url,
+        base_url=base_url,
+        progress=progress,
+        alternative="the path of the downloaded .pth file instead of its name",
+    )
 
 
 def fetch_keras_imagenet(file_names, base_url=None, progress=True):
@@ -163,8 +267,14 @@ def fetch_keras_imagenet(file_names, base_url=None, progress=True):
         if path is not None:
             return path
     url, md5 = KERAS_APPLICATIONS[file_names[0]]
-    return fetch(url, file_names[0], file_hash=md5, base_url=base_url, progress=progress,
-                 alternative="backbone_weights=PATH")
+    return fetch(
+        url,
+        file_names[0],
+        file_hash=md5,
+        base_url=base_url,
+        progress=progress,
+        alternative="backbone_weights=PATH",
+    )
 
 
 # tfrcnn preset -> torchvision architecture whose checkpoints it takes

@@ -58,21 +58,34 @@ def resolve_checkpoint(checkpoint, preset=None, base_url=None, progress=True):
     if not os.path.exists(name) and name.removeprefix("torchvision:") in registry.TORCHVISION:
         entry = registry.published(name)
         if entry.kind != "detector":
-            raise ValueError(f"{name} is an ImageNet backbone checkpoint; pass it as "
-                             f"backbone_weights=, not as a detector")
+            raise ValueError(
+                f"{name} is an ImageNet backbone checkpoint; pass it as "
+                f"backbone_weights=, not as a detector"
+            )
         path = registry.fetch_torchvision(name, base_url=base_url, progress=progress)
         return path, preset or entry.preset
     if not os.path.isfile(name):
-        raise ValueError(f"{name}: no such checkpoint file, and not a published name "
-                         f"({', '.join(n for n, e in registry.TORCHVISION.items() if e.kind == 'detector')})")
+        raise ValueError(
+            f"{name}: no such checkpoint file, and not a published name "
+            f"({', '.join(n for n, e in registry.TORCHVISION.items() if e.kind == 'detector')})"
+        )
     if preset is None:
-        raise ValueError(f"{name}: say which torchvision architecture it is with preset= "
-                         f"(one of {', '.join(PRESET_ARCHITECTURES)})")
+        raise ValueError(
+            f"{name}: say which torchvision architecture it is with preset= "
+            f"(one of {', '.join(PRESET_ARCHITECTURES)})"
+        )
     return name, preset
 
 
-def from_torchvision(checkpoint, preset=None, class_names=None, coco_unused="drop",
-                     base_url=None, progress=True, **settings):
+def from_torchvision(
+    checkpoint,
+    preset=None,
+    class_names=None,
+    coco_unused="drop",
+    base_url=None,
+    progress=True,
+    **settings,
+):
     """A tfrcnn model computing what a torchvision Faster R-CNN checkpoint computes.
 
     Args:
@@ -96,8 +109,10 @@ def from_torchvision(checkpoint, preset=None, class_names=None, coco_unused="dro
     """
     path, preset = resolve_checkpoint(checkpoint, preset, base_url, progress)
     if preset not in PRESET_ARCHITECTURES:
-        raise ValueError(f"preset {preset!r} has no torchvision importer; available: "
-                         f"{', '.join(PRESET_ARCHITECTURES)}")
+        raise ValueError(
+            f"preset {preset!r} has no torchvision importer; available: "
+            f"{', '.join(PRESET_ARCHITECTURES)}"
+        )
     arch = PRESET_ARCHITECTURES[preset]
     source = str(path)
     state = load_state_dict(path)
@@ -105,9 +120,11 @@ def from_torchvision(checkpoint, preset=None, class_names=None, coco_unused="dro
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != classes - 1:
-            raise ValueError(f"{source}: {len(class_names)} class names given, but the checkpoint "
-                             f"has {classes - 1} classes (cls_score has {classes} rows, background "
-                             f"included)")
+            raise ValueError(
+                f"{source}: {len(class_names)} class names given, but the checkpoint "
+                f"has {classes - 1} classes (cls_score has {classes} rows, background "
+                f"included)"
+            )
         rows = tuple(range(1, classes))
     elif classes == len(registry.COCO_TORCHVISION_CATEGORIES):
         rows, class_names = registry.coco_class_rows(coco_unused)
@@ -118,12 +135,13 @@ def from_torchvision(checkpoint, preset=None, class_names=None, coco_unused="dro
     from tfrcnn.models import FasterRCNN
 
     settings.setdefault("backbone_weights", None)
-    model = FasterRCNN.from_preset(preset, num_classes=len(rows), class_names=class_names,
-                                   **settings)
-    assigned = assign_modules(model.backbone_model, modules, strip="backbone.body.",
-                              source=source)
-    assigned += assign_modules(model.backbone_model, modules, strip="backbone.fpn.", add="fpn_",
-                               source=source)
+    model = FasterRCNN.from_preset(
+        preset, num_classes=len(rows), class_names=class_names, **settings
+    )
+    assigned = assign_modules(model.backbone_model, modules, strip="backbone.body.", source=source)
+    assigned += assign_modules(
+        model.backbone_model, modules, strip="backbone.fpn.", add="fpn_", source=source
+    )
     for module, layer in _head_layers(model, arch).items():
         assign_layer(layer, module, modules[module], source)
         assigned.append(module)

@@ -37,11 +37,21 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 RESNET50_LAYERS = ((3, 64), (4, 128), (6, 256), (3, 512))
 # MobileNetV3-Large (torchvision's table): input, kernel, expanded, output, squeeze-excite, stride.
 MOBILENET_V3_LARGE = (
-    (16, 3, 16, 16, False, 1), (16, 3, 64, 24, False, 2), (24, 3, 72, 24, False, 1),
-    (24, 5, 72, 40, True, 2), (40, 5, 120, 40, True, 1), (40, 5, 120, 40, True, 1),
-    (40, 3, 240, 80, False, 2), (80, 3, 200, 80, False, 1), (80, 3, 184, 80, False, 1),
-    (80, 3, 184, 80, False, 1), (80, 3, 480, 112, True, 1), (112, 3, 672, 112, True, 1),
-    (112, 5, 672, 160, True, 2), (160, 5, 960, 160, True, 1), (160, 5, 960, 160, True, 1),
+    (16, 3, 16, 16, False, 1),
+    (16, 3, 64, 24, False, 2),
+    (24, 3, 72, 24, False, 1),
+    (24, 5, 72, 40, True, 2),
+    (40, 5, 120, 40, True, 1),
+    (40, 5, 120, 40, True, 1),
+    (40, 3, 240, 80, False, 2),
+    (80, 3, 200, 80, False, 1),
+    (80, 3, 184, 80, False, 1),
+    (80, 3, 184, 80, False, 1),
+    (80, 3, 480, 112, True, 1),
+    (112, 3, 672, 112, True, 1),
+    (112, 5, 672, 160, True, 2),
+    (160, 5, 960, 160, True, 1),
+    (160, 5, 960, 160, True, 1),
 )
 MOBILENET_LAST_CHANNELS = 960
 # The detector's FPN reads the output of features[13] (160 channels) and features[16] (960).
@@ -138,8 +148,9 @@ def expected_tensors(arch, num_classes=91):
     ``"flatten_dense"`` (the first fc after ROI pooling), ``"rpn_objectness"``, ``"rpn_deltas"``,
     ``"class_logits"`` or ``"box_deltas"``."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown torchvision architecture {arch!r}; known: "
-                         f"{', '.join(ARCHITECTURES)}")
+        raise ValueError(
+            f"unknown torchvision architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+        )
     t = _Tensors()
     if arch == "resnet50":
         t.linear("fc", 1000, _resnet50_body(t, ""))
@@ -182,8 +193,10 @@ def num_classes_of(state, source="checkpoint"):
     """The class count (background included, as torchvision counts) read from ``cls_score``."""
     weight = state.get("roi_heads.box_predictor.cls_score.weight")
     if weight is None or np.ndim(weight) != 2:
-        raise ValueError(f"{source}: no 'roi_heads.box_predictor.cls_score.weight' [classes, "
-                         f"{REPRESENTATION}]; not a torchvision Faster R-CNN checkpoint")
+        raise ValueError(
+            f"{source}: no 'roi_heads.box_predictor.cls_score.weight' [classes, "
+            f"{REPRESENTATION}]; not a torchvision Faster R-CNN checkpoint"
+        )
     return int(weight.shape[0])
 
 
@@ -204,17 +217,22 @@ def check_state_dict(state, arch, source="checkpoint"):
     hint = f"is it a torchvision {arch} checkpoint?"
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(f"{source}: tensor '{missing[0]}' {list(shapes[missing[0]])} is missing"
-                         f"{more}; {hint}")
+        raise ValueError(
+            f"{source}: tensor '{missing[0]}' {list(shapes[missing[0]])} is missing{more}; {hint}"
+        )
     if wrong:
         k = wrong[0]
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        raise ValueError(f"{source}: tensor '{k}' has shape {list(given[k])}, expected "
-                         f"{list(shapes[k])}{more}; {hint}")
+        raise ValueError(
+            f"{source}: tensor '{k}' has shape {list(given[k])}, expected "
+            f"{list(shapes[k])}{more}; {hint}"
+        )
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise ValueError(f"{source}: unexpected tensor '{unexpected[0]}' "
-                         f"{list(given[unexpected[0]])}{more}; {hint}")
+        raise ValueError(
+            f"{source}: unexpected tensor '{unexpected[0]}' "
+            f"{list(given[unexpected[0]])}{more}; {hint}"
+        )
     return classes
 
 
@@ -242,8 +260,9 @@ def convert_modules(state, arch, class_rows=None, source="checkpoint"):
         w = state.get(f"{name}.weight")
         b = state.get(f"{name}.bias")
         if kind == "batch_norm":
-            arrays = layout.batch_norm(w, b, state[f"{name}.running_mean"],
-                                       state[f"{name}.running_var"])
+            arrays = layout.batch_norm(
+                w, b, state[f"{name}.running_mean"], state[f"{name}.running_var"]
+            )
         elif kind == "conv":
             arrays = [layout.conv_kernel(w, name)] + ([b] if b is not None else [])
         elif kind == "depthwise":
