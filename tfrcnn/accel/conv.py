@@ -426,7 +426,7 @@ def _winograd_backward(x, kernel, dy):
     """Both gradients of :func:`winograd_conv2d`: two XLA computations, the filter gradient's
     after the input gradient's, so that the work buffers of only one are allocated at a time (for
     a [2, 200, 200, 256] -> 256 layer 550 MB beside the inputs, against 742 MB as one computation
-    that holds both; docs/memory.md)."""
+    that holds both; docs/performance.md, "Training memory")."""
     dx = _winograd_input_gradient_xla(dy, kernel)
     with tf.control_dependencies([dx]):
         dw = winograd_filter_gradient_xla(x, dy)

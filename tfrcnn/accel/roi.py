@@ -28,7 +28,7 @@ def bilinear_scatter_in_place(upstream, row0, row1, col0, col1, ly, lx, wy, wx, 
     its ``4 sr**2`` terms added into the table one after another in a loop: under XLA each term is
     one weighted ``[K * oh * ow, C]`` copy of ``upstream`` scatter-added in place, and the loop
     keeps one copy alive, where the reference's single scatter-add takes all of them at once (for
-    ``resnet50_fpn`` at batch 2, 1024 ROIs of 256 channels: 16 copies of 49 MB; docs/memory.md)."""
+    ``resnet50_fpn`` at batch 2, 1024 ROIs of 256 channels: 16 copies of 49 MB; docs/performance.md, "Training memory")."""
     channels = tf.shape(upstream)[-1]
     weights, indices = reference._scatter_terms(row0, row1, col0, col1, ly, lx, wy, wx, sr)
 
