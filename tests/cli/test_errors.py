@@ -2,6 +2,7 @@
 status 2, shows no traceback and leaves no run folder or output behind."""
 
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -57,7 +58,7 @@ MISTAKES = [
     (
         ["train", "--preset", "mobilenet_v3_fpn", "--set", "model.backbone_weights=imagenet"]
         + SMALL,
-        ["weights='imagenet'", "is in the Keras cache", "pass its path"],
+        ["no network", "mobilenet_v3_large_224_1.0_float_no_top_v2.h5", "backbone_weights=PATH"],
     ),
     (["train", "--epochs", "0"], ["epochs must be a positive integer"]),
     (["train", "--precision", "float64"], ["invalid choice: 'float64'", "--help"]),
@@ -69,7 +70,10 @@ MISTAKES = [
     (["evaluate", "nope.keras"], ["model not found: nope.keras"]),
     (["evaluate", "broken.keras"], ["cannot load broken.keras as a tfrcnn model"]),
     (["evaluate", "notes.txt"], ["is not a .keras file"]),
-    (["evaluate", "other.keras"], ["cannot load other.keras as a tfrcnn model", "tfrcnn train"]),
+    (
+        ["evaluate", "other.keras"],
+        ["other.keras is a zip archive but not a .keras model file", "tfrcnn train"],
+    ),
     (["evaluate", "broken.keras", "--out", "notes.txt"], ["--out notes.txt is a file"]),
     (["predict", "missing.jpg", "--model", "broken.keras"], ["image not found: missing.jpg"]),
     (["predict", "fake.jpg", "--model", "broken.keras"], ["fake.jpg"]),
@@ -113,6 +117,11 @@ def workdir(tmp_path, monkeypatch):
     """A working folder holding the broken inputs the mistakes name."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # no cached ImageNet files
+    # downloads go to a port on 127.0.0.1 where nothing listens: the offline case, never the internet
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TFRCNN_WEIGHTS_BASE_URL", f"http://127.0.0.1:{port}/")
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "notes.txt").write_text("not data\n")
     (tmp_path / "broken.json").write_text('{"images": [')

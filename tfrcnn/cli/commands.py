@@ -28,6 +28,14 @@ BOX_FORMATS = ("xyxy", "xywh", "yxyx")
 # unknown or impossible setting): reported as one line when they happen before any output.
 INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
+
+def _download_error():
+    """The error of a failed weights download (ImageNet backbones), imported when one is raised."""
+    from tfrcnn.weights.download import DownloadError
+
+    return DownloadError
+
+
 TRAIN_FLAGS = (
     "preset",
     "data",
@@ -253,7 +261,7 @@ def cmd_train(args):
         metrics = run.train(run_dir, overrides, verbose=args.verbose, resume=bool(args.resume))
     except FloatingPointError as e:  # NaNGuard: a non-finite loss, gradient or weight
         return _training_stopped(e, run_dir)
-    except (*INPUT_ERRORS, TypeError) as e:  # TypeError: a value of the wrong type
+    except (*INPUT_ERRORS, TypeError, _download_error()) as e:  # TypeError: a wrong type
         # Raised while the settings, the data or the model were set up (config.json not yet
         # written): a mistake in the input, and nothing of the run may stay behind.
         if not args.resume and not os.path.exists(os.path.join(run_dir, "config.json")):

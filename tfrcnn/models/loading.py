@@ -37,7 +37,8 @@ def check_model_file(path):
         with zipfile.ZipFile(path) as archive:
             if "config.json" not in archive.namelist():
                 raise ModelFileError(
-                    f"{path} is a zip archive but not a .keras model file (no config.json)"
+                    f"{path} is a zip archive but not a .keras model file (no config.json); "
+                    "give a .keras file written by tfrcnn train or FasterRCNN.save"
                 )
             config = json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, ValueError, OSError) as e:
@@ -47,7 +48,8 @@ def check_model_file(path):
     name = config.get("registered_name") or config.get("class_name")
     if name != MODEL_CLASS:
         raise ModelFileError(
-            f"{path} holds a Keras model of class {name!r}, not a tfrcnn FasterRCNN"
+            f"{path} holds a Keras model of class {name!r}, not a tfrcnn FasterRCNN; "
+            "give a .keras file written by tfrcnn train or FasterRCNN.save"
         )
     return config
 
