@@ -400,3 +400,23 @@ def test_ops_work_inside_tf_function_with_unknown_shapes():
         match=r"gt_boxes \(1, 1, 4\) and gt_classes \(1, 2\) must have the same",
     ):
         run(tf.constant([[[0.0, 0, 1, 1]]]), tf.constant([[0, 1]]))
+
+
+def test_a_batch_refused_while_the_first_step_is_traced_leaves_the_model_trainable():
+    """The first fit of a new model gets a batch refused at trace time (float image_shape): the
+    next fit with bad values is refused with its own message, then good data trains."""
+    model = FasterRCNN(num_classes=3, image_min_side=64, image_max_side=96, max_detections=20)
+    model.compile(optimizer="adam")
+    before = _weights(model)
+    with pytest.raises(MODEL_ERRORS, match="image_shape must hold integer values"):
+        model.fit(
+            tf.data.Dataset.from_tensors(bad_batch(_set("image_shape", None, None, np.float32))),
+            verbose=0,
+        )
+    with pytest.raises(MODEL_ERRORS, match=r"image_shape\[0\] = \[0, 0\] is not a valid region"):
+        model.fit(tf.data.Dataset.from_tensors(bad_batch(_set("image_shape", 0, 0))), verbose=0)
+    for a, b in zip(before, model.trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    history = model.fit(tf.data.Dataset.from_tensors(clean_batch()), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights))

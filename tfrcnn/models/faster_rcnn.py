@@ -770,6 +770,24 @@ class FasterRCNN(keras.Model):
             return self.training_graph(inputs, training=training)
         return self.inference_graph(inputs, training=training)
 
+    def _build_optimizer(self):
+        """Creates the optimizer's variables for the current trainable weights before any step is
+        traced, as Keras does inside the first traced step. A batch refused while the step is
+        traced (an input check on shapes or dtypes) then leaves no half-built step behind: the
+        next ``fit`` or ``train_on_batch`` with good data runs normally."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, **kwargs):
+        self._build_optimizer()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._build_optimizer()
+        return super().train_on_batch(*args, **kwargs)
+
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, dict):
