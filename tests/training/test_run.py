@@ -55,7 +55,15 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(tmp_path):
         def on_epoch_begin(self, epoch, logs=None):
             starts.append(("epoch", epoch))
 
-    train(run, None, verbose=0, resume=True, extra_callbacks=[_Probe()])
+    # a setting that differs from the saved run is refused before anything is touched
+    with pytest.raises(ValueError, match=r"only epochs may change \(got a different batch_size"):
+        train(run, {"batch_size": 4, "epochs": 3}, verbose=0, resume=True)
+    with pytest.raises(ValueError, match=r"a different model.image_min_side"):
+        train(run, {"model": {"image_min_side": 321}}, verbose=0, resume=True)
+    assert json.load(open(os.path.join(run, "checkpoints", "state.json"))) == {"epochs_done": 2}
+    # repeating the saved values (as a re-run of the same command line does) is not a change
+    same = {k: SMALL[k] for k in ("num_train", "batch_size", "steps_per_epoch")}
+    train(run, same, verbose=0, resume=True, extra_callbacks=[_Probe()])
     iterations, moments = starts[0]
     assert iterations == 4
     for a, b in zip(saved_moments, moments):

@@ -348,6 +348,14 @@ class FasterRCNN(keras.Model):
             keras.mixed_precision.set_global_policy(previous)
         if self.accelerate == "auto":
             accel.apply(self)
+        # Every weight exists now (tracing the graphs built their layers). The weightless layers
+        # called outside them are marked built too, so Keras never runs a symbolic batch through
+        # the model to build it: under a distribution strategy that batch is the replicas' mean,
+        # whose integer inputs (image_shape, gt_classes) have become floats the checks refuse.
+        for layer in self._flatten_layers(include_self=False):
+            if not layer.built and not layer.weights:
+                layer.built = True
+        self.built = True
 
     # ----------------------------------------------------------------------------------------
     # construction

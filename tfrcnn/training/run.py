@@ -176,6 +176,19 @@ def _suggest(name, known):
     return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
 
 
+def _changed_settings(saved, overrides):
+    """The names of the ``overrides`` whose values differ from the ``saved`` run settings
+    (``model.<name>`` for a model setting); repeating a saved value is not a change."""
+    changed = set()
+    for key, value in overrides.items():
+        if key == "model" and isinstance(value, dict):
+            saved_model = saved.get("model") or {}
+            changed |= {f"model.{k}" for k, v in value.items() if saved_model.get(k) != v}
+        elif saved.get(key) != value:
+            changed.add(key)
+    return changed
+
+
 def resolve_settings(overrides=None):
     """RUN_DEFAULTS updated with ``overrides`` (a dict; ``model`` merges key by key)."""
     settings = json.loads(json.dumps(RUN_DEFAULTS))
@@ -366,10 +379,11 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         if saved is None or not (step if multi_worker else os.path.exists(last)):
             raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
         extra = dict(overrides or {})
-        if set(extra) - {"epochs"}:
+        changed = sorted(_changed_settings(saved, extra) - {"epochs"})
+        if changed:
             raise ValueError(
                 "--resume continues the saved configuration; only epochs may change "
-                f"(got {sorted(set(extra) - {'epochs'})})"
+                f"(got a different {', '.join(changed)}); drop those flags or start a new run"
             )
         saved.update(extra)
         settings = resolve_settings(saved)
