@@ -323,3 +323,16 @@ PRESETS["torchvision_resnet50_fpn_v2"] = dict(
     head_conv_batch_norm=True,
     head_units=(1024,),
 )
+
+
+def changed_settings(saved, overrides):
+    """The names of the ``overrides`` whose values differ from the ``saved`` run settings (a run folder's ``config.json`` ``run`` part)
+    (``model.<name>`` for a model setting); repeating a saved value is not a change."""
+    changed = set()
+    for key, value in overrides.items():
+        if key == "model" and isinstance(value, dict):
+            saved_model = saved.get("model") or {}
+            changed |= {f"model.{k}" for k, v in value.items() if saved_model.get(k) != v}
+        elif saved.get(key) != value:
+            changed.add(key)
+    return changed

@@ -67,6 +67,10 @@ MISTAKES = [
     (["train", "--set", "epochs"], ["bad --set 'epochs'", "key=value"]),
     (["train", "--resume", "no_run"], ["run folder not found: no_run"]),
     (["train", "--run-dir", "old_run"], ["already holds a run", "--resume old_run"]),
+    (
+        ["train", "--resume", "old_run", "--batch-size", "8", "--epochs", "9"],
+        ["only --epochs may change (got a different batch_size)", "start a new run"],
+    ),
     (["evaluate", "nope.keras"], ["model not found: nope.keras"]),
     (["evaluate", "broken.keras"], ["cannot load broken.keras as a tfrcnn model"]),
     (["evaluate", "notes.txt"], ["is not a .keras file"]),
@@ -132,7 +136,7 @@ def workdir(tmp_path, monkeypatch):
         archive.writestr("readme.txt", "not a Keras model")
     (tmp_path / "fake.jpg").write_text("a text file named .jpg")
     (tmp_path / "old_run").mkdir()
-    (tmp_path / "old_run" / "config.json").write_text("{}")
+    (tmp_path / "old_run" / "config.json").write_text('{"run": {"batch_size": 2, "epochs": 3}}')
     return tmp_path
 
 

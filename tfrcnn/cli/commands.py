@@ -213,11 +213,13 @@ def cmd_train(args):
                 f"nothing to resume in {run_dir}: no config.json, so not a run "
                 "folder; give the folder of an earlier tfrcnn train"
             )
-        extra = sorted(set(overrides) - {"epochs"})
-        if extra:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f).get("run") or {}
+        changed = sorted(presets.changed_settings(saved, overrides) - {"epochs"})
+        if changed:
             raise UserError(
-                f"--resume continues the saved configuration; only --epochs may "
-                f"change (got {', '.join(extra)})"
+                f"--resume continues the saved configuration; only --epochs may change "
+                f"(got a different {', '.join(changed)}); drop those flags or start a new run"
             )
         if args.print_config:
             with open(os.path.join(run_dir, "config.json")) as f:

@@ -176,19 +176,6 @@ def _suggest(name, known):
     return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
 
 
-def _changed_settings(saved, overrides):
-    """The names of the ``overrides`` whose values differ from the ``saved`` run settings
-    (``model.<name>`` for a model setting); repeating a saved value is not a change."""
-    changed = set()
-    for key, value in overrides.items():
-        if key == "model" and isinstance(value, dict):
-            saved_model = saved.get("model") or {}
-            changed |= {f"model.{k}" for k, v in value.items() if saved_model.get(k) != v}
-        elif saved.get(key) != value:
-            changed.add(key)
-    return changed
-
-
 def resolve_settings(overrides=None):
     """RUN_DEFAULTS updated with ``overrides`` (a dict; ``model`` merges key by key)."""
     settings = json.loads(json.dumps(RUN_DEFAULTS))
@@ -376,10 +363,11 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
         multi_worker = saved is not None and saved.get("strategy") == "multi_worker"
         step = latest_checkpoint(checkpoints)[1] if multi_worker else 0
         last = os.path.join(checkpoints, "last.keras")
-        if saved is None or not (step if multi_worker else os.path.exists(last)):
-            raise ValueError(f"nothing to resume in {run_dir}: no config.json or checkpoint")
+        if saved is None:
+            raise ValueError(f"nothing to resume in {run_dir}: no config.json, so not a run folder")
+        has_checkpoint = bool(step) if multi_worker else os.path.exists(last)
         extra = dict(overrides or {})
-        changed = sorted(_changed_settings(saved, extra) - {"epochs"})
+        changed = sorted(presets.changed_settings(saved, extra) - {"epochs"})
         if changed:
             raise ValueError(
                 "--resume continues the saved configuration; only epochs may change "
@@ -387,7 +375,10 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
             )
         saved.update(extra)
         settings = resolve_settings(saved)
-        if multi_worker:
+        if not has_checkpoint:
+            # stopped before its first checkpoint: the run starts again with its configuration
+            log.info("no checkpoint in %s yet: the run starts from its first epoch", run_dir)
+        elif multi_worker:
             initial_epoch = step // int(settings["steps_per_epoch"])
         else:
             # the checkpoint holds its own epoch count and history (state.json may lag behind it)
@@ -408,7 +399,7 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     # "auto" is resolved once and recorded, so a resumed run keeps the policy it started with.
     settings["precision"] = resolve_precision(settings["precision"])
     with strategy.scope(), precision_scope(settings["precision"]):
-        if resume and not multi_worker:
+        if resume and has_checkpoint and not multi_worker:
             model = keras.models.load_model(os.path.join(checkpoints, "last.keras"))
         else:
             model = FasterRCNN.from_preset(
