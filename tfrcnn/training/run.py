@@ -353,6 +353,7 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     """
     initial_epoch = 0
     resumed_rows = None
+    has_checkpoint = False
     checkpoints = os.path.join(run_dir, "checkpoints")
     remove_partial_files(run_dir)  # hidden temporaries of writes a killed process never finished
     if resume:
@@ -484,7 +485,7 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
                 earlier = json.load(f)
             history = {k: list(earlier.get(k, []))[:done] + v for k, v in history.items()}
     else:
-        if not resume:
+        if not has_checkpoint:  # a checkpoint brings its compiled optimizer and its state
             with strategy.scope():
                 model.compile(optimizer=_optimizer(settings, epochs * steps))
         model.fit(
