@@ -59,16 +59,22 @@ def test_from_pretrained_keeps_all_but_class_outputs(tmp_path):
 
 
 def _run(argv):
-    """The exit status and standard error of ``tfrcnn import-weights ...`` through the command."""
+    """The exit status and standard error of ``tfrcnn import-weights ...`` through the command.
+
+    A download's progress display (lines redrawn with a carriage return) is left out, so what is
+    returned is what the command said.
+    """
     import contextlib
     import io
+    import re
 
     from tfrcnn.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         status = main(argv)
-    return status, err.getvalue().rstrip("\n")
+    said = re.sub(r"\r[^\r\n]*\n?", "", err.getvalue())
+    return status, said.rstrip("\n")
 
 
 @pytest.fixture(scope="module")

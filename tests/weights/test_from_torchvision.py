@@ -23,7 +23,14 @@ pytestmark = pytest.mark.slow
 def test_predict_equals_torchvision(torchvision_reference, arch, preset, accelerate):
     """Final detections equal with the accelerated CPU paths on and off."""
     npz, pth = torchvision_reference(arch)
-    model = from_torchvision(pth, preset=preset, coco_unused="keep", accelerate=accelerate)
+    model = from_torchvision(
+        pth,
+        preset=preset,
+        coco_unused="keep",
+        accelerate=accelerate,
+        image_min_side=int(npz["min_size"]),  # torchvision's min_size / max_size of the reference
+        image_max_side=int(npz["max_size"]),
+    )
     assert model.num_classes == 90 and model.class_names[11] == "N/A"
     for i in range(int(npz["num_images"])):
         out = model.predict(npz[f"img{i}_image"][None], verbose=0)
@@ -36,4 +43,5 @@ def test_predict_equals_torchvision(torchvision_reference, arch, preset, acceler
             npz[f"img{i}_scores"],
             npz[f"img{i}_labels"],
             f"{preset} image {i}",
+            limit=100,
         )

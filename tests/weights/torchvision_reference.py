@@ -1,10 +1,12 @@
 """torchvision reference outputs for the parity tests; run as a script in its own process (torch only).
 
     python tests/weights/torchvision_reference.py PRESET OUTDIR [--seed 0] [--num-classes 91]
+        [--min-size N --max-size M]
 
 builds torchvision's Faster R-CNN for PRESET (``fasterrcnn_resnet50_fpn``,
 ``fasterrcnn_resnet50_fpn_v2``, ``fasterrcnn_mobilenet_v3_large_fpn``,
-``fasterrcnn_mobilenet_v3_large_320_fpn``) with seeded random weights, and writes
+``fasterrcnn_mobilenet_v3_large_320_fpn``) with seeded random weights (and torchvision's ``min_size`` / ``max_size`` when given, as a user
+trains at a smaller size), and writes
 
 - ``OUTDIR/PRESET.pth``: its state dict (what the importer converts);
 - ``OUTDIR/PRESET.npz``: for each of three images (``img{i}_*``: 480x640, 800x600 portrait, 333x517),
@@ -18,7 +20,8 @@ builds torchvision's Faster R-CNN for PRESET (``fasterrcnn_resnet50_fpn``,
   ``proposal_scores`` ``[P]`` (post-NMS, P <= 1000, sigmoid scores), ``class_logits`` ``[P, classes]``
   and ``box_regression`` ``[P, classes * 4]`` of the second stage on those proposals,
   ``pooled`` (the first 16 ROI-pooled maps ``[16, 7, 7, C]``), and the final ``boxes`` (x1, y1, x2, y2
-  in original image pixels), ``scores``, ``labels``.
+  in original image pixels), ``scores``, ``labels``; and ``min_size`` / ``max_size``, the model's
+  resize settings.
 
 Random weights would make every score ~equal (RPN logits ~0, class scores ~1 / classes, below the
 0.05 threshold), so the model is made non-trivial, still from the seed: batch-norm statistics are
@@ -82,9 +85,11 @@ def nhwc(tensor):
     return tensor.detach().permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def build(preset, num_classes):
+def build(preset, num_classes, min_size=None, max_size=None):
     builder = getattr(detection, preset)
-    return builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    sizes = {"min_size": min_size, "max_size": max_size}
+    sizes = {key: value for key, value in sizes.items() if value is not None}
+    return builder(weights=None, weights_backbone=None, num_classes=num_classes, **sizes)
 
 
 def _batch_norms(model):
@@ -192,13 +197,15 @@ def main():
     parser.add_argument("outdir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-classes", type=int, default=91)
+    parser.add_argument("--min-size", type=int, help="torchvision's min_size (default: its own)")
+    parser.add_argument("--max-size", type=int, help="torchvision's max_size (default: its own)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     generator = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = build(args.preset, args.num_classes)
+    model = build(args.preset, args.num_classes, args.min_size, args.max_size)
     calibration = [make_image(rng, h, w) for h, w in CALIBRATION_SIZES]
     calibrate(model, calibration, generator)
     model.eval()
@@ -212,8 +219,13 @@ def main():
             arrays[f"img{i}_{key}"] = value
     arrays["levels"] = np.array(levels)
     arrays["num_images"] = np.array(len(IMAGE_SIZES))
+    (min_size,) = model.transform.min_size
+    arrays["min_size"] = np.array(min_size)
+    arrays["max_size"] = np.array(model.transform.max_size)
     arrays["torchvision_version"] = np.array(torchvision.__version__)
-    np.savez(os.path.join(args.outdir, f"{args.preset}.npz"), **arrays)
+    partial = os.path.join(args.outdir, f"{args.preset}.partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, os.path.join(args.outdir, f"{args.preset}.npz"))  # the npz marks it done
 
 
 if __name__ == "__main__":
