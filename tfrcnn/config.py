@@ -266,6 +266,7 @@ PRESET_USES = {
 # values of the built-in demo (tiny preset, synthetic data). Model settings go under ``model``.
 RUN_DEFAULTS = dict(
     preset="tiny",
+    init=None,  # a trained model to start from (fine-tuning): a .keras file or torchvision:<name>
     data="synthetic",
     data_path=None,
     image_dir=None,
@@ -323,6 +324,36 @@ PRESETS["torchvision_resnet50_fpn_v2"] = dict(
     head_conv_batch_norm=True,
     head_units=(1024,),
 )
+
+
+# torchvision's detection fine-tuning recipe (references/detection): SGD with momentum 0.9,
+# learning rate 0.02 for 16 images a batch (scaled linearly), weight decay 1e-4.
+FINE_TUNE_LEARNING_RATE_PER_IMAGE = 0.02 / 16
+
+
+def apply_init_defaults(settings, given):
+    """For a run that starts from a trained model (``settings["init"]``): the architecture is the
+    model file's, so ``preset`` is ``None`` (given together with ``init`` it is an error), and
+    unless ``given`` (the names the user set) holds them, the optimizer is torchvision's
+    fine-tuning recipe: SGD, learning rate 0.02 x batch_size / 16, weight decay 1e-4.
+    ``settings`` is changed in place; a run without ``init`` is left as it is."""
+    if not settings.get("init"):
+        return settings
+    if "preset" in given and settings.get("preset") is not None:
+        raise ValueError(
+            f"init {settings['init']} sets the architecture; drop preset "
+            f"{settings['preset']!r} (change model settings with model.<name>)"
+        )
+    settings["preset"] = None
+    if "optimizer" not in given:
+        settings["optimizer"] = "sgd"
+        if "weight_decay" not in given:
+            settings["weight_decay"] = 1e-4
+    if "learning_rate" not in given:
+        batch = settings.get("batch_size")
+        if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+            settings["learning_rate"] = FINE_TUNE_LEARNING_RATE_PER_IMAGE * batch
+    return settings
 
 
 def changed_settings(saved, overrides):

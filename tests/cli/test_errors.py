@@ -71,6 +71,22 @@ MISTAKES = [
         ["train", "--resume", "old_run", "--batch-size", "8", "--epochs", "9"],
         ["only --epochs may change (got a different batch_size)", "start a new run"],
     ),
+    (["train", "--init", "nope.keras"], ["--init not found: nope.keras"]),
+    (["train", "--init", "model.pth"], ["is a torchvision checkpoint", "tfrcnn import-weights"]),
+    (["train", "--init", "torchvision:resnet50"], ["not a published torchvision detector"]),
+    (
+        ["train", "--init", "broken.keras", "--preset", "tiny"],
+        ["sets the architecture", "--preset"],
+    ),
+    (["train", "--init", "broken.keras"] + SMALL, ["broken.keras is not a .keras model file"]),
+    (
+        ["train", "--init", "other.keras"] + SMALL,
+        ["other.keras is a zip archive but not a .keras model file"],
+    ),
+    (
+        ["train", "--init", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn_coco"] + SMALL,
+        ["no network", "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth"],
+    ),
     (["evaluate", "nope.keras"], ["model not found: nope.keras"]),
     (["evaluate", "broken.keras"], ["cannot load broken.keras as a tfrcnn model"]),
     (["evaluate", "notes.txt"], ["is not a .keras file"]),

@@ -82,3 +82,20 @@ def test_resume_errors(tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_init_settings_default_to_torchvisions_fine_tuning_recipe():
+    from tfrcnn.training.run import resolve_settings
+
+    settings = resolve_settings({"init": "coco.keras", "batch_size": 8})
+    assert settings["preset"] is None and settings["optimizer"] == "sgd"
+    assert settings["learning_rate"] == pytest.approx(0.01)  # 0.02 x 8 / 16
+    assert settings["weight_decay"] == pytest.approx(1e-4)
+    given = resolve_settings({"init": "coco.keras", "learning_rate": 0.003, "optimizer": "adamw"})
+    assert (given["optimizer"], given["learning_rate"]) == ("adamw", 0.003)
+    plain = resolve_settings({"batch_size": 8})  # without init nothing changes
+    assert (plain["preset"], plain["optimizer"], plain["learning_rate"]) == ("tiny", "adamw", 2e-3)
+    # a resumed run's saved settings (every key given) come back as they were
+    assert resolve_settings(dict(settings)) == settings
+    with pytest.raises(ValueError, match="sets the architecture; drop preset 'tiny'"):
+        resolve_settings({"init": "coco.keras", "preset": "tiny"})

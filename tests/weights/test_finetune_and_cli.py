@@ -241,3 +241,48 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
     assert status == 2 and "nothing was kept" in message and "\n" not in message
     assert os.listdir(tmp_path / "keras" / "models") == []
     assert not (tmp_path / "bad.keras").exists()
+
+
+def test_train_init_fine_tunes_a_converted_model_on_bccd(tmp_path, torchvision_reference):
+    """tfrcnn train --init: a converted torchvision model fine-tuned on BCCD for a few steps with
+    torchvision's recipe (SGD, 0.02 x batch / 16); the frozen weights (first backbone stages,
+    frozen batch norm) stay bit-identical, the trained ones move, the classes are BCCD's."""
+    import json
+
+    from tfrcnn.cli import main
+
+    _, pth = torchvision_reference("fasterrcnn_mobilenet_v3_large_320_fpn")
+    converted = tmp_path / "coco_320.keras"
+    preset = "torchvision_mobilenet_v3_large_320_fpn"
+    status, message = _run(
+        ["import-weights", "torchvision", str(pth), "--preset", preset, "--output", str(converted)]
+    )
+    assert status == 0, message
+    run_dir = tmp_path / "run"
+    argv = ["train", "--init", str(converted), "--data", "bccd"]  # $TFRCNN_BCCD or ../shared
+    argv += ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--verbose", "0"]
+    assert main(argv + ["--run-dir", str(run_dir)]) == 0
+    run = json.loads((run_dir / "config.json").read_text())["run"]
+    assert (run["init"], run["preset"], run["optimizer"]) == (str(converted), None, "sgd")
+    assert run["learning_rate"] == pytest.approx(0.02 * 2 / 16)
+    start = keras.saving.load_model(converted)
+    tuned = keras.saving.load_model(run_dir / "model.keras")
+    assert sorted(tuned.class_names) == ["Platelets", "RBC", "WBC"] and tuned.num_classes == 3
+    assert tuned.rcnn_head.classifier.kernel.shape[-1] == 4  # background + 3
+    assert tuned.preset == preset and tuned.image_min_side == 320
+    class_outputs = {id(w) for w in tuned.rcnn_head.classifier.weights}
+    class_outputs |= {id(w) for w in tuned.rcnn_head.regressor.weights}
+    trainable = {id(w) for w in tuned.trainable_weights}
+    frozen = moved = 0
+    for new, old in zip(tuned.weights, start.weights):
+        assert new.path == old.path
+        if id(new) in class_outputs:
+            continue
+        if id(new) in trainable:
+            moved += int(not np.array_equal(new.numpy(), old.numpy()))
+        else:
+            np.testing.assert_array_equal(new.numpy(), old.numpy(), err_msg=new.path)
+            frozen += 1
+    stem = tuned.backbone_model.weights[0]
+    assert id(stem) not in trainable  # the first stages are frozen (trainable_backbone=3)
+    assert frozen > 100 and moved > 10

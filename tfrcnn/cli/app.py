@@ -98,6 +98,14 @@ def build_parser():
     )
     p.add_argument("--preset", metavar="NAME", help=_preset_help())
     p.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune a trained model: a .keras file (tfrcnn train, import-weights) or "
+        "torchvision:<published name>; every weight is kept but the class outputs, the "
+        "architecture is the model's (no --preset), and the optimizer defaults to "
+        "torchvision's recipe (SGD, learning rate 0.02 x batch size / 16)",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE",
         help="a YAML or JSON file of run settings (model settings under 'model')",

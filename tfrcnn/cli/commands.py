@@ -38,6 +38,7 @@ def _download_error():
 
 TRAIN_FLAGS = (
     "preset",
+    "init",
     "data",
     "data_path",
     "image_dir",
@@ -183,6 +184,44 @@ def _check_numbers(settings):
         raise UserError(f"learning_rate must be a positive number, got {lr!r}")
 
 
+def _check_init(init):
+    """``--init``: a ``.keras`` model file or a published torchvision name (one line otherwise)."""
+    from tfrcnn.weights import registry
+
+    name = init.split(":", 1)[1] if init.startswith("torchvision:") else init
+    if init.startswith("torchvision:") or (
+        not os.path.exists(init) and name in registry.TORCHVISION
+    ):
+        if registry.TORCHVISION.get(name) is None or registry.TORCHVISION[name].kind != "detector":
+            detectors = [k for k, v in registry.TORCHVISION.items() if v.kind == "detector"]
+            raise UserError(
+                f"--init {init}: not a published torchvision detector; known: "
+                + ", ".join(f"torchvision:{k}" for k in detectors)
+            )
+        return
+    if init.endswith(".pth"):
+        raise UserError(
+            f"--init {init} is a torchvision checkpoint; convert it first with "
+            f"tfrcnn import-weights torchvision {init} --preset PRESET --output model.keras"
+        )
+    _check_model_file(init, "--init")
+
+
+def _init_settings(init):
+    """The model settings of an ``--init`` model (its file's, or the preset of a published name),
+    read without TensorFlow."""
+    from tfrcnn.weights import registry
+
+    name = init.split(":", 1)[1] if init.startswith("torchvision:") else init
+    if name in registry.TORCHVISION and not os.path.exists(init):
+        return presets.get_preset(registry.TORCHVISION[name].preset)
+    import zipfile
+
+    with zipfile.ZipFile(init) as archive:
+        config = json.loads(archive.read("config.json"))["config"]
+    return {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+
+
 def _precheck_train(overrides):
     """The checks that need no TensorFlow: run setting names, the preset, the data paths and the
     numbers (model setting names are checked by ``resolve_settings``)."""
@@ -193,9 +232,18 @@ def _precheck_train(overrides):
                 f"unknown run setting {key!r}; {closest(key, list(known))} "
                 "(model settings go under 'model.<name>')"
             )
-    preset = overrides.get("preset", known["preset"])
-    if preset not in presets.PRESETS:
-        raise UserError(f"unknown preset {preset!r}; {closest(preset, list(presets.PRESETS))}")
+    init = overrides.get("init")
+    if init:
+        _check_init(init)
+        if "preset" in overrides:
+            raise UserError(
+                f"--init {init} sets the architecture; drop --preset "
+                "(change model settings with --set model.<name>=VALUE)"
+            )
+    else:
+        preset = overrides.get("preset", known["preset"])
+        if preset not in presets.PRESETS:
+            raise UserError(f"unknown preset {preset!r}; {closest(preset, list(presets.PRESETS))}")
     merged = {**known, **overrides}
     resolve_data(merged, set(overrides))
     overrides["data"] = merged["data"]
@@ -236,14 +284,18 @@ def cmd_train(args):
         except ValueError as e:
             raise UserError(one_line(e)) from None
         if args.print_config:
-            model = presets.get_preset(settings["preset"])
+            model = _init_settings(settings["init"]) if settings["init"] else {}
+            model = model or presets.get_preset(
+                settings["preset"] or presets.RUN_DEFAULTS["preset"]
+            )
             model.update(settings["model"])
             run_settings = {k: v for k, v in settings.items() if k != "model"}
             print(to_yaml({"run": run_settings, "model": model}), end="")
             return 0
-        run_dir = args.run_dir or os.path.join(
-            "runs", f"{settings['preset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        start = settings["preset"]
+        if settings["init"]:
+            start = os.path.splitext(os.path.basename(settings["init"].split(":")[-1]))[0]
+        run_dir = args.run_dir or os.path.join("runs", f"{start}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
             raise UserError(f"--run-dir {run_dir} is a file; give a folder")
         if os.path.exists(os.path.join(run_dir, "config.json")):
@@ -252,7 +304,9 @@ def cmd_train(args):
                 f"--resume {run_dir} or give another --run-dir"
             )
         print(
-            f"tfrcnn train: preset {settings['preset']}, data {settings['data']}"
+            "tfrcnn train: "
+            + (f"from {settings['init']}" if settings["init"] else f"preset {settings['preset']}")
+            + f", data {settings['data']}"
             + (f" ({settings['data_path']})" if settings.get("data_path") else "")
             + f", run folder {run_dir}"
         )

@@ -197,7 +197,12 @@ def resolve_settings(overrides=None):
     for key in settings["model"]:
         if key not in known:
             raise ValueError(f"unknown model setting {key!r}; {_suggest(key, known)}")
-    if settings["preset"] not in presets.PRESETS:
+    presets.apply_init_defaults(settings, set(overrides or {}))
+    if settings["init"] is not None and not isinstance(settings["init"], str):
+        raise ValueError(
+            f"init must be a model file or torchvision:<name>, got {settings['init']!r}"
+        )
+    if not settings["init"] and settings["preset"] not in presets.PRESETS:
         raise ValueError(
             f"unknown preset {settings['preset']!r}; "
             f"{_suggest(str(settings['preset']), list(presets.PRESETS))}"
@@ -343,6 +348,10 @@ def _read_csv_history(path):
 def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     """Run a whole training job into ``run_dir`` and return its final metrics dict.
 
+    With ``init`` in ``overrides`` (a ``.keras`` model or ``"torchvision:<published name>"``) the
+    model starts from that trained model's weights for the data's classes (fine-tuning, see
+    :func:`tfrcnn.config.apply_init_defaults` for its optimizer).
+
     With ``resume=True`` the run's saved configuration is used (``overrides`` may only raise
     ``epochs``), the model and optimizer state come from ``checkpoints/last.keras`` and training
     continues at the epoch after the last finished one.
@@ -402,6 +411,14 @@ def train(run_dir, overrides=None, verbose=1, resume=False, extra_callbacks=()):
     with strategy.scope(), precision_scope(settings["precision"]):
         if resume and has_checkpoint and not multi_worker:
             model = keras.models.load_model(os.path.join(checkpoints, "last.keras"))
+        elif settings["init"]:
+            # every weight of the trained model but the class outputs (fine-tuning)
+            model = FasterRCNN.from_pretrained(
+                settings["init"],
+                num_classes=len(class_names),
+                class_names=class_names,
+                **settings["model"],
+            )
         else:
             model = FasterRCNN.from_preset(
                 settings["preset"],

@@ -29,12 +29,9 @@ def _source_model(source, base_url=None, progress=True):
             f"{name}: convert a torchvision checkpoint first with "
             f"tfrcnn.weights.from_torchvision(path, preset=...)"
         )
-    import keras
+    from tfrcnn.models.loading import load_model
 
-    model = keras.saving.load_model(name)
-    if not isinstance(model, FasterRCNN):
-        raise ValueError(f"{name} holds a {type(model).__name__}, not a FasterRCNN")
-    return model
+    return load_model(name, compile=False)  # one line for a file that is not a tfrcnn model
 
 
 def from_pretrained(
