@@ -188,7 +188,6 @@ def test_export_then_predict_from_saved_model_and_tflite(trained_run, tmp_path):
 
 
 def test_evaluate_proposals_rpn_and_selective_search(trained_run, tmp_path, capsys):
-    pytest.importorskip("cv2", reason="opencv-contrib-python-headless (the test extra) is missing")
     model = os.path.join(trained_run, "model.keras")
     png = tmp_path / "recall.png"
     pr = tmp_path / "pr.png"

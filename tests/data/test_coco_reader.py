@@ -215,7 +215,7 @@ def test_missing_and_malformed_json(small):
 def _bccd_sample(tmp_path):
     src = bccd_path()
     if not os.path.isdir(os.path.join(src, "Annotations")):
-        pytest.skip(f"BCCD dataset not found at {src} (set TFRCNN_BCCD to its folder)")
+        pytest.fail(f"BCCD dataset not found at {src} (set TFRCNN_BCCD to its folder)")
     root = tmp_path / "voc"
     for d in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         os.makedirs(root / d)

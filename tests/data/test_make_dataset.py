@@ -172,7 +172,7 @@ def test_voc_to_tfrecord_to_pipeline_matches_reading_voc(tmp_path):
 
     root = bccd_path()
     if not __import__("os").path.isdir(root):
-        pytest.skip(f"BCCD dataset not found at {root}")
+        pytest.fail(f"BCCD dataset not found at {root}")
     small = tmp_path / "voc"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (small / sub).mkdir(parents=True)

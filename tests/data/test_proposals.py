@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import pytest
 
-from tfrcnn.data import proposals as proposals_module
 from tfrcnn.data.proposals import (
     load_proposals,
     pad_proposals,
@@ -25,20 +24,6 @@ def _iou(a, b):
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union
 
-
-def _has_ximgproc():
-    try:
-        proposals_module._import_ximgproc()
-        return True
-    except ImportError:
-        return False
-
-
-needs_opencv = pytest.mark.skipif(
-    not _has_ximgproc(),
-    reason="opencv-contrib (cv2.ximgproc) is not installed: "
-    "pip install opencv-contrib-python-headless (the 'selective_search' / 'test' extra)",
-)
 
 RECTANGLES = ([20, 30, 60, 90], [70, 100, 110, 150])  # yxyx
 
@@ -135,7 +120,6 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------- selective search
-@needs_opencv
 def test_selective_search_finds_two_rectangles():
     image = _two_rectangles()
     boxes = selective_search(image, mode="fast", max_proposals=2000, min_size=0, num_threads=1)
@@ -151,7 +135,6 @@ def test_selective_search_finds_two_rectangles():
     assert any(np.array_equal(b, [0, 0, 120, 160]) for b in boxes)
 
 
-@needs_opencv
 def test_selective_search_options():
     import cv2
 
@@ -180,7 +163,6 @@ def test_selective_search_options():
         selective_search(np.zeros((4, 4, 3, 1), np.uint8))
 
 
-@needs_opencv
 def test_selective_search_reads_a_path(tmp_path):
     from PIL import Image
 

@@ -37,7 +37,7 @@ BOX_TOL = 1e-4  # pixels
 def _bccd():
     root = bccd_path()
     if not os.path.isdir(os.path.join(root, "Annotations")):
-        pytest.skip(f"BCCD dataset not found at {root} (set TFRCNN_BCCD to its folder)")
+        pytest.fail(f"BCCD dataset not found at {root} (set TFRCNN_BCCD to its folder)")
     return root
 
 

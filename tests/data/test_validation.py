@@ -241,7 +241,7 @@ def test_missing_corrupt_and_truncated_files_raise_naming_the_file(tmp_path):
 def test_truncated_bccd_jpeg(tmp_path):
     src = os.path.join(bccd_path(), "JPEGImages", "BloodImage_00000.jpg")
     if not os.path.isfile(src):
-        pytest.skip(f"BCCD dataset not found at {bccd_path()} (set TFRCNN_BCCD)")
+        pytest.fail(f"BCCD dataset not found at {bccd_path()} (set TFRCNN_BCCD)")
     assert load_image(src).shape == (480, 640, 3)
     data = open(src, "rb").read()
     cut = tmp_path / "BloodImage_00000.jpg"

@@ -22,7 +22,7 @@ BCCD_ZERO_AREA = ("BloodImage_00338", "BloodImage_00343")
 def _bccd():
     root = bccd_path()
     if not os.path.isdir(os.path.join(root, "Annotations")):
-        pytest.skip(f"BCCD dataset not found at {root} (set TFRCNN_BCCD to its folder)")
+        pytest.fail(f"BCCD dataset not found at {root} (set TFRCNN_BCCD to its folder)")
     return root
 
 

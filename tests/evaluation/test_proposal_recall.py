@@ -148,7 +148,7 @@ def test_plot_writes_a_png(tmp_path):
 def test_rpn_proposals_of_an_untrained_model_on_bccd():
     root = bccd_path()
     if not os.path.isdir(root):
-        pytest.skip(f"the BCCD dataset is not at {root} (set TFRCNN_BCCD)")
+        pytest.fail(f"the BCCD dataset is not at {root} (set TFRCNN_BCCD)")
     from tfrcnn.data.voc import read_voc
     from tfrcnn.models.faster_rcnn import FasterRCNN
 

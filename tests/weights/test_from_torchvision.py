@@ -1,6 +1,7 @@
 """End to end: a seeded random torchvision Faster R-CNN converted by from_torchvision
 gives torchvision's detections through model.predict on raw uint8 images, for each preset."""
 
+import numpy as np
 import pytest
 
 from tfrcnn.weights.torchvision import from_torchvision
@@ -43,5 +44,50 @@ def test_predict_equals_torchvision(torchvision_reference, arch, preset, acceler
             npz[f"img{i}_scores"],
             npz[f"img{i}_labels"],
             f"{preset} image {i}",
+            limit=100,
+        )
+
+
+def test_converted_mobilenet_exports_give_the_keras_detections(torchvision_reference, tmp_path):
+    """The converted torchvision MobileNetV3 320 model as a SavedModel (on images it resizes) and
+    as a builtin-only float32 .tflite (on images of its input size, which it pads but does not
+    resize: TFLite's bilinear resize differs from TensorFlow's along the image border, see
+    docs/pretrained.md): the Keras model's detections (IoU > 0.99, score within 1e-3, same class)."""
+    import tensorflow as tf
+
+    import tfrcnn.export
+    from tfrcnn.export import operator_names, run_tflite
+
+    npz, pth = torchvision_reference("fasterrcnn_mobilenet_v3_large_320_fpn")
+    model = from_torchvision(pth, preset="torchvision_mobilenet_v3_large_320_fpn")
+    assert model.num_classes == 80  # COCO's 80 categories, the 10 unused ids dropped
+    serve = tf.saved_model.load(tfrcnn.export.saved_model(model, str(tmp_path / "sm")))
+    serve = serve.signatures["serving_default"]
+    tflite_size = (320, 400)  # the shorter side is the model's 320; padded to 320 x 416
+    report = tfrcnn.export.tflite(
+        model, tmp_path / "m.tflite", input_size=tflite_size, latency_runs=0
+    )
+    ops = operator_names(open(report["path"], "rb").read())
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    runs = []
+    for i in range(2):
+        image = npz[f"img{i}_image"][None]
+        resized = image[:, :240, :320]  # resized to 320 x 426 inside the model
+        runs.append(("SavedModel", i, resized, serve(images=tf.constant(resized))))
+        at_size = image[:, : tflite_size[0], : tflite_size[1]]
+        runs.append(("TFLite", i, at_size, run_tflite(report["path"], at_size)))
+    for what, i, image, got in runs:
+        got = {k: np.asarray(v) for k, v in got.items()}
+        expected = model.predict(image, verbose=0)
+        n, m = int(expected["num_detections"][0]), int(got["num_detections"][0])
+        assert n > 10, "the reference model detects things on its images"
+        assert_same_detections(
+            got["detection_boxes"][0, :m],
+            got["detection_scores"][0, :m],
+            got["detection_classes"][0, :m],
+            expected["detection_boxes"][0, :n],
+            expected["detection_scores"][0, :n],
+            expected["detection_classes"][0, :n],
+            f"{what} image {i}",
             limit=100,
         )
