@@ -341,8 +341,9 @@ def apply_init_defaults(settings, given):
         return settings
     if "preset" in given and settings.get("preset") is not None:
         raise ValueError(
-            f"init {settings['init']} sets the architecture; drop preset "
-            f"{settings['preset']!r} (change model settings with model.<name>)"
+            f"init {settings['init']} sets the architecture; drop the preset setting "
+            f"{settings['preset']!r} (--preset on the command line; change model settings "
+            f"with model.<name>)"
         )
     settings["preset"] = None
     if "optimizer" not in given:

@@ -97,5 +97,5 @@ def test_init_settings_default_to_torchvisions_fine_tuning_recipe():
     assert (plain["preset"], plain["optimizer"], plain["learning_rate"]) == ("tiny", "adamw", 2e-3)
     # a resumed run's saved settings (every key given) come back as they were
     assert resolve_settings(dict(settings)) == settings
-    with pytest.raises(ValueError, match="sets the architecture; drop preset 'tiny'"):
+    with pytest.raises(ValueError, match="sets the architecture; drop the preset setting 'tiny'"):
         resolve_settings({"init": "coco.keras", "preset": "tiny"})

@@ -4,6 +4,7 @@ import-weights command (a user checkpoint with its class names and settings; one
 import os
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -224,6 +225,7 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
         )
         assert requests == ["/" + file_name]  # the cached file is used
     assert keras.saving.load_model(out).num_classes == 2 and model.num_classes == 4
+    _check_converted_model_cache(tmp_path / "keras" / "models", requests)
     # a file that does not match the hash in its name is refused and not kept
     (served / file_name).write_bytes(data[:-10] + b"0123456789")
     os.remove(tmp_path / "keras" / "models" / file_name)
@@ -239,8 +241,40 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
             ]
         )
     assert status == 2 and "nothing was kept" in message and "\n" not in message
-    assert os.listdir(tmp_path / "keras" / "models") == []
+    left = os.listdir(tmp_path / "keras" / "models")  # the two converted models, no checkpoint
+    assert len(left) == 2 and all(".tfrcnn-" in name for name in left), left
     assert not (tmp_path / "bad.keras").exists()
+
+
+def _check_converted_model_cache(folder, requests):
+    """The published name's converted model is cached beside its checkpoint, one file per set of
+    arguments; later calls load it unchanged, an unreadable one is converted again."""
+    from tfrcnn.weights.torchvision import from_torchvision
+
+    def cached():
+        return sorted(folder.glob("fasterrcnn_resnet50_fpn_coco-*.tfrcnn-*.keras"))
+
+    assert len(cached()) == 1  # written by import-weights, used by from_pretrained
+    (path,) = cached()
+    written = path.stat().st_mtime_ns
+    fresh = from_torchvision("fasterrcnn_resnet50_fpn_coco", cache=False)
+    loaded = from_torchvision("fasterrcnn_resnet50_fpn_coco")
+    assert path.stat().st_mtime_ns == written and cached() == [path]
+
+    def assert_same(a, b):
+        assert a.get_config() == b.get_config()
+        assert len(a.weights) == len(b.weights)
+        for x, y in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.path)
+
+    assert_same(loaded, fresh)
+    path.write_bytes(b"not a model")
+    assert_same(from_torchvision("fasterrcnn_resnet50_fpn_coco"), fresh)
+    assert zipfile.is_zipfile(path)  # replaced by a fresh conversion
+    other = from_torchvision("torchvision:fasterrcnn_resnet50_fpn_coco", image_min_side=480)
+    assert other.image_min_side == 480 and len(cached()) == 2
+    assert len(requests) == 1  # the checkpoint was downloaded once
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
 def test_train_init_fine_tunes_a_converted_model_on_bccd(tmp_path, torchvision_reference):

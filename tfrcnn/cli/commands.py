@@ -188,11 +188,9 @@ def _check_init(init):
     """``--init``: a ``.keras`` model file or a published torchvision name (one line otherwise)."""
     from tfrcnn.weights import registry
 
-    name = init.split(":", 1)[1] if init.startswith("torchvision:") else init
-    if init.startswith("torchvision:") or (
-        not os.path.exists(init) and name in registry.TORCHVISION
-    ):
-        if registry.TORCHVISION.get(name) is None or registry.TORCHVISION[name].kind != "detector":
+    if init.startswith("torchvision:") or registry.is_published_name(init):
+        entry = registry.TORCHVISION.get(init.removeprefix("torchvision:"))
+        if entry is None or entry.kind != "detector":
             detectors = [k for k, v in registry.TORCHVISION.items() if v.kind == "detector"]
             raise UserError(
                 f"--init {init}: not a published torchvision detector; known: "
@@ -212,9 +210,8 @@ def _init_settings(init):
     read without TensorFlow."""
     from tfrcnn.weights import registry
 
-    name = init.split(":", 1)[1] if init.startswith("torchvision:") else init
-    if name in registry.TORCHVISION and not os.path.exists(init):
-        return presets.get_preset(registry.TORCHVISION[name].preset)
+    if registry.is_published_name(init):
+        return presets.get_preset(registry.published(init).preset)
     import zipfile
 
     with zipfile.ZipFile(init) as archive:
@@ -235,11 +232,10 @@ def _precheck_train(overrides):
     init = overrides.get("init")
     if init:
         _check_init(init)
-        if "preset" in overrides:
-            raise UserError(
-                f"--init {init} sets the architecture; drop --preset "
-                "(change model settings with --set model.<name>=VALUE)"
-            )
+        try:
+            presets.apply_init_defaults({**known, **overrides}, set(overrides))
+        except ValueError as e:
+            raise UserError(one_line(e)) from None
     else:
         preset = overrides.get("preset", known["preset"])
         if preset not in presets.PRESETS:

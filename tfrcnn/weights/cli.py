@@ -89,13 +89,7 @@ def run(args):
         )
     except (PthError, DownloadError, ValueError, TypeError) as e:
         raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    with atomic_file(output, overwrite=True) as tmp:
-        keras_tmp = tmp + ".keras"  # Keras wants the extension
-        try:
-            model.save(keras_tmp)
-            os.replace(keras_tmp, tmp)
-        finally:
-            if os.path.exists(keras_tmp):
-                os.remove(keras_tmp)
+    with atomic_file(output, suffix=".keras") as tmp:  # Keras wants the extension
+        model.save(tmp)
     print(f"{args.checkpoint} -> {args.output}: {model.num_classes} classes, preset {model.preset}")
     return 0

@@ -15,7 +15,9 @@ def _source_model(source, base_url=None, progress=True):
     if isinstance(source, FasterRCNN):
         return source
     name = os.fspath(source)
-    if name.startswith("torchvision:") or (not os.path.exists(name) and name.endswith("_coco")):
+    from tfrcnn.weights.registry import is_published_name
+
+    if name.startswith("torchvision:") or is_published_name(name):
         from tfrcnn.weights.torchvision import from_torchvision
 
         return from_torchvision(name, base_url=base_url, progress=progress)

@@ -18,6 +18,7 @@ computes exactly torchvision's scores.
 """
 
 import dataclasses
+import os
 
 TORCHVISION_BASE = "https://download.pytorch.org/models/"
 KERAS_APPLICATIONS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -226,6 +227,13 @@ def coco_class_rows(coco_unused="drop"):
         rows = tuple(range(1, len(COCO_TORCHVISION_CATEGORIES)))
         return rows, tuple(COCO_TORCHVISION_CATEGORIES[r] for r in rows)
     raise ValueError(f"coco_unused must be 'drop' or 'keep', got {coco_unused!r}")
+
+
+def is_published_name(name):
+    """True when ``name`` is a published torchvision name (``fasterrcnn_resnet50_fpn_coco``,
+    optionally ``torchvision:``-prefixed) and not the path of an existing file."""
+    name = os.fspath(name)
+    return not os.path.exists(name) and name.removeprefix("torchvision:") in TORCHVISION
 
 
 def published(name):

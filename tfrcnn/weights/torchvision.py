@@ -12,12 +12,21 @@ in COCO order, the 10 unused ids dropped (``coco_unused="drop"``) or kept as ``"
 own classes) keeps its rows ``1 .. classes - 1`` as user classes ``0 .. classes - 2``, named by
 ``class_names`` when given (their count must match).
 
+Published names: the checkpoint is downloaded once into the Keras cache (hash-checked), and the
+converted model is cached beside it as ``<checkpoint>.tfrcnn-<key>.keras``, the key a digest of
+the preset, the class arguments, the settings and the tfrcnn version; later calls load that file
+(``cache=False`` converts again and leaves the cache alone). A cached file that does not load is
+converted again and replaced.
+
 Example:
     >>> model = from_torchvision("fasterrcnn_resnet50_fpn_coco")    # downloads, checks the hash
     >>> model = from_torchvision("model_25.pth", preset="torchvision_resnet50_fpn",
     ...                          class_names=["cat", "dog"], image_min_side=480, image_max_side=640)
 """
 
+import hashlib
+import json
+import logging
 import os
 
 from tfrcnn.weights import registry, torchvision_spec
@@ -51,11 +60,10 @@ def _head_layers(model, arch):
 
 
 def resolve_checkpoint(checkpoint, preset=None, base_url=None, progress=True):
-    """``(path, preset)``: a published name (``fasterrcnn_resnet50_fpn_coco``, optionally
-    ``torchvision:``-prefixed) is downloaded into the Keras cache and gives its preset; a path
-    needs ``preset``."""
-    name = str(checkpoint)
-    if not os.path.exists(name) and name.removeprefix("torchvision:") in registry.TORCHVISION:
+    """``(path, preset)``: a published name (:func:`registry.is_published_name`) is downloaded
+    into the Keras cache and gives its preset; a path needs ``preset``."""
+    name = os.fspath(checkpoint)
+    if registry.is_published_name(name):
         entry = registry.published(name)
         if entry.kind != "detector":
             raise ValueError(
@@ -84,6 +92,7 @@ def from_torchvision(
     coco_unused="drop",
     base_url=None,
     progress=True,
+    cache=True,
     **settings,
 ):
     """A tfrcnn model computing what a torchvision Faster R-CNN checkpoint computes.
@@ -97,6 +106,8 @@ def from_torchvision(
         coco_unused: for a 91-row COCO checkpoint without ``class_names``: ``"drop"`` the 10
             unused ids (80 classes) or ``"keep"`` them (90 classes, named ``"N/A"``).
         base_url, progress: for a published name (see :func:`tfrcnn.weights.download.fetch`).
+        cache: for a published name, load the converted model cached beside the checkpoint, or
+            convert and cache it (``False``: convert, no cache).
         **settings: any ``FasterRCNN`` setting (e.g. ``image_min_side=480``,
             ``detection_score_threshold=0.0``), as ``tfrcnn train --set``.
 
@@ -107,12 +118,57 @@ def from_torchvision(
         ValueError: an unknown preset, a missing / unexpected / mis-shaped tensor, or a class-name
             count that does not match (one line each).
     """
+    published = registry.is_published_name(checkpoint)
     path, preset = resolve_checkpoint(checkpoint, preset, base_url, progress)
     if preset not in PRESET_ARCHITECTURES:
         raise ValueError(
             f"preset {preset!r} has no torchvision importer; available: "
             f"{', '.join(PRESET_ARCHITECTURES)}"
         )
+    cached = None
+    if published and cache:
+        cached = converted_cache_path(path, preset, class_names, coco_unused, settings)
+    if cached is not None and os.path.isfile(cached):
+        from tfrcnn.models.loading import load_model
+
+        try:
+            return load_model(cached, compile=False)
+        except Exception:  # an unreadable cached file is converted again and replaced
+            os.remove(cached)
+    model = _convert(path, preset, class_names, coco_unused, settings)
+    if cached is not None:
+        from tfrcnn.export.atomic import atomic_file
+
+        try:
+            with atomic_file(cached, suffix=".keras") as tmp:
+                model.save(tmp)
+        except OSError as e:  # a read-only cache: the converted model is still returned
+            logging.getLogger(__name__).warning("converted model not cached at %s: %s", cached, e)
+    return model
+
+
+def converted_cache_path(path, preset, class_names, coco_unused, settings):
+    """Where the model converted from the cached checkpoint ``path`` with these arguments is kept
+    (beside it), or ``None`` when a setting has no JSON form (such a conversion is not cached)."""
+    from tfrcnn import __version__
+
+    arguments = {
+        "preset": preset,
+        "class_names": None if class_names is None else [str(c) for c in class_names],
+        "coco_unused": coco_unused,
+        "settings": settings,
+        "tfrcnn": __version__,
+    }
+    try:
+        key = json.dumps(arguments, sort_keys=True)
+    except TypeError:
+        return None
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{os.path.splitext(path)[0]}.tfrcnn-{digest}.keras"
+
+
+def _convert(path, preset, class_names, coco_unused, settings):
+    """The model of :func:`from_torchvision` built from the checkpoint file ``path``."""
     arch = PRESET_ARCHITECTURES[preset]
     source = str(path)
     state = load_state_dict(path)
