@@ -11,6 +11,7 @@ from tfrcnn.ops.nms import (
     batched_class_aware_non_max_suppression_padded,
     batched_non_max_suppression_padded,
     class_aware_non_max_suppression_padded,
+    index_ordered_ties,
     non_max_suppression_padded,
 )
 
@@ -204,3 +205,110 @@ def test_converts_to_tflite_builtins_and_gives_the_same_result():
     assert len(got) == len(expected) == 6
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g, e)
+
+
+# Equal scores, hand-checked: six disjoint boxes of one score are all kept, in index order; of three
+# pairs of overlapping boxes (IoU 9/11 > 0.5) of one score, the first of each pair is kept.
+DISJOINT = np.array([[0, 10 * i, 5, 10 * i + 5] for i in range(6)], np.float32)
+PAIRS = np.array(
+    [
+        [0, 0, 10, 10],
+        [0, 1, 10, 11],
+        [20, 20, 30, 30],
+        [20, 21, 30, 31],
+        [40, 40, 50, 50],
+        [40, 41, 50, 51],
+    ],
+    np.float32,
+)
+TIES = [
+    (DISJOINT, np.full(6, 0.5, np.float32), [0, 1, 2, 3, 4, 5]),
+    (PAIRS, np.full(6, 0.5, np.float32), [0, 2, 4]),
+    # the tie in a pair broken by index, the pairs by score: [4, 5] > [0, 1] > [2, 3]
+    (PAIRS, np.array([0.5, 0.5, 0.25, 0.25, 0.75, 0.75], np.float32), [4, 0, 2]),
+]
+
+
+def _tied_scores(rng, n):
+    """Scores with many exact ties (a quarter step), one NaN and one -inf."""
+    scores = (rng.integers(0, 4, n) / 4).astype(np.float32)
+    if n >= 2:
+        scores[rng.integers(0, n)] = np.nan
+        scores[rng.integers(0, n)] = -np.inf
+    return scores
+
+
+@pytest.mark.parametrize(
+    "n,max_output,iou_threshold,score_threshold",
+    [(60, 20, 0.5, -np.inf), (60, 100, 0.3, -np.inf), (80, 30, 0.7, 0.4), (0, 5, 0.5, -np.inf)],
+)
+def test_index_ordered_ties_select_what_tensorflow_selects(
+    n, max_output, iou_threshold, score_threshold
+):
+    """Inside index_ordered_ties, the graph's own tie order gives the plain function's selection
+    (the greedy reference: equal scores in index order), with NaN, -inf and a score threshold."""
+    rng = np.random.default_rng(n + max_output + 1)
+    boxes = random_boxes(rng, n)
+    scores = _tied_scores(rng, n)
+    plain = non_max_suppression_padded(boxes, scores, max_output, iou_threshold, score_threshold)
+    with index_ordered_ties():
+        ordered = non_max_suppression_padded(
+            boxes, scores, max_output, iou_threshold, score_threshold
+        )
+        aware = class_aware_non_max_suppression_padded(
+            boxes, scores, np.arange(n) % 3, max_output, iou_threshold, score_threshold
+        )
+    # the reference sorts in Python, where NaN breaks the order: NaN is never selected, like -inf
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    expected = greedy_nms(boxes, scores, max_output, iou_threshold, score_threshold)
+    for indices, count in (plain, ordered):
+        np.testing.assert_array_equal(indices.numpy(), padded(expected, max_output))
+        assert int(count) == len(expected)
+    expected = greedy_nms(
+        boxes, scores, max_output, iou_threshold, score_threshold, classes=np.arange(n) % 3
+    )
+    np.testing.assert_array_equal(aware[0].numpy(), padded(expected, max_output))
+    for boxes, scores, expected in TIES:
+        with index_ordered_ties():
+            indices, count = non_max_suppression_padded(boxes, scores, 6, 0.5)
+        np.testing.assert_array_equal(indices.numpy(), padded(expected, 6))
+
+
+def test_index_ordered_ties_in_tflite():
+    """TFLite's NON_MAX_SUPPRESSION_V4 kernel takes equal scores in its priority queue's order;
+    traced inside index_ordered_ties, the .tflite takes them in index order as TensorFlow does."""
+    rng = np.random.default_rng(7)
+    boxes, scores = random_boxes(rng, 60), _tied_scores(rng, 60)
+    keep = greedy_nms(boxes, np.where(np.isnan(scores), -np.inf, scores), 30, 0.5, 0.2)
+    cases = [(b, s, padded(keep, 6)) for b, s, keep in TIES] + [(boxes, scores, padded(keep, 30))]
+    for boxes, scores, expected in cases:
+        size = len(expected)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(boxes.shape, tf.float32),
+                tf.TensorSpec(scores.shape, tf.float32),
+            ]
+        )
+        def select(b, s, size=size):
+            return non_max_suppression_padded(b, s, size, 0.5, 0.2 if size == 30 else -np.inf)
+
+        with index_ordered_ties():
+            concrete = select.get_concrete_function()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], select)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flatbuffer = converter.convert()
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        for detail, value in zip(interpreter.get_input_details(), (boxes, scores)):
+            interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()
+        indices, count = (
+            interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()
+        )
+        if indices.ndim == 0:
+            indices, count = count, indices
+        np.testing.assert_array_equal(indices, expected)
+        assert int(count) == int((expected >= 0).sum())

@@ -11,7 +11,12 @@ size, which is fixed too since ``H x W`` is), and returns, by name (signature ``
 
 A model built with ``roi_method="crop_and_resize"`` (``CropAndResize`` is not a TFLite builtin) is
 rebuilt from its config with ``roi_method="gather"`` and given the same weights; both paths compute
-the same bilinear ROI Align.
+the same bilinear ROI Align. The graph is traced in :func:`tflite_tracing`: the plain Keras layers,
+and NMS that orders equal scores by index in the graph (TFLite's ``NON_MAX_SUPPRESSION_V4`` kernel
+takes them in a heap's order; exact ties occur, e.g. with ``roi_aligned=False`` small proposals
+clipped to the same corner pool the same feature cell), so the .tflite selects the detections the
+Keras model selects, on images it resizes as on images it only pads. TFLite's ``RESIZE_BILINEAR``
+computes TensorFlow's bilinear resize, border clamping included (tests/export/test_tflite_resize.py).
 
 Quantization:
 
@@ -43,6 +48,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tfrcnn import accel
 from tfrcnn.export.atomic import write_bytes_atomic
 from tfrcnn.export.saved_model import tf_variables
+from tfrcnn.ops.nms import index_ordered_ties
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -59,6 +65,15 @@ TFLITE_SAFE_ROI_METHOD = "gather"
 # quantizing those loses every detection (measured: 0 of 37 matched on a trained tiny model).
 INT8_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
 _OP_PATTERN = re.compile(r"^\s*Op#\d+ ([A-Za-z0-9_]+)\(", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def tflite_tracing():
+    """The block the export traces its graph in: every accelerated layer computes its plain Keras
+    layer (builtin TFLite ops only, no XLA computation), and NMS orders equal scores by index in
+    the graph (:func:`tfrcnn.ops.nms.index_ordered_ties`) as TensorFlow's kernel does."""
+    with accel.disabled(), index_ordered_ties():
+        yield
 
 
 def tflite_ready_model(model):
@@ -157,7 +172,7 @@ def convert(model, *, quantization="float32", input_size=None, representative_im
         )
     height, width = _input_size(model, input_size)
     module = _FixedSizeModule(tflite_ready_model(model), height, width)
-    with accel.disabled():  # builtin TFLite ops only: the plain layers, no XLA computation
+    with tflite_tracing():
         concrete = module.serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

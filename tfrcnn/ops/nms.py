@@ -11,7 +11,16 @@ Selection rule (that of ``tf.image.non_max_suppression``): take the highest-scor
 whose score is strictly greater than ``score_threshold``; drop every remaining box whose IoU with
 it is strictly greater than ``iou_threshold``; repeat until ``K`` boxes are taken. Equal scores are
 taken in index order.
+
+TensorFlow's ``NonMaxSuppressionV4`` kernel takes equal scores in index order itself; TFLite's
+``NON_MAX_SUPPRESSION_V4`` takes them in the order of its priority queue (e.g. ``[0, 2, 5, 4, 1,
+3]`` for six disjoint boxes of one score). Inside :func:`index_ordered_ties` (the TFLite export
+traces there) the graph orders them itself: a stable sort by score (``TOPK_V2``, equal values
+lower index first in both runtimes), then NMS on strictly decreasing rank keys.
 """
+
+import contextlib
+import threading
 
 import tensorflow as tf
 
@@ -21,6 +30,28 @@ PADDING_INDEX = -1
 # NonMaxSuppressionV4 needs a finite score threshold; -inf is mapped to the lowest float32. (Scores
 # must be strictly greater than the threshold, so a score of -inf is never selected either way.)
 _LOWEST_FLOAT32 = float(tf.float32.min)
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def index_ordered_ties():
+    """Within this block the NMS functions build graphs that order equal scores by index
+    themselves, so a runtime whose NMS kernel takes ties in another order (TFLite) selects what
+    TensorFlow selects. Same selection as outside the block; costs a sort of the ``N``
+    candidates. Affects graphs traced in the block; thread-local; blocks nest.
+
+    Example:
+      >>> with index_ordered_ties():
+      ...     concrete = serve.get_concrete_function()   # then convert it to TFLite
+    """
+    previous = getattr(_STATE, "index_ordered_ties", False)
+    _STATE.index_ordered_ties = True
+    try:
+        yield
+    finally:
+        _STATE.index_ordered_ties = previous
 
 
 def _float(x):
@@ -59,6 +90,8 @@ def non_max_suppression_padded(
     """
     boxes = _float(boxes)
     scores = _float(scores)
+    if getattr(_STATE, "index_ordered_ties", False):
+        return _index_ordered_nms(boxes, scores, max_output_size, iou_threshold, score_threshold)
     selected, num_valid = tf.raw_ops.NonMaxSuppressionV4(
         boxes=boxes,
         scores=scores,
@@ -69,6 +102,32 @@ def non_max_suppression_padded(
     )
     keep = tf.range(tf.shape(selected)[0]) < num_valid
     indices = tf.where(keep, selected, PADDING_INDEX)
+    return indices, num_valid
+
+
+def _index_ordered_nms(boxes, scores, max_output_size, iou_threshold, score_threshold):
+    """:func:`non_max_suppression_padded` with the order of equal scores in the graph: the boxes
+    sorted by decreasing score, equal scores lower index first (top-k of all ``N``), then NMS on
+    the keys ``N - rank`` (exact in float32 for ``N < 2**24``; 0 for the boxes not above
+    ``score_threshold``, so NMS takes the boxes in exactly the sorted order)."""
+    threshold = _finite_threshold(score_threshold)
+    count = tf.shape(scores)[0]
+    # NaN and scores not above the threshold go last (-inf): a sort never compares NaN
+    ranked = tf.where(scores > threshold, scores, float("-inf"))
+    sorted_scores, order = tf.math.top_k(ranked, k=count)
+    keys = tf.where(sorted_scores > threshold, tf.cast(count - tf.range(count), tf.float32), 0.0)
+    selected, num_valid = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=tf.gather(boxes, order),
+        scores=keys,
+        max_output_size=max_output_size,
+        iou_threshold=_float(iou_threshold),
+        score_threshold=tf.constant(0.0),
+        pad_to_max_output_size=True,
+    )
+    # one extra entry, so the padded selections (index 0) gather a valid entry even when N = 0
+    order = tf.concat([order, [PADDING_INDEX]], axis=0)
+    keep = tf.range(tf.shape(selected)[0]) < num_valid
+    indices = tf.where(keep, tf.gather(order, selected), PADDING_INDEX)
     return indices, num_valid
 
 
