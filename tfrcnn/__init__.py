@@ -31,6 +31,7 @@ _SUBPACKAGES = (
     "ops",
     "training",
     "visualize",
+    "weights",
 )
 
 # public name -> the module that defines it

@@ -249,7 +249,9 @@ def test_published_name_downloads_converts_and_fine_tunes(tmp_path, user_checkpo
 def _check_converted_model_cache(folder, requests):
     """The published name's converted model is cached beside its checkpoint, one file per set of
     arguments; later calls load it unchanged, an unreadable one is converted again."""
-    from tfrcnn.weights.torchvision import from_torchvision
+    import tfrcnn
+
+    from_torchvision = tfrcnn.weights.from_torchvision  # as the README calls it
 
     def cached():
         return sorted(folder.glob("fasterrcnn_resnet50_fpn_coco-*.tfrcnn-*.keras"))
