@@ -51,7 +51,7 @@ import tensorflow as tf
 from tfrcnn.accel.winograd import (
     winograd_conv3x3,
     winograd_conv3x3_xla,
-    winograd_filter_gradient_xla,
+    winograd_filter_gradient_bands,
 )
 
 __all__ = [
@@ -429,7 +429,7 @@ def _winograd_backward(x, kernel, dy):
     that holds both; docs/performance.md, "Training memory")."""
     dx = _winograd_input_gradient_xla(dy, kernel)
     with tf.control_dependencies([dx]):
-        dw = winograd_filter_gradient_xla(x, dy)
+        dw = winograd_filter_gradient_bands(x, dy)
     return dx, dw
 
 
