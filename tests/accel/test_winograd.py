@@ -14,6 +14,7 @@ from tfrcnn.accel.winograd import (
     MIN_CHANNELS,
     MIN_TILES,
     winograd_conv3x3,
+    winograd_conv3x3_bands,
     winograd_conv3x3_xla,
     winograd_filter_gradient,
     winograd_filter_gradient_bands,
@@ -78,6 +79,27 @@ def test_bands_of_tile_rows_give_the_same_convolution(monkeypatch, band_bytes):
     )
     compiled = tf.function(winograd_conv3x3, jit_compile=True)
     np.testing.assert_allclose(compiled(x, kernel, bias, True).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3200, 10**9])
+@pytest.mark.parametrize("graph", [False, True])
+def test_convolution_in_band_calls_equals_tensorflow(monkeypatch, band_bytes, graph):
+    """winograd_conv3x3_bands (one XLA call a band, outputs concatenated) equals the direct
+    convolution in float64 for every band split, on sizes that are not whole tiles, also traced
+    with an unknown batch."""
+    monkeypatch.setattr(winograd, "BAND_MIN_BYTES", 0)
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
+    x, kernel = _pair((2, 13, 10, 3), 4, seed=6)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    if graph:
+        spec = [
+            tf.TensorSpec([None, 13, 10, 3], tf.float64),
+            tf.TensorSpec([3, 3, 3, 4], tf.float64),
+        ]
+        fn = tf.function(winograd_conv3x3_bands, input_signature=spec)
+    else:
+        fn = winograd_conv3x3_bands
+    np.testing.assert_allclose(fn(x, kernel).numpy(), expected, atol=1e-12)
 
 
 def test_band_rule():

@@ -40,6 +40,7 @@ __all__ = [
     "winograd_filter_gradient",
     "winograd_filter_gradient_xla",
     "winograd_filter_gradient_bands",
+    "winograd_conv3x3_bands",
     "MIN_CHANNELS",
     "MIN_TILES",
     "BAND_MIN_BYTES",
@@ -347,6 +348,40 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     if relu:
         y = tf.nn.relu(y)
     return y
+
+
+@tf.function(jit_compile=True)
+def _band_convolution(x, kernel, band, rows):
+    """Output rows ``[4 rows band, 4 rows (band + 1))`` of :func:`winograd_conv3x3` (rows past the
+    map are computed from zeros): ``[N, 4 rows, W, K]``. ``rows`` (tile rows a band) is a Python
+    int, ``band`` a scalar int32 tensor (one compilation for every band)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    th, tw = _tiles(height), _tiles(width)
+    total = TILE * rows * -(-th // rows)
+    x = tf.pad(x, [[0, 0], [1, total + 1 - height], [1, TILE * tw + 1 - width], [0, 0]])
+    x = tf.slice(x, [0, TILE * rows * band, 0, 0], [-1, TILE * rows + 2, -1, -1])
+    x = tf.reshape(x, [-1, TILE * rows + 2, TILE * tw + 2, channels])
+    products = tf.linalg.matmul(_tile_transform(x, rows, tw), kernel_transform(kernel))
+    return output_transform(products, tf.shape(x)[0], TILE * rows, width)
+
+
+def winograd_conv3x3_bands(x, kernel):
+    """:func:`winograd_conv3x3_xla` without bias or relu; for inputs of at least
+    :data:`BAND_MIN_BYTES` with static height and width, one XLA call a band of about
+    :data:`BAND_BYTES` of input, one after the other, so that one band's transformed tiles and
+    products are alive at a time (XLA keeps those of every band of one computation), then the
+    bands' outputs concatenated. Same result."""
+    x = tf.convert_to_tensor(x)
+    kernel = tf.convert_to_tensor(kernel, dtype=x.dtype)
+    bands = _bands(x) if None not in x.shape[1:] else []
+    if len(bands) < 2:
+        return winograd_conv3x3_xla(x, kernel)
+    rows = bands[0][1] - bands[0][0]
+    outputs = []
+    for band in range(len(bands)):
+        with tf.control_dependencies(outputs[-1:]):
+            outputs.append(_band_convolution(x, kernel, tf.constant(band, tf.int32), rows))
+    return tf.concat(outputs, axis=1)[:, : x.shape[1]]
 
 
 # Two compiled functions: a trace for unknown map sizes (a serving signature) would otherwise
