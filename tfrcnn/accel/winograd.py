@@ -381,7 +381,9 @@ def winograd_conv3x3_bands(x, kernel):
     for band in range(len(bands)):
         with tf.control_dependencies(outputs[-1:]):
             outputs.append(_band_convolution(x, kernel, tf.constant(band, tf.int32), rows))
-    return tf.concat(outputs, axis=1)[:, : x.shape[1]]
+    # the last band cropped to the map (not the whole output after the concatenation)
+    outputs[-1] = outputs[-1][:, : x.shape[1] - TILE * rows * (len(bands) - 1)]
+    return tf.concat(outputs, axis=1)
 
 
 # Two compiled functions: a trace for unknown map sizes (a serving signature) would otherwise
