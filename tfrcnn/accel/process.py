@@ -75,28 +75,24 @@ def choose_onednn(environ=None, machine=None, tensorflow_imported=None):
     return True
 
 
-def limit_malloc_arenas(environ=None, mallopt=None):
+def limit_malloc_arenas(environ=None):
     """Limit the C library's malloc to :data:`MALLOC_ARENAS` arenas (glibc's ``mallopt(M_ARENA_MAX)``)
     unless the user set ``MALLOC_ARENA_MAX`` in ``environ`` (default ``os.environ``).
 
     glibc gives threads that allocate at the same time arenas of their own (up to 8 a core),
-    each keeping the memory it freed; TensorFlow's many threads leave several hundred MB of such
-    memory resident. Tensors come from TensorFlow's own pool, so few arenas cost little time.
-    Has an effect on arenas not yet created (call it before TensorFlow starts its threads).
-    ``mallopt`` (default glibc's, found through ``ctypes``) is for tests. Returns True when it was
-    set, False elsewhere (another C library, another system, the user's choice)."""
+    each keeping the memory freed in it; TensorFlow's threads leave a few hundred MB of such
+    memory resident (docs/performance.md, "Process configuration"). Has an effect on arenas not
+    yet created (call it before TensorFlow starts its threads). Returns True when it was set,
+    False elsewhere (another C library, another system, the user's choice)."""
     environ = os.environ if environ is None else environ
-    if ARENA_VARIABLE in environ:
+    if ARENA_VARIABLE in environ or not sys.platform.startswith("linux"):
         return False
-    if mallopt is None:
-        if not sys.platform.startswith("linux"):
-            return False
-        import ctypes
+    import ctypes
 
-        try:
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):  # not glibc
-            return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
     return bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
 
 
