@@ -250,3 +250,55 @@ def test_import_tfrcnn_and_its_process_configuration_import_no_tensorflow():
     report = _run(NO_TENSORFLOW_PROBE)
     assert report["tensorflow"] is False and report["keras"] is False
     assert {"FasterRCNN", "load_model", "accel", "layers", "ops", "weights"} <= set(report["public"])
+
+
+# Runs in a fresh interpreter: configure_process (or not), then eight threads that each hold a
+# malloc'd block at the same time; prints glibc's count of arenas (malloc_info's <heap> entries).
+ARENA_PROBE = r"""
+import ctypes, os, re, sys, tempfile, threading
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "configure":
+    from tfrcnn.accel import process
+    print(process.configure_process()["malloc_arenas"])
+else:
+    print(None)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+barrier = threading.Barrier(8)
+def work():
+    block = libc.malloc(1 << 16)
+    barrier.wait()
+    libc.free(ctypes.c_void_p(block))
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile() as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(len(re.findall(r"<heap nr=", open(out.name).read())))
+"""
+
+
+def test_configure_process_limits_glibc_to_two_malloc_arenas():
+    """(glibc on Linux) Eight threads allocating at once get at most two arenas after
+    configure_process; the user's MALLOC_ARENA_MAX is kept (configure_process leaves it alone)."""
+
+    def arenas(mode, **env):
+        environment = {k: v for k, v in os.environ.items() if k != runtime.ARENA_VARIABLE}
+        environment.update(env)
+        out = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, ROOT, mode],
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=True,
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    set_by_tfrcnn, count = arenas("configure")
+    assert set_by_tfrcnn == "True" and count <= 2
+    set_by_user, count = arenas("configure", MALLOC_ARENA_MAX="4")
+    assert set_by_user == "False" and count <= 4
+    assert arenas("plain")[1] > 2  # glibc's default: an arena for each of the threads

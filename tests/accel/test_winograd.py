@@ -14,8 +14,10 @@ from tfrcnn.accel.winograd import (
     MIN_CHANNELS,
     MIN_TILES,
     winograd_conv3x3,
+    winograd_conv3x3_bands,
     winograd_conv3x3_xla,
     winograd_filter_gradient,
+    winograd_filter_gradient_bands,
     winograd_filter_gradient_xla,
     winograd_pays_off,
 )
@@ -77,6 +79,27 @@ def test_bands_of_tile_rows_give_the_same_convolution(monkeypatch, band_bytes):
     )
     compiled = tf.function(winograd_conv3x3, jit_compile=True)
     np.testing.assert_allclose(compiled(x, kernel, bias, True).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3200, 10**9])
+@pytest.mark.parametrize("graph", [False, True])
+def test_convolution_in_band_calls_equals_tensorflow(monkeypatch, band_bytes, graph):
+    """winograd_conv3x3_bands (one XLA call a band, outputs concatenated) equals the direct
+    convolution in float64 for every band split, on sizes that are not whole tiles, also traced
+    with an unknown batch."""
+    monkeypatch.setattr(winograd, "BAND_MIN_BYTES", 0)
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
+    x, kernel = _pair((2, 13, 10, 3), 4, seed=6)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    if graph:
+        spec = [
+            tf.TensorSpec([None, 13, 10, 3], tf.float64),
+            tf.TensorSpec([3, 3, 3, 4], tf.float64),
+        ]
+        fn = tf.function(winograd_conv3x3_bands, input_signature=spec)
+    else:
+        fn = winograd_conv3x3_bands
+    np.testing.assert_allclose(fn(x, kernel).numpy(), expected, atol=1e-12)
 
 
 def test_band_rule():
@@ -198,6 +221,29 @@ def test_filter_gradient_float32_error_and_xla():
     assert np.abs(got - exact).max() <= 3e-5 * np.abs(exact).max()
     with pytest.raises(ValueError, match="same static H, W"):
         winograd_filter_gradient(tf.zeros([1, 8, 8, 2]), tf.zeros([1, 8, 7, 2]))
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3000, 10**9])
+@pytest.mark.parametrize("graph", [False, True])
+def test_filter_gradient_in_bands_equals_tensorflow(monkeypatch, band_bytes, graph):
+    """Large inputs' filter gradients are sums of bands of tile rows, one XLA call each
+    (BAND_MIN_BYTES lowered here to reach it on small maps): every split (one tile row a band,
+    bands whose last is shorter, one band) equals TensorFlow's in float64, on sizes that are not
+    whole tiles, also traced with an unknown batch."""
+    monkeypatch.setattr(winograd, "BAND_MIN_BYTES", 0)
+    monkeypatch.setattr(winograd, "GRADIENT_BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 18, 10, 3))  # 18 rows = 5 tile rows; 8,640 bytes
+    dy = rng.standard_normal((2, 18, 10, 4))
+    bands = winograd._bands(tf.constant(x), band_bytes)
+    assert len(bands) == {1: 5, 3000: 3, 10**9: 1}[band_bytes]
+    if graph:
+        spec = [tf.TensorSpec([None, 18, 10, c], tf.float64) for c in (3, 4)]
+        fn = tf.function(winograd_filter_gradient_bands, input_signature=spec)
+    else:
+        fn = winograd_filter_gradient_bands
+    got = fn(x, dy).numpy()
+    np.testing.assert_allclose(got, _filter_gradient_reference(x, dy), rtol=0, atol=1e-11)
 
 
 def test_unknown_batch_in_tf_function():

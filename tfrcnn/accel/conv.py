@@ -49,9 +49,9 @@ import collections
 import tensorflow as tf
 
 from tfrcnn.accel.winograd import (
-    winograd_conv3x3,
+    winograd_conv3x3_bands,
     winograd_conv3x3_xla,
-    winograd_filter_gradient_xla,
+    winograd_filter_gradient_bands,
 )
 
 __all__ = [
@@ -415,21 +415,18 @@ def conv2d(x, kernel, strides=1, padding="SAME"):
 
 def _winograd_input_gradient(dy, kernel):
     """The input gradient of :func:`winograd_conv2d`: the Winograd convolution of ``dy`` with the
-    flipped, channel-swapped kernel."""
-    return winograd_conv3x3(dy, _transposed_kernel(kernel))
-
-
-_winograd_input_gradient_xla = tf.function(_winograd_input_gradient, jit_compile=True)
+    flipped, channel-swapped kernel, compiled by XLA (large maps one band at a time:
+    :func:`tfrcnn.accel.winograd.winograd_conv3x3_bands`)."""
+    return winograd_conv3x3_bands(dy, _transposed_kernel(kernel))
 
 
 def _winograd_backward(x, kernel, dy):
-    """Both gradients of :func:`winograd_conv2d`: two XLA computations, the filter gradient's
-    after the input gradient's, so that the work buffers of only one are allocated at a time (for
-    a [2, 200, 200, 256] -> 256 layer 550 MB beside the inputs, against 742 MB as one computation
-    that holds both; docs/performance.md, "Training memory")."""
-    dx = _winograd_input_gradient_xla(dy, kernel)
+    """Both gradients of :func:`winograd_conv2d`, the filter gradient's computations after the
+    input gradient's, so that the work buffers of only one are allocated at a time
+    (docs/performance.md, "Training memory")."""
+    dx = _winograd_input_gradient(dy, kernel)
     with tf.control_dependencies([dx]):
-        dw = winograd_filter_gradient_xla(x, dy)
+        dw = winograd_filter_gradient_bands(x, dy)
     return dx, dw
 
 

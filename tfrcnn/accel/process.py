@@ -1,4 +1,5 @@
-"""Process settings for CPU speed: TensorFlow's BFC host allocator and its oneDNN operations.
+"""Process settings for CPU speed and memory: TensorFlow's BFC host allocator, its oneDNN operations
+and the C library's malloc arenas.
 
 TensorFlow reads both from environment variables, the oneDNN one when it is imported and the
 allocator one at its first host allocation, so :func:`configure_process` must run before
@@ -14,6 +15,8 @@ allocator one at its first host allocation, so :func:`configure_process` must ru
   memory instead of mapping fresh zeroed pages for every large tensor of every step.
 - ``TF_ENABLE_ONEDNN_OPTS=1`` on x86-64: oneDNN's kernels also on CPUs where TensorFlow would pick
   its Eigen ones (those without AVX512-VNNI, AVX512-BF16 or AMX).
+- with glibc, at most two malloc arenas (``mallopt(M_ARENA_MAX, 2)``, what ``MALLOC_ARENA_MAX=2``
+  sets when the process starts): less memory kept by the C library for TensorFlow's threads.
 
 A variable the user already set is left alone. docs/performance.md gives what each buys.
 """
@@ -26,6 +29,9 @@ BFC_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 LIMIT_VARIABLE = "TF_CPU_BFC_MEM_LIMIT_IN_MB"
 TENSORFLOW_DEFAULT_LIMIT_MB = 1 << 16  # TensorFlow's own cap for the CPU BFC pool, 64 GB
+ARENA_VARIABLE = "MALLOC_ARENA_MAX"  # glibc's own variable, read when the process starts
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
 
 
 def _physical_memory_mb():
@@ -69,13 +75,39 @@ def choose_onednn(environ=None, machine=None, tensorflow_imported=None):
     return True
 
 
+def limit_malloc_arenas(environ=None):
+    """Limit the C library's malloc to :data:`MALLOC_ARENAS` arenas (glibc's ``mallopt(M_ARENA_MAX)``)
+    unless the user set ``MALLOC_ARENA_MAX`` in ``environ`` (default ``os.environ``).
+
+    glibc gives threads that allocate at the same time arenas of their own (up to 8 a core),
+    each keeping the memory freed in it; TensorFlow's threads leave a few hundred MB of such
+    memory resident (docs/performance.md, "Process configuration"). Has an effect on arenas not
+    yet created (call it before TensorFlow starts its threads). Returns True when it was set,
+    False elsewhere (another C library, another system, the user's choice)."""
+    environ = os.environ if environ is None else environ
+    if ARENA_VARIABLE in environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+
+
 def configure_process(environ=None):
-    """Choose the BFC host allocator and oneDNN's operations for this process (module docstring).
+    """Choose the BFC host allocator and oneDNN's operations for this process, and limit the C
+    library's malloc arenas (module docstring).
 
     Call it before TensorFlow is imported; variables already in ``environ`` (default
-    ``os.environ``) are kept. Returns ``{"bfc": bool, "onednn": bool}``: which of the two it set.
-    """
-    return {"bfc": choose_cpu_allocator(environ), "onednn": choose_onednn(environ)}
+    ``os.environ``) are kept. Returns ``{"bfc": bool, "onednn": bool, "malloc_arenas": bool}``:
+    which of them it set."""
+    return {
+        "bfc": choose_cpu_allocator(environ),
+        "onednn": choose_onednn(environ),
+        "malloc_arenas": limit_malloc_arenas(environ),
+    }
 
 
 def onednn_enabled():

@@ -39,10 +39,13 @@ __all__ = [
     "winograd_decision",
     "winograd_filter_gradient",
     "winograd_filter_gradient_xla",
+    "winograd_filter_gradient_bands",
+    "winograd_conv3x3_bands",
     "MIN_CHANNELS",
     "MIN_TILES",
     "BAND_MIN_BYTES",
     "BAND_BYTES",
+    "GRADIENT_BAND_BYTES",
 ]
 
 TILE = 4  # outputs a tile side
@@ -59,6 +62,9 @@ MIN_TILES = 49
 #: stays in the last-level cache.
 BAND_MIN_BYTES = 32 * 2**20
 BAND_BYTES = 6 * 2**20
+#: The filter gradient of such inputs sums bands of about this many bytes of input, computed one
+#: after the other (:func:`winograd_filter_gradient_bands`).
+GRADIENT_BAND_BYTES = 12 * 2**20
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2016, F(4x4, 3x3)).
 _BT = np.array(
@@ -151,10 +157,12 @@ def _tile_transform(x, th, tw):
     return tf.reshape(transformed, [ALPHA * ALPHA, -1, channels])  # (i, j) -> 6 i + j
 
 
-def _bands(x):
+def _bands(x, band_bytes=None):
     """Tile-row ranges ``[(t0, t1), ...]`` covering the input: one range unless the input has at
-    least :data:`BAND_MIN_BYTES`, then ranges of about :data:`BAND_BYTES` of input each (one range
-    where the height or width is unknown while tracing)."""
+    least :data:`BAND_MIN_BYTES`, then ranges of about ``band_bytes`` (default
+    :data:`BAND_BYTES`) of input each, all of the same height but the last (one range where the
+    height or width is unknown while tracing)."""
+    band_bytes = BAND_BYTES if band_bytes is None else band_bytes
     batch, height, width, channels = x.shape
     if height is None or width is None:
         return [(0, _tiles(_size(x, 1)))]
@@ -162,7 +170,7 @@ def _bands(x):
     size = (batch or 1) * height * width * channels * x.dtype.size
     if size < BAND_MIN_BYTES:
         return [(0, th)]
-    count = min(th, -(-size // BAND_BYTES))
+    count = min(th, -(-size // band_bytes))
     per = -(-th // count)
     return [(t0, min(th, t0 + per)) for t0 in range(0, th, per)]
 
@@ -236,15 +244,62 @@ def winograd_filter_gradient(x, dy):
         )
     channels, filters = x.shape[3], dy.shape[3]
     products = tf.linalg.matmul(input_transform(x), output_transform_adjoint(dy), transpose_a=True)
-    # dW = G^T dU G at every channel pair: kron(G, G)^T @ dU, [9, 36] @ [36, C * K]
+    return _filter_from_products(products, channels, filters)
+
+
+def _filter_from_products(products, channels, filters):
+    """``dW = G^T dU G`` at every channel pair: ``kron(G, G)^T @ dU``, ``[9, 36] @ [36, C * K]``."""
     gradient = tf.linalg.matmul(
-        tf.constant(_KRON_G, x.dtype), tf.reshape(products, [ALPHA * ALPHA, -1]), transpose_a=True
+        tf.constant(_KRON_G, products.dtype),
+        tf.reshape(products, [ALPHA * ALPHA, -1]),
+        transpose_a=True,
     )
     return tf.reshape(gradient, [3, 3, channels, filters])
 
 
 #: :func:`winograd_filter_gradient` compiled by XLA (once an input shape).
 winograd_filter_gradient_xla = tf.function(winograd_filter_gradient, jit_compile=True)
+
+
+@tf.function(jit_compile=True)
+def _band_products(x, dy, band, rows):
+    """``dU`` of tile rows ``[band * rows, (band + 1) * rows)`` of ``x``, ``dy``: ``[36, C, K]``.
+    ``rows`` is a Python int, ``band`` a scalar int32 tensor (one compilation for every band);
+    tile rows past the map are zeros in both and add nothing."""
+    height, width, channels, filters = x.shape[1], x.shape[2], x.shape[3], dy.shape[3]
+    th, tw = _tiles(height), _tiles(width)
+    total = TILE * rows * -(-th // rows)
+    x = tf.pad(x, [[0, 0], [1, total + 1 - height], [1, TILE * tw + 1 - width], [0, 0]])
+    dy = tf.pad(dy, [[0, 0], [0, total - height], [0, TILE * tw - width], [0, 0]])
+    start = TILE * rows * band
+    x = tf.slice(x, [0, start, 0, 0], [-1, TILE * rows + 2, -1, -1])
+    dy = tf.slice(dy, [0, start, 0, 0], [-1, TILE * rows, -1, -1])
+    x = tf.reshape(x, [-1, TILE * rows + 2, TILE * tw + 2, channels])
+    dy = tf.reshape(dy, [-1, TILE * rows, TILE * tw, filters])
+    return tf.linalg.matmul(
+        _tile_transform(x, rows, tw), output_transform_adjoint(dy), transpose_a=True
+    )
+
+
+def winograd_filter_gradient_bands(x, dy):
+    """:func:`winograd_filter_gradient_xla`, for inputs of at least :data:`BAND_MIN_BYTES` as the
+    sum of bands of tile rows of about :data:`GRADIENT_BAND_BYTES` of input each, one XLA call a
+    band, one after the other: the transformed tiles of one band are alive at a time (the whole
+    map's are about 4.5x the input and ``dy``). Same arguments and result, up to the order of the
+    float sums."""
+    x = tf.convert_to_tensor(x)
+    dy = tf.convert_to_tensor(dy, dtype=x.dtype)
+    static = None not in x.shape[1:] and None not in dy.shape[1:]
+    bands = _bands(x, GRADIENT_BAND_BYTES) if static else []
+    if len(bands) < 2:
+        return winograd_filter_gradient_xla(x, dy)
+    rows = bands[0][1] - bands[0][0]
+    products = None
+    for band in range(len(bands)):
+        with tf.control_dependencies([] if products is None else [products]):
+            part = _band_products(x, dy, tf.constant(band, tf.int32), rows)
+        products = part if products is None else products + part
+    return _filter_from_products(products, x.shape[3], dy.shape[3])
 
 
 def winograd_conv3x3(x, kernel, bias=None, relu=False):
@@ -293,6 +348,42 @@ def winograd_conv3x3(x, kernel, bias=None, relu=False):
     if relu:
         y = tf.nn.relu(y)
     return y
+
+
+@tf.function(jit_compile=True)
+def _band_convolution(x, kernel, band, rows):
+    """Output rows ``[4 rows band, 4 rows (band + 1))`` of :func:`winograd_conv3x3` (rows past the
+    map are computed from zeros): ``[N, 4 rows, W, K]``. ``rows`` (tile rows a band) is a Python
+    int, ``band`` a scalar int32 tensor (one compilation for every band)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    th, tw = _tiles(height), _tiles(width)
+    total = TILE * rows * -(-th // rows)
+    x = tf.pad(x, [[0, 0], [1, total + 1 - height], [1, TILE * tw + 1 - width], [0, 0]])
+    x = tf.slice(x, [0, TILE * rows * band, 0, 0], [-1, TILE * rows + 2, -1, -1])
+    x = tf.reshape(x, [-1, TILE * rows + 2, TILE * tw + 2, channels])
+    products = tf.linalg.matmul(_tile_transform(x, rows, tw), kernel_transform(kernel))
+    return output_transform(products, tf.shape(x)[0], TILE * rows, width)
+
+
+def winograd_conv3x3_bands(x, kernel):
+    """:func:`winograd_conv3x3_xla` without bias or relu; for inputs of at least
+    :data:`BAND_MIN_BYTES` with static height and width, one XLA call a band of about
+    :data:`BAND_BYTES` of input, one after the other, so that one band's transformed tiles and
+    products are alive at a time (XLA keeps those of every band of one computation), then the
+    bands' outputs concatenated. Same result."""
+    x = tf.convert_to_tensor(x)
+    kernel = tf.convert_to_tensor(kernel, dtype=x.dtype)
+    bands = _bands(x) if None not in x.shape[1:] else []
+    if len(bands) < 2:
+        return winograd_conv3x3_xla(x, kernel)
+    rows = bands[0][1] - bands[0][0]
+    outputs = []
+    for band in range(len(bands)):
+        with tf.control_dependencies(outputs[-1:]):
+            outputs.append(_band_convolution(x, kernel, tf.constant(band, tf.int32), rows))
+    # the last band cropped to the map (not the whole output after the concatenation)
+    outputs[-1] = outputs[-1][:, : x.shape[1] - TILE * rows * (len(bands) - 1)]
+    return tf.concat(outputs, axis=1)
 
 
 # Two compiled functions: a trace for unknown map sizes (a serving signature) would otherwise

@@ -16,6 +16,8 @@ import os
 
 import keras
 
+from tfrcnn.ops.gradients import recompute, tape_is_recording
+
 IMAGENET = "imagenet"
 LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
 KERAS3_SUFFIXES = (".weights.h5", ".weights.json", ".keras")
@@ -188,8 +190,42 @@ class BackboneModel(keras.Model):
         >>> len(model(np.zeros((1, 32, 32, 3), "float32")))  # 1
     """
 
+    def recompute_until(self, *layer_names):
+        """In training, keep only the outputs of ``layer_names`` (in network order) for the
+        backward pass of the layers from the input to the last of them, and compute the tensors
+        between them again in the backward pass, one segment at a time
+        (:func:`tfrcnn.ops.gradients.recompute`): the activations of the first, largest feature
+        maps are then not all alive at the step's peak. Each layer's output must be the only
+        path from the layers before it to the rest of the network. Outputs, gradients and moving
+        statistics are those of the plain model; no names turn it off."""
+        segments = None
+        if layer_names:
+            cuts = [self.get_layer(name).output for name in layer_names]
+            starts = [self.inputs[0], *cuts[:-1]]
+            segments = [
+                keras.Model(start, cut, name=f"{self.name}_segment{i}")
+                for i, (start, cut) in enumerate(zip(starts, cuts))
+            ]
+            segments.append(keras.Model(cuts, self.outputs, name=f"{self.name}_rest"))
+        # not tracked: the segments share this model's layers and weights
+        object.__setattr__(self, "_recompute_segments", segments)
+
     def call(self, inputs, training=None, mask=None):
-        outputs = super().call(inputs, training=training, mask=mask)
+        segments = getattr(self, "_recompute_segments", None)
+        if segments is not None and training and mask is None and tape_is_recording():
+            x, cuts = inputs, []
+            for segment in segments[:-1]:
+                state = [
+                    v
+                    for layer in segment.layers
+                    if layer.trainable
+                    for v in layer.non_trainable_variables
+                ]
+                x = recompute(lambda value, s=segment: s(value, training=True), x, state)
+                cuts.append(x)
+            outputs = segments[-1](cuts, training=True)
+        else:
+            outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, (list, tuple)):
             return list(outputs)
         return [outputs]

@@ -175,4 +175,7 @@ def build_resnet50_fpn(weights=None, trainable=True, fpn_channels=256, name_pref
         trainable=trainable,
         required_layers=common.weighted_layer_names(model, exclude=(FeaturePyramid,)),
     )
+    # the stride-4 and stride-8 activations (stem, conv2, conv3) are computed again in the
+    # backward pass
+    model.recompute_until("conv2_block3_out", "conv3_block4_out")
     return model, FPN_STRIDES

@@ -36,6 +36,7 @@ from tfrcnn.layers.roi_pooling import ROIPooling
 from tfrcnn.layers.roi_sampler import ROISampler
 from tfrcnn.layers.rpn_head import RPNHead
 from tfrcnn.layers.rpn_targets import RPNTargetAssigner
+from tfrcnn.ops.gradients import backward_after
 from tfrcnn.ops.losses import rcnn_losses, rpn_losses
 
 TRAINING_SCHEMES = ("approximate_joint", "non_approximate_joint", "alternating")
@@ -846,7 +847,9 @@ class FasterRCNN(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             total = total / float(replicas)
-        return total
+        # The backward pass starts once the whole loss is computed: the RPN terms' gradients do not
+        # otherwise wait for the second stage, and both passes' buffers would be alive at once.
+        return backward_after(total)
 
     def get_config(self):
         config = {
