@@ -249,7 +249,9 @@ def test_import_tfrcnn_changes_no_environment_variable_or_tensorflow_setting():
 def test_import_tfrcnn_and_its_process_configuration_import_no_tensorflow():
     report = _run(NO_TENSORFLOW_PROBE)
     assert report["tensorflow"] is False and report["keras"] is False
-    assert {"FasterRCNN", "load_model", "accel", "layers", "ops", "weights"} <= set(report["public"])
+    assert {"FasterRCNN", "load_model", "accel", "layers", "ops", "weights"} <= set(
+        report["public"]
+    )
 
 
 # Runs in a fresh interpreter: configure_process (or not), then eight threads that each hold a
