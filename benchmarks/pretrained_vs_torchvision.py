@@ -43,7 +43,6 @@ calls). The load average is printed before and after: other work on the machine 
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -365,21 +364,11 @@ def load_average():
 
 
 def settings_text(args):
-    import importlib.metadata as metadata
+    from speed_vs_torchvision import machine_text
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = ", ".join(
-        f"{name} {metadata.version(name)}"
-        for name in ("tensorflow", "keras", "torch", "torchvision")
-    )
     return (
-        f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library, each in "
-        f"its own process; Python {platform.python_version()}, {versions}; float32, batch 1, "
+        f"{machine_text()}; {args.threads} threads a library, each in its own process; "
+        f"float32, batch 1, "
         f"{args.images} images of {args.image_size} (uint8), torchvision's default resize "
         f"(800/1333), seed {args.seed}, weights converted from torchvision's state dict; "
         f"warm-up {args.warmup}, {args.repeats} alternating rounds, pause {args.pause} s; medians"

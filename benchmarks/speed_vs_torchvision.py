@@ -452,7 +452,8 @@ def time_configuration(args, model_name, mode, batch, precisions):
     return times, flops, memory, peaks
 
 
-def settings_text(args):
+def machine_text():
+    """The CPU, its logical CPU count, Python's and the four libraries' versions, for a header."""
     import importlib.metadata as metadata
 
     cpu = "unknown"
@@ -466,8 +467,14 @@ def settings_text(args):
         for name in ("tensorflow", "keras", "torch", "torchvision")
     )
     return (
-        f"CPU {cpu}, {os.cpu_count()} logical CPUs; {args.threads} threads a library, each "
-        f"contender in its own process; Python {platform.python_version()}, {versions}; input "
+        f"CPU {cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, {versions}"
+    )
+
+
+def settings_text(args):
+    return (
+        f"{machine_text()}; {args.threads} threads a library, each contender in its own "
+        f"process; input "
         f"{args.size}x{args.size}, random weights, {NUM_CLASSES} classes + background, 1000 "
         f"test proposals, 2000 training proposals, 512 ROIs an image, {GT_BOXES} gt boxes an "
         f"image, SGD momentum 0.9; warm-up {args.warmup}, {args.repeats} alternating rounds, "
