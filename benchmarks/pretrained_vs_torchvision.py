@@ -49,6 +49,7 @@ import tempfile
 import time
 
 import numpy as np
+from _workers import Worker, serve
 
 # --models name -> (torchvision builder, tfrcnn preset)
 MODELS = {
@@ -193,7 +194,7 @@ def background_shift(torch, logits, images):
 # one process a library
 def worker(connection, library, threads):
     """A library's own process: only its framework is imported. Serves the parent's commands
-    over ``connection`` until "exit"; every answer is ``("ok", value)`` or ``("error", text)``."""
+    until "exit" (:func:`_workers.serve`)."""
     from speed_vs_torchvision import import_frameworks, peak_rss_mb
 
     # tfrcnn: import_frameworks calls tfrcnn.accel.configure_process() before TensorFlow
@@ -203,32 +204,28 @@ def worker(connection, library, threads):
     else:
         fw["tf"].config.threading.set_intra_op_parallelism_threads(threads)
         fw["tf"].config.threading.set_inter_op_parallelism_threads(threads)
-    runners, count = {}, 0
-    while True:
-        command, payload = connection.recv()
-        try:
-            if command == "build":
-                build = torchvision_runners if library == TORCHVISION else tfrcnn_runners
-                runners, count = build(fw, **payload), len(payload["images"])
-                connection.send(("ok", sorted(runners)))
-            elif command == "detect":  # payload: runner name -> detections of every image
-                connection.send(("ok", [runners[payload](i)[1] for i in range(count)]))
-            elif command == "call":  # payload: runner name -> seconds of each image
-                seconds = []
-                for i in range(count):
-                    start = time.perf_counter()
-                    runners[payload](i)
-                    seconds.append(time.perf_counter() - start)
-                connection.send(("ok", seconds))
-            elif command == "rss":
-                connection.send(("ok", peak_rss_mb()))
-            else:
-                connection.send(("ok", None))
-                return
-        except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
-            import traceback
+    state = {"runners": {}, "count": 0}
 
-            connection.send(("error", f"{library} {command}: {error!r}\n{traceback.format_exc()}"))
+    def handle(command, payload):
+        runners = state["runners"]
+        if command == "build":
+            build = torchvision_runners if library == TORCHVISION else tfrcnn_runners
+            state["runners"], state["count"] = build(fw, **payload), len(payload["images"])
+            return sorted(state["runners"])
+        if command == "detect":  # payload: runner name -> detections of every image
+            return [runners[payload](i)[1] for i in range(state["count"])]
+        if command == "call":  # payload: runner name -> seconds of each image
+            seconds = []
+            for i in range(state["count"]):
+                start = time.perf_counter()
+                runners[payload](i)
+                seconds.append(time.perf_counter() - start)
+            return seconds
+        if command == "rss":
+            return peak_rss_mb()
+        raise ValueError(f"unknown command {command!r}")
+
+    serve(connection, library, handle)
 
 
 def torchvision_runners(fw, arch, seed, calibration, images, checkpoint, **_):
@@ -280,34 +277,6 @@ def tfrcnn_runners(fw, preset, images, checkpoint, **_):
     return {TFRCNN: compiled, TFRCNN_PREDICT: predict}
 
 
-class Process:
-    """The parent's handle on a library's worker process."""
-
-    def __init__(self, library, threads):
-        import multiprocessing
-
-        self.library = library
-        context = multiprocessing.get_context("spawn")
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=worker, args=(child, library, threads), daemon=True)
-        self.process.start()
-
-    def ask(self, command, payload=None):
-        self.connection.send((command, payload))
-        status, value = self.connection.recv()
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def close(self):
-        try:
-            self.ask("exit")
-        finally:
-            self.process.join(timeout=30)
-
-
-# ------------------------------------------------------------------------------------------------
-# do both compute the same detections?
 def box_iou(a, b):
     """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (x1, y1, x2, y2)."""
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
@@ -387,11 +356,11 @@ def time_model(args, name, images, calibration, folder):
         images=images,
         checkpoint=checkpoint,
     )
-    peer = Process(TORCHVISION, args.threads)
+    peer = Worker(worker, (TORCHVISION, args.threads))
     processes = [peer]
     try:
         peer.ask("build", build)  # writes the checkpoint the TensorFlow process converts
-        mine = Process(TFRCNN, args.threads)
+        mine = Worker(worker, (TFRCNN, args.threads))
         processes.append(mine)
         mine.ask("build", build)
         contenders = [(TFRCNN, mine), (TFRCNN_PREDICT, mine), (TORCHVISION, peer)]

@@ -46,6 +46,7 @@ import resource
 import time
 
 import numpy as np
+from _workers import Worker, serve
 
 PEERS = {
     "resnet50_fpn": "fasterrcnn_resnet50_fpn",
@@ -253,76 +254,42 @@ def build_torchvision(fw, model_name, mode, batch, size, bf16=False):
 def worker(connection, library, threads):
     """A contender's own process: only its framework is imported (TensorFlow loaded in the same
     process slows torch's matrix products down, up to 2x in bfloat16 on this machine). Serves
-    commands from the parent over ``connection`` until "exit"."""
+    the parent's commands until "exit" (:func:`_workers.serve`)."""
     fw = import_frameworks(torch=library == "torchvision", tensorflow=library == "tfrcnn")
     _threads(fw, threads)
-    call = None
-    while True:
-        command, payload = connection.recv()
-        try:
-            if command == "build":
-                model_name, mode, batch, size, precision = payload
-                if library == "tfrcnn":
-                    call, flops = build_tfrcnn(fw, model_name, mode, batch, size, precision)
-                else:
-                    call = build_torchvision(
-                        fw, model_name, mode, batch, size, bf16=precision == "bf16"
-                    )
-                    flops = None
-                connection.send(("ok", flops))
-            elif command == "call":
-                start = time.perf_counter()
-                call()
-                connection.send(("ok", time.perf_counter() - start))
-            elif command == "peak":
-                repeats, dtypes = payload
-                connection.send(("ok", matmul_peak(fw, library, dtypes, repeats=repeats)))
-            elif command == "rss":
-                connection.send(("ok", peak_rss_mb()))
+    state = {}
+
+    def handle(command, payload):
+        if command == "build":
+            model_name, mode, batch, size, precision = payload
+            if library == "tfrcnn":
+                state["call"], flops = build_tfrcnn(fw, model_name, mode, batch, size, precision)
             else:
-                connection.send(("ok", None))
-                return
-        except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
-            import traceback
+                state["call"] = build_torchvision(
+                    fw, model_name, mode, batch, size, bf16=precision == "bf16"
+                )
+                flops = None
+            return flops
+        if command == "call":
+            start = time.perf_counter()
+            state["call"]()
+            return time.perf_counter() - start
+        if command == "peak":
+            repeats, dtypes = payload
+            return matmul_peak(fw, library, dtypes, repeats=repeats)
+        if command == "rss":
+            return peak_rss_mb()
+        raise ValueError(f"unknown command {command!r}")
 
-            connection.send(("error", f"{library} {command}: {error!r}\n{traceback.format_exc()}"))
+    serve(connection, library, handle)
 
 
-class Contender:
-    """The parent's handle on a worker process."""
+class Contender(Worker):
+    """The parent's handle on a worker process running one library at one precision."""
 
     def __init__(self, name, library, precision, threads, env=None):
-        import multiprocessing
-
         self.name, self.library, self.precision = name, library, precision
-        context = multiprocessing.get_context("spawn")
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=worker, args=(child, library, threads), daemon=True)
-        # a spawned process starts a fresh interpreter with the parent's environment: ``env``
-        # (e.g. GLIBC_TUNABLES, read by the C library at start) goes in for the start only
-        saved = {key: os.environ.get(key) for key in (env or {})}
-        os.environ.update(env or {})
-        try:
-            self.process.start()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
-    def ask(self, command, payload=None):
-        self.connection.send((command, payload))
-        status, value = self.connection.recv()
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def close(self):
-        try:
-            self.ask("exit")
-        finally:
-            self.process.join(timeout=30)
+        super().__init__(worker, (library, threads), env=env)
 
 
 # (m, k, n) of the matrix products whose best speed is taken as the machine's peak: one large
