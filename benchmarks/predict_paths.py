@@ -56,7 +56,9 @@ def main(argv=None):
             seconds[name].append(time.perf_counter() - start)
     print(f"{args.model} {args.size}x{args.size} batch 1, medians of {args.repeats} rounds")
     for name, values in seconds.items():
-        print(f"  {name:24s} {np.median(values):.3f} s  (range {min(values):.3f}-{max(values):.3f})")
+        print(
+            f"  {name:24s} {np.median(values):.3f} s  (range {min(values):.3f}-{max(values):.3f})"
+        )
 
 
 if __name__ == "__main__":
