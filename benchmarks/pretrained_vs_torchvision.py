@@ -17,7 +17,8 @@ torchvision on the float [0, 1] tensor in eval mode under ``torch.no_grad()``.
 
 A freshly initialised model gives every class a score near 1/91, below the 0.05 threshold, so it
 would detect nothing and the postprocessing would be idle. The torch process therefore makes the
-seeded model behave like a trained one before saving it (as the parity tests' reference does):
+seeded model behave like a trained one before saving it (with the parity tests' harness,
+tests/weights/torchvision_reference.py):
 batch-norm statistics measured on two calibration images and then perturbed, and each predictor
 (RPN logits and deltas, class logits, box deltas) rescaled and centred so that its outputs spread,
 and the background logit raised until about ``CANDIDATES`` (class, proposal) scores an image pass
@@ -51,6 +52,12 @@ import time
 import numpy as np
 from _workers import Worker, serve
 
+# the parity tests' torch harness and its images (tests/weights), shared with this benchmark
+sys.path.insert(
+    1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "weights")
+)
+from reference_images import make_image  # noqa: E402
+
 # --models name -> (torchvision builder, tfrcnn preset)
 MODELS = {
     "resnet50_fpn": ("fasterrcnn_resnet50_fpn", "torchvision_resnet50_fpn"),
@@ -66,8 +73,6 @@ MODELS = {
 }
 COCO_OUTPUTS = 91  # torchvision's COCO head: background + 90 category ids
 CALIBRATION_SIZES = ((512, 512), (448, 576))  # (height, width)
-# standard deviation of each predictor's outputs on the calibration images
-TARGET_STD = {"rpn_logits": 2.0, "rpn_deltas": 0.3, "class_logits": 2.5, "box_deltas": 0.3}
 # (class, proposal) scores above torchvision's box_score_thresh an image, as a trained detector
 # gives on a busy photograph; the rest of the proposals are background
 CANDIDATES = 500
@@ -80,42 +85,18 @@ TFRCNN = "tfrcnn"
 TFRCNN_PREDICT = "tfrcnn model.predict"
 
 
-def make_image(rng, height, width):
-    """A uint8 RGB image with structure: smooth colour gradients, rectangles, ellipses, noise."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack(
-        [
-            127 + 100 * np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)),
-            127 + 100 * np.cos(yy / rng.uniform(20, 80) + rng.uniform(0, 6)),
-            127 + 100 * np.sin((xx + yy) / rng.uniform(30, 90)),
-        ],
-        -1,
-    )
-    for _ in range(12):
-        y1, x1 = rng.integers(0, height - 20), rng.integers(0, width - 20)
-        h, w = rng.integers(16, height // 2), rng.integers(16, width // 2)
-        color = rng.integers(0, 256, 3)
-        if rng.random() < 0.5:
-            image[y1 : y1 + h, x1 : x1 + w] = color
-        else:
-            cy, cx = y1 + h / 2, x1 + w / 2
-            mask = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1
-            image[mask] = color
-    image += rng.normal(0, 8, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 # ------------------------------------------------------------------------------------------------
 # torchvision (torch process only)
 def build_torchvision(torch, torchvision, arch, seed, calibration, checkpoint):
     """torchvision's ``arch`` from ``seed``, made to behave like a trained model (module
     docstring), in eval mode; its state dict saved to ``checkpoint`` as ``{"model": ...}``."""
+    import torchvision_reference as reference  # the parity tests' harness (tests/weights)
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    builder = getattr(torchvision.models.detection, arch)
-    model = builder(weights=None, weights_backbone=None, num_classes=COCO_OUTPUTS)
-    with torch.no_grad():
-        calibrate(torch, model, [to_tensor(torch, image) for image in calibration], generator)
+    model = reference.build(arch, COCO_OUTPUTS)
+    reference.calibrate(model, calibration, generator)
+    raise_background(torch, model, [to_tensor(torch, image) for image in calibration])
     model.eval()
     torch.save({"model": model.state_dict()}, checkpoint)
     return model
@@ -126,52 +107,19 @@ def to_tensor(torch, image):
     return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
 
 
-def calibrate(torch, model, images, generator):
-    """Batch-norm statistics from ``images`` (cumulative train-mode averages), then perturbed;
-    each predictor rescaled to ``TARGET_STD`` and centred on ``images``; the background logit
-    raised by :func:`background_shift`."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+def raise_background(torch, model, images):
+    """Adds :func:`background_shift` of the calibration images' class logits to the background
+    logit's bias."""
+    predictor = model.roi_heads.box_predictor.cls_score
+    inputs = []
+    hook = predictor.register_forward_hook(lambda _, args, output: inputs.append(args[0].detach()))
     model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for image in images:
-        model([image])
-    for m in norms:
-        m.eval()
-        n = m.num_features
-        m.running_mean += 0.1 * m.running_var.sqrt() * torch.randn(n, generator=generator)
-        m.running_var *= torch.empty(n).uniform_(0.8, 1.25, generator=generator)
-        m.weight.copy_(torch.empty(n).uniform_(0.7, 1.3, generator=generator))
-        m.bias.copy_(0.1 * torch.randn(n, generator=generator))
-    predictors = {
-        "rpn_logits": model.rpn.head.cls_logits,
-        "rpn_deltas": model.rpn.head.bbox_pred,
-        "class_logits": model.roi_heads.box_predictor.cls_score,
-        "box_deltas": model.roi_heads.box_predictor.bbox_pred,
-    }
-    for name, module in predictors.items():
-        inputs, outputs = [], []
-
-        def record(_, args, output):
-            x = args[0].detach()
-            inputs.append(x.transpose(0, 1).flatten(1) if x.dim() == 4 else x.t())
-            outputs.append(output.detach().flatten())
-
-        hook = module.register_forward_hook(record)
+    with torch.no_grad():
         for image in images:
             model([image])
         hook.remove()
-        std = torch.cat(outputs).std().item()
-        module.weight.mul_(TARGET_STD[name] / max(std, 1e-12))
-        # centred, else one class or anchor would win everywhere
-        centre = module.weight.flatten(1) @ torch.cat(inputs, 1).mean(1)
-        noise = torch.randn(centre.shape, generator=generator)
-        module.bias.copy_(-centre + 0.3 * TARGET_STD[name] * noise)
-        if name == "class_logits":
-            logits = (module.weight @ torch.cat(inputs, 1)).t() + module.bias
-            module.bias[0] += background_shift(torch, logits, len(images))
+        logits = predictor(torch.cat(inputs))
+        predictor.bias[0] += background_shift(torch, logits, len(images))
 
 
 def background_shift(torch, logits, images):

@@ -37,6 +37,7 @@ import os
 import numpy as np
 import torch
 import torchvision
+from reference_images import make_image  # this folder is sys.path[0] when run as a script
 from torchvision.models import detection
 
 PRESETS = (
@@ -50,31 +51,6 @@ CALIBRATION_SIZES = ((512, 512), (448, 576))
 # target output standard deviations of the predictors on the calibration images
 TARGET_STD = {"rpn_logits": 2.0, "rpn_deltas": 0.3, "class_logits": 2.5, "box_deltas": 0.3}
 POOLED_KEPT = 16
-
-
-def make_image(rng, height, width):
-    """A uint8 RGB image with structure: smooth colour gradients, rectangles, ellipses and noise."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack(
-        [
-            127 + 100 * np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)),
-            127 + 100 * np.cos(yy / rng.uniform(20, 80) + rng.uniform(0, 6)),
-            127 + 100 * np.sin((xx + yy) / rng.uniform(30, 90)),
-        ],
-        -1,
-    )
-    for _ in range(12):
-        y1, x1 = rng.integers(0, height - 20), rng.integers(0, width - 20)
-        h, w = rng.integers(16, height // 2), rng.integers(16, width // 2)
-        color = rng.integers(0, 256, 3)
-        if rng.random() < 0.5:
-            image[y1 : y1 + h, x1 : x1 + w] = color
-        else:
-            cy, cx = y1 + h / 2, x1 + w / 2
-            mask = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1
-            image[mask] = color
-    image += rng.normal(0, 8, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def to_tensor(image):
