@@ -47,6 +47,22 @@ def padded(keep, size):
     return np.array(keep + [-1] * (size - len(keep)), np.int32)
 
 
+def run_tflite(concrete, function, inputs):
+    """Converts ``concrete`` (of the ``tf.function`` ``function``) with builtin operators only and
+    runs it on ``inputs`` with LiteRT; the outputs in the interpreter's order."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flatbuffer = converter.convert()
+    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    for detail, value in zip(interpreter.get_input_details(), inputs):
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
 def random_boxes(rng, n, extent=100.0):
     """Clusters of jittered boxes (like raw detections) plus some scattered ones."""
     centres = rng.uniform(0, extent, (max(n // 5, 1), 2))
@@ -188,19 +204,7 @@ def test_converts_to_tflite_builtins_and_gives_the_same_result():
         batched = batched_non_max_suppression_padded(b, s, 8, 0.5)
         return single + aware + batched
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [detect.get_concrete_function()], detect
-    )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        flatbuffer = converter.convert()
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    for detail, value in zip(interpreter.get_input_details(), (boxes, scores, classes)):
-        interpreter.set_tensor(detail["index"], value)
-    interpreter.invoke()
-    got = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+    got = run_tflite(detect.get_concrete_function(), detect, (boxes, scores, classes))
     expected = [t.numpy() for t in detect(boxes, scores, classes)]
     assert len(got) == len(expected) == 6
     for g, e in zip(got, expected):
@@ -295,19 +299,7 @@ def test_index_ordered_ties_in_tflite():
 
         with index_ordered_ties():
             concrete = select.get_concrete_function()
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], select)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flatbuffer = converter.convert()
-        interpreter = Interpreter(model_content=flatbuffer)
-        interpreter.allocate_tensors()
-        for detail, value in zip(interpreter.get_input_details(), (boxes, scores)):
-            interpreter.set_tensor(detail["index"], value)
-        interpreter.invoke()
-        indices, count = (
-            interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()
-        )
+        indices, count = run_tflite(concrete, select, (boxes, scores))
         if indices.ndim == 0:
             indices, count = count, indices
         np.testing.assert_array_equal(indices, expected)
